@@ -1,0 +1,49 @@
+# kingdee-cdc — every target bootstraps what it needs (.venv, Python deps, Kafka jars) and is a no-op
+# when already set up. Needs python3 (3.11+), Java 17+ and Maven on the machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+JARS   := deploy/kafka/lib/.resolved
+
+.PHONY: setup test unit integration typecheck demo bench dev-up dev-down clean
+
+setup: $(STAMP) $(JARS)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+$(JARS): deploy/kafka/pom.xml $(STAMP)
+	$(PY) -c "from connector.devstack import ensure_kafka_jars; ensure_kafka_jars()"
+
+# The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
+test: setup
+	$(PY) -m mypy connector tests
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+typecheck: setup
+	$(PY) -m mypy connector tests
+
+demo: setup
+	$(VENV)/bin/kingdee-cdc demo
+
+bench: setup
+	$(PY) -m bench.run
+
+dev-up: setup
+	$(VENV)/bin/kingdee-cdc dev up
+
+dev-down: setup
+	$(VENV)/bin/kingdee-cdc dev down
+
+clean:
+	rm -rf $(VENV) deploy/kafka/lib .devstack .pytest_cache .mypy_cache .hypothesis

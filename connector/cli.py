@@ -1,0 +1,162 @@
+"""The ``kingdee-cdc`` command line (Typer).
+
+Each command is a thin shell around the package: parse arguments, load settings, call one function,
+print. Errors that are the user's to fix (``ConnectorError``) print one clear message and exit 2; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from connector import __version__
+from connector.errors import ConnectorError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="kingdee-cdc: Debezium change events → balanced Kingdee K/3 Cloud vouchers, exactly once.")
+events_app = typer.Typer(no_args_is_help=True, help="Decode Debezium change events.")
+dev_app = typer.Typer(no_args_is_help=True, help="Run the local development stack (real Kafka + PostgreSQL).")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(events_app, name="events")
+app.add_typer(dev_app, name="dev")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file "
+                                                   "(default: $KDCDC_CONFIG)")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+# --------------------------------------------------------------------------- events
+def _records_in(path: Path) -> list[bytes]:
+    raw = path.read_bytes()
+    if raw[:1] == b"\x00":
+        return [raw]  # one Avro wire-format record
+    try:
+        json.loads(raw)
+        return [raw]
+    except ValueError:
+        pass
+    lines = [ln for ln in raw.splitlines() if ln.strip()]
+    return lines or [raw]
+
+
+@events_app.command("decode")
+def events_decode(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                help="Files holding one event (JSON or Avro wire format) "
+                                                     "or one JSON event per line")],
+    schema: Annotated[Optional[Path], typer.Option("--schema", exists=True, dir_okay=False,
+                                                   help="Avro writer schema (.avsc) for Avro wire-format "
+                                                        "files, whatever schema id they carry")] = None,
+) -> None:
+    """Print one normalised JSON line per event (decimals as strings, times ISO-8601 UTC)."""
+    from connector.events import Decoder, FixedSchemas, KafkaCoordinates, event_to_json
+
+    schemas = FixedSchemas(json.loads(schema.read_text())) if schema else None
+    decoder = Decoder(schemas)
+    failures = 0
+    for path in files:
+        for n, rec in enumerate(_records_in(path)):
+            result = decoder.decode(rec, kafka=KafkaCoordinates(topic=str(path), partition=0, offset=n))
+            out = event_to_json(result)
+            failures += out["kind"] == "DecodeFailure"
+            typer.echo(json.dumps(out, ensure_ascii=False))
+    if failures:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- dev stack
+DevDir = Annotated[Path, typer.Option("--dir", help="where the stack keeps its data and state")]
+
+
+@dev_app.command("up")
+def dev_up(workdir: DevDir = Path(".devstack")) -> None:
+    """Start Kafka and PostgreSQL in the background (they keep running until `dev down`)."""
+    from connector import devstack
+
+    info = devstack.dev_up(workdir.resolve())
+    typer.echo(f"kafka      {info.bootstrap}\npostgresql {info.dsn}\n"
+               f"export KDCDC_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap} KDCDC_JOURNAL__DSN={info.dsn}")
+
+
+@dev_app.command("down")
+def dev_down(workdir: DevDir = Path(".devstack")) -> None:
+    """Stop the stack started by `dev up`."""
+    from connector import devstack
+
+    typer.echo("stopped" if devstack.dev_down(workdir.resolve()) else "nothing running")
+
+
+@dev_app.command("status")
+def dev_status(workdir: DevDir = Path(".devstack")) -> None:
+    """Show whether the stack is running."""
+    from connector import devstack
+
+    info = devstack.dev_status(workdir.resolve())
+    if info is None:
+        typer.echo("not running")
+        raise typer.Exit(1)
+    typer.echo(f"kafka      {info.bootstrap} (pid {info.kafka_pid})\n"
+               f"postgresql {info.dsn} (pid {info.postgres_pid})")
+
+
+# --------------------------------------------------------------------------- config
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective configuration with secrets redacted."""
+    from connector.config import load_settings
+
+    typer.echo(json.dumps(load_settings(config).redacted(), indent=2, ensure_ascii=False))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Validate the configuration; exit 2 with every problem listed."""
+    from connector.config import load_settings
+
+    load_settings(config)
+    typer.echo("configuration OK")
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="sample change events to stream")] = 5000,
+    wire: Annotated[str, typer.Option("--format", help="avro or json")] = "avro",
+    workdir: Annotated[Optional[Path], typer.Option("--dir", help="keep the stack's data here")] = None,
+) -> None:
+    """Start the stack on embedded defaults and stream sample business events through the pipeline."""
+    from connector.demo import run_demo
+
+    if wire not in ("avro", "json"):
+        _fail(f"--format must be avro or json, got {wire!r}")
+    code = run_demo(events=events, wire=wire, workdir=workdir)
+    raise typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point."""
+    try:
+        return app(argv, standalone_mode=True)
+    except ConnectorError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

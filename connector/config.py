@@ -1,0 +1,224 @@
+"""One validated settings object: a YAML file plus ``KDCDC_``-prefixed environment overrides.
+
+Precedence (highest first): environment variables (``KDCDC_KAFKA__BOOTSTRAP_SERVERS``; ``__`` separates
+nesting levels), the YAML file (``--config`` or ``KDCDC_CONFIG``), defaults. Unknown keys are rejected
+with their name. Any secret may be given inline, from the environment, or as ``file:/path`` (a mounted
+Kubernetes/Docker secret); secrets are ``SecretStr`` and print as ``**********``.
+
+=====================================  ===============  ==================================================
+key                                    default          meaning
+=====================================  ===============  ==================================================
+``kafka.bootstrap_servers``            ``127.0.0.1:9092`` broker list
+``kafka.group_id``                     ``kingdee-cdc``  consumer group of the pipeline
+``kafka.topics``                       ``[]``           change-event topics to consume
+``kafka.client``                       ``{}``           extra librdkafka properties (TLS, SASL …), passed through
+``kafka.dead_letter_topic``            ``kingdee-cdc.dlq`` dead-letter topic
+``schema_registry.url``                none             Confluent-compatible registry (``mock://x`` in tests)
+``schema_registry.basic_auth``         none             ``user:password`` (secret)
+``journal.dsn``                        none             PostgreSQL DSN (secret); none = embedded server
+``journal.schema``                     ``kdcdc``        schema holding the journal tables
+``kingdee.server_url``                 none             ``https://host/k3cloud/``
+``kingdee.acct_id``/``username``       none             data centre id and integration user
+``kingdee.app_id``/``app_secret``      none             third-party app registration (secret)
+``kingdee.lcid``                       2052             language
+``kingdee.verify_tls``                 true             never turn off in production
+``mapping.rules_dir``                  ``rules``        directory of YAML mapping rules
+``errors.tolerance``                   ``all``          ``all``: dead-letter and continue; ``none``: stop
+``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  Prometheus endpoint
+=====================================  ===============  ==================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from connector.errors import ConfigError
+
+_SECRET_KEY_WORDS = ("password", "secret", "token", "key", "credentials", "dsn", "auth", "sasl.oauthbearer.config")
+
+
+def _is_secret_key(key: str) -> bool:
+    return any(w in key.lower() for w in _SECRET_KEY_WORDS)
+
+
+def _resolve_secret(v: Any) -> Any:
+    """``file:/path`` → the file's content (trailing newline stripped)."""
+    raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+    if isinstance(raw, str) and raw.startswith("file:"):
+        path = Path(raw[5:])
+        try:
+            return SecretStr(path.read_text(encoding="utf-8").rstrip("\n"))
+        except OSError as e:
+            raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
+    return v
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "kingdee-cdc"
+    topics: list[str] = Field(default_factory=list)
+    client: dict[str, Annotated[str | SecretStr, Field(union_mode="left_to_right")]] = Field(default_factory=dict)
+    dead_letter_topic: str = "kingdee-cdc.dlq"
+    start_from: Literal["earliest", "latest"] = "earliest"
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _client_secrets(cls, v: Any) -> Any:
+        """librdkafka properties that hold secrets (``sasl.password`` …) become ``SecretStr``."""
+        if not isinstance(v, dict):
+            return v
+        return {k: _resolve_secret(SecretStr(str(x))) if _is_secret_key(str(k)) else str(x) for k, x in v.items()}
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        for hp in v.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port…], got {v!r}")
+        return v
+
+    def librdkafka(self) -> dict[str, str]:
+        """Client properties for confluent-kafka (secrets resolved, never logged)."""
+        props = {"bootstrap.servers": self.bootstrap_servers}
+        for k, v in self.client.items():
+            resolved = _resolve_secret(v)
+            props[k] = resolved.get_secret_value() if isinstance(resolved, SecretStr) else str(resolved)
+        return props
+
+
+class RegistrySettings(_Section):
+    url: str | None = None
+    basic_auth: SecretStr | None = None
+
+    _secret = field_validator("basic_auth", mode="before")(_resolve_secret)
+
+
+class JournalSettings(_Section):
+    dsn: SecretStr | None = None
+    schema_name: str = Field("kdcdc", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    _secret = field_validator("dsn", mode="before")(_resolve_secret)
+
+
+class KingdeeSettings(_Section):
+    server_url: str | None = None
+    acct_id: str | None = None
+    username: str | None = None
+    app_id: str | None = None
+    app_secret: SecretStr | None = None
+    password: SecretStr | None = None
+    lcid: int = 2052
+    verify_tls: bool = True
+    timeout_s: float = Field(30.0, gt=0)
+    max_concurrency: int = Field(4, ge=1, le=64)
+    rate_limit_per_s: float = Field(50.0, gt=0)
+
+    _secret = field_validator("app_secret", "password", mode="before")(_resolve_secret)
+
+    @field_validator("server_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("https://", "http://")):
+            raise ValueError(f"expected an http(s) URL such as https://host/k3cloud/, got {v!r}")
+        return v
+
+
+class MappingSettings(_Section):
+    rules_dir: Path = Path("rules")
+
+
+class ErrorSettings(_Section):
+    tolerance: Literal["all", "none"] = "all"
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+    token: SecretStr | None = None
+
+    _secret = field_validator("token", mode="before")(_resolve_secret)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with ``load_settings``."""
+
+    model_config = SettingsConfigDict(env_prefix="KDCDC_", env_nested_delimiter="__", extra="forbid",
+                                      frozen=True)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)  # type: ignore[arg-type]
+    kingdee: KingdeeSettings = Field(default_factory=KingdeeSettings)  # type: ignore[arg-type]
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    errors: ErrorSettings = Field(default_factory=ErrorSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # env beats the file (init kwargs carry the YAML content).
+        return (env_settings, init_settings)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret replaced (``config show``)."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)  # SecretStr dumps as "**********"
+        return data
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = "**********" if _is_secret_key(key) else repr(value)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see docs/operations.md for the list)")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load the YAML file (``path`` or ``$KDCDC_CONFIG``), apply env overrides, validate.
+
+    Raises ``ConfigError`` whose message names every bad key, its value and what was expected.
+    """
+    path = path or os.environ.get("KDCDC_CONFIG")
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path:
+        p = Path(path)
+        source = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {p}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"configuration file {p} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {p} must contain a mapping at the top level")
+        data = loaded or {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None

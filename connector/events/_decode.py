@@ -1,0 +1,427 @@
+"""Bytes → ``ChangeEvent``: the single decode boundary (Avro wire format or JSON converter).
+
+``Decoder.decode`` never raises for bad input: every undecodable record comes back as a
+``DecodeFailure`` carrying the Kafka coordinates, the stage, the reason and the raw bytes. The one thing
+it does raise is ``InfraError`` when the schema registry cannot be *reached* (as opposed to answering
+"unknown id"): that is not the record's fault and must pause the pipeline instead of dead-lettering.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final, Protocol
+
+import fastavro
+
+from connector.errors import InfraError
+from connector.events._model import (
+    ChangeEvent,
+    Decoded,
+    DecodeFailure,
+    KafkaCoordinates,
+    LogicalMessage,
+    Op,
+    SourceInfo,
+    Tombstone,
+    TransactionInfo,
+    TransactionMarker,
+)
+from connector.events._types import (
+    ConversionError,
+    Converter,
+    FieldType,
+    compile_struct,
+    from_avro,
+    from_connect_json,
+    schemaless_row,
+)
+
+MAGIC_BYTE: Final = 0
+_OPS: Final = {op.value: op for op in Op}
+_MAX_SCHEMAS: Final = 10_000
+
+
+class SchemaNotFound(Exception):
+    """The registry answered that the schema id does not exist (a poison record, not an outage)."""
+
+
+class SchemaSource(Protocol):
+    """Where writer schemas for Avro wire-format records come from."""
+
+    def avro_schema(self, schema_id: int) -> Any:
+        """The parsed Avro schema JSON for ``schema_id``; ``SchemaNotFound`` or ``InfraError`` otherwise."""
+        ...
+
+
+class RegistrySchemas:
+    """Schemas from a Confluent-compatible registry (Confluent, Apicurio ccompat, Redpanda, ``mock://``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def avro_schema(self, schema_id: int) -> Any:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            schema = self._client.get_schema(schema_id)
+        except SchemaRegistryError as e:
+            status = getattr(e, "http_status_code", None)
+            if status is not None and 400 <= int(status) < 500:
+                raise SchemaNotFound(f"schema id {schema_id} not found in registry ({e})") from e
+            raise InfraError(f"schema registry error for id {schema_id}: {e}") from e
+        except Exception as e:  # connection refused, DNS, TLS … : the registry is down, not the record bad
+            raise InfraError(f"schema registry unreachable for id {schema_id}: {e}") from e
+        if schema.schema_type not in (None, "AVRO"):
+            raise SchemaNotFound(f"schema id {schema_id} is {schema.schema_type}, not AVRO")
+        return json.loads(schema.schema_str)
+
+
+class FixedSchemas:
+    """Offline decoding: every schema id resolves to the given schema(s) (``events decode --schema``)."""
+
+    def __init__(self, default: Any, by_id: Mapping[int, Any] | None = None) -> None:
+        self._default = default
+        self._by_id = dict(by_id or {})
+
+    def avro_schema(self, schema_id: int) -> Any:
+        if schema_id in self._by_id:
+            return self._by_id[schema_id]
+        if self._default is None:
+            raise SchemaNotFound(f"schema id {schema_id} unknown")
+        return self._default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecoderLimits:
+    """Input hardening.
+
+    ============================  =========  ====================================================
+    option                        default    meaning
+    ============================  =========  ====================================================
+    ``max_record_bytes``          8 MiB      larger values are dead-lettered unread
+    ============================  =========  ====================================================
+    """
+
+    max_record_bytes: int = 8 * 1024 * 1024
+
+
+class _Failed(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledAvro:
+    parsed: Any  # fastavro parsed schema
+    value_conv: Converter | None  # converter for before/after row images
+    key_conv: Converter | None  # converter when this schema is a key schema (whole record)
+
+
+def _opt_int(v: Any) -> int | None:
+    """An integer position/timestamp field; anything else (or absurdly large) → ``None``."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, Decimal):
+        return int(v) if v.is_finite() and v.adjusted() < 40 and v == v.to_integral_value() else None
+    if isinstance(v, str) and 0 < len(v) <= 40 and v.lstrip("-").isdigit():
+        return int(v)
+    return None
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _source(src: Any) -> SourceInfo:
+    if not isinstance(src, Mapping):
+        raise _Failed("envelope", "'source' block is missing or not an object")
+    snap = src.get("snapshot")
+    snapshot = "false" if snap is None or snap is False else "true" if snap is True else str(snap)
+    return SourceInfo(
+        connector=str(src.get("connector") or ""),
+        name=str(src.get("name") or ""),
+        db=str(src.get("db") or ""),
+        schema=_opt_str(src.get("schema")) or None,
+        table=_opt_str(src.get("table")) or None,
+        version=_opt_str(src.get("version")),
+        ts_ms=_opt_int(src.get("ts_ms")),
+        snapshot=snapshot,
+        lsn=_opt_int(src.get("lsn")),
+        tx_id=_opt_int(src.get("txId")),
+        xmin=_opt_int(src.get("xmin")),
+        sequence=_opt_str(src.get("sequence")),
+        file=_opt_str(src.get("file")),
+        pos=_opt_int(src.get("pos")),
+        row=_opt_int(src.get("row")),
+        gtid=_opt_str(src.get("gtid")),
+        server_id=_opt_int(src.get("server_id")),
+        thread=_opt_int(src.get("thread")),
+        query=_opt_str(src.get("query")),
+    )
+
+
+def _transaction(tx: Any) -> TransactionInfo | None:
+    if not isinstance(tx, Mapping) or tx.get("id") is None:
+        return None
+    return TransactionInfo(
+        id=str(tx["id"]),
+        total_order=_opt_int(tx.get("total_order")) or 0,
+        data_collection_order=_opt_int(tx.get("data_collection_order")) or 0,
+    )
+
+
+def _message(m: Any) -> LogicalMessage | None:
+    if not isinstance(m, Mapping):
+        return None
+    content = m.get("content")
+    if isinstance(content, str):
+        try:
+            raw = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raw = content.encode()
+    elif isinstance(content, (bytes, bytearray)):
+        raw = bytes(content)
+    else:
+        raw = b""
+    return LogicalMessage(prefix=str(m.get("prefix") or ""), content=raw)
+
+
+def _is_marker(payload: Mapping[str, Any]) -> bool:
+    return "op" not in payload and payload.get("status") in ("BEGIN", "END") and "id" in payload
+
+
+def _marker(payload: Mapping[str, Any], kafka: KafkaCoordinates | None) -> TransactionMarker:
+    collections: dict[str, int] = {}
+    for dc in payload.get("data_collections") or ():
+        if isinstance(dc, Mapping) and "data_collection" in dc:
+            collections[str(dc["data_collection"])] = _opt_int(dc.get("event_count")) or 0
+    return TransactionMarker(
+        status=str(payload["status"]), id=str(payload["id"]), ts_ms=_opt_int(payload.get("ts_ms")),
+        event_count=_opt_int(payload.get("event_count")), data_collections=collections, kafka=kafka)
+
+
+def _envelope(
+    payload: Any,
+    *,
+    convert_row: Callable[[Any, str, list[str]], Any],
+    key: Mapping[str, Any] | None,
+    kafka: KafkaCoordinates | None,
+    headers: tuple[tuple[str, bytes | None], ...],
+) -> ChangeEvent | TransactionMarker:
+    if not isinstance(payload, Mapping):
+        raise _Failed("envelope", f"expected a Debezium envelope object, got {type(payload).__name__}")
+    if _is_marker(payload):
+        return _marker(payload, kafka)
+    if "op" not in payload:
+        hint = " (looks like a flattened row: is the ExtractNewRecordState/unwrap SMT enabled upstream?)" \
+            if "source" not in payload else ""
+        raise _Failed("envelope", "not a Debezium change event: no 'op' field" + hint)
+    op = _OPS.get(str(payload["op"]))
+    if op is None:
+        raise _Failed("envelope", f"unknown op {payload['op']!r} (expected one of c, u, d, r, t, m)")
+    source = _source(payload.get("source"))
+    floats: list[str] = []
+    try:
+        before = convert_row(payload.get("before"), "before", floats)
+        after = convert_row(payload.get("after"), "after", floats)
+    except ConversionError as e:
+        raise _Failed("value", str(e)) from None
+    for name, img in (("before", before), ("after", after)):
+        if img is not None and not isinstance(img, Mapping):
+            raise _Failed("envelope", f"'{name}' must be an object or null, got {type(img).__name__}")
+    if op in (Op.CREATE, Op.READ, Op.UPDATE) and after is None:
+        raise _Failed("envelope", f"op '{op.value}' without an 'after' row image")
+    return ChangeEvent(
+        op=op, source=source, before=before, after=after, key=key,
+        ts_ms=_opt_int(payload.get("ts_ms")), transaction=_transaction(payload.get("transaction")),
+        message=_message(payload.get("message")) if op is Op.MESSAGE else None,
+        kafka=kafka, headers=headers, float_fields=frozenset(floats))
+
+
+def _row_type(envelope: FieldType) -> FieldType:
+    """The row struct of an envelope schema (``after``, else ``before``; whichever has fields)."""
+    fields = dict(envelope.fields)
+    for name in ("after", "before"):
+        t = fields.get(name)
+        if t is not None and t.kind == "struct" and t.fields:
+            return t
+    return FieldType("struct")
+
+
+def _typed_rows(conv: Converter | None) -> Callable[[Any, str, list[str]], Any]:
+    """Adapt a compiled row converter to ``_envelope``: paths of float fields get the image name prefixed."""
+    def convert(img: Any, path: str, floats: list[str]) -> Any:
+        if conv is None or img is None:
+            return img
+        found: list[str] = []
+        out = conv(img, found)
+        floats.extend(f"{path}.{f}" for f in found)
+        return out
+    return convert
+
+
+class Decoder:
+    """Decodes Kafka record values (and keys) into ``Decoded`` results.
+
+    The format is detected per record: a leading ``0x00`` magic byte means the Confluent Avro wire format
+    (``0x00`` + 4-byte big-endian schema id + Avro binary); a leading ``{`` means the JSON converter, with
+    ``schemas.enable`` true (``{"schema":…,"payload":…}``) or false (the bare envelope).
+    """
+
+    def __init__(self, schemas: SchemaSource | None = None, limits: DecoderLimits = DecoderLimits()) -> None:
+        self._schemas = schemas
+        self._limits = limits
+        self._avro: dict[int, _CompiledAvro] = {}
+        self._json_schemas: dict[str, Converter] = {}
+
+    # ------------------------------------------------------------------ public
+    def decode_message(self, msg: Any) -> Decoded:
+        """Decode a ``confluent_kafka.Message``."""
+        ts_type, ts = msg.timestamp()
+        kafka = KafkaCoordinates(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                                 timestamp_ms=ts if ts_type else None)
+        hdrs = tuple((k, v) for k, v in (msg.headers() or ()))
+        return self.decode(msg.value(), key=msg.key(), kafka=kafka, headers=hdrs)
+
+    def decode(
+        self,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        kafka: KafkaCoordinates | None = None,
+        headers: tuple[tuple[str, bytes | None], ...] = (),
+    ) -> Decoded:
+        try:
+            return self._decode(value, key, kafka, headers)
+        except _Failed as f:
+            return DecodeFailure(reason=f.reason, stage=f.stage, kafka=kafka, raw_value=value, raw_key=key,
+                                 headers=headers)
+        except InfraError:
+            raise
+        except RecursionError:
+            return DecodeFailure(reason="value nested too deeply", stage="limits", kafka=kafka,
+                                 raw_value=value, raw_key=key, headers=headers)
+        except Exception as e:  # the decoder must not stop the line: anything unforeseen is a poison record
+            return DecodeFailure(reason=f"unexpected {type(e).__name__}: {e}", stage="value", kafka=kafka,
+                                 raw_value=value, raw_key=key, headers=headers, error_class=type(e).__name__)
+
+    # ------------------------------------------------------------------ internals
+    def _decode(self, value: bytes | None, key_bytes: bytes | None, kafka: KafkaCoordinates | None,
+                headers: tuple[tuple[str, bytes | None], ...]) -> Decoded:
+        key = self._decode_key(key_bytes)
+        if value is None or len(value) == 0:
+            return Tombstone(key=key, kafka=kafka)
+        if len(value) > self._limits.max_record_bytes:
+            raise _Failed("limits", f"record of {len(value)} bytes exceeds max_record_bytes="
+                                    f"{self._limits.max_record_bytes}")
+        first = value[0]
+        if first == MAGIC_BYTE:
+            compiled, body = self._avro_body(value)
+            try:
+                payload = fastavro.schemaless_reader(io.BytesIO(body), compiled.parsed, None)
+            except Exception as e:
+                raise _Failed("value", f"Avro body does not match writer schema: {type(e).__name__}: {e}") from None
+            return _envelope(payload, convert_row=_typed_rows(compiled.value_conv), key=key, kafka=kafka,
+                             headers=headers)
+        doc = self._json(value, "value")
+        if isinstance(doc, Mapping) and set(doc) == {"schema", "payload"}:
+            return _envelope(doc["payload"], convert_row=_typed_rows(self._json_row_converter(doc["schema"])),
+                             key=key, kafka=kafka, headers=headers)
+        return _envelope(doc, convert_row=schemaless_row, key=key, kafka=kafka, headers=headers)
+
+    def _decode_key(self, raw: bytes | None) -> Mapping[str, Any] | None:
+        if raw is None or len(raw) == 0:
+            return None
+        if len(raw) > self._limits.max_record_bytes:
+            raise _Failed("limits", f"key of {len(raw)} bytes exceeds max_record_bytes")
+        if raw[0] == MAGIC_BYTE:
+            compiled, body = self._avro_body(raw, stage="key")
+            try:
+                rec = fastavro.schemaless_reader(io.BytesIO(body), compiled.parsed, None)
+            except Exception as e:
+                raise _Failed("key", f"Avro key does not match writer schema: {e}") from None
+            if compiled.key_conv is not None:
+                try:
+                    rec = compiled.key_conv(rec, [])
+                except ConversionError as e:
+                    raise _Failed("key", str(e)) from None
+            return rec if isinstance(rec, Mapping) else {"key": rec}
+        try:
+            doc = self._json(raw, "key")
+        except _Failed:
+            # Plain string keys (e.g. produced by hand) are legitimate: keep them verbatim.
+            return {"key": raw.decode("utf-8", "replace")}
+        if isinstance(doc, Mapping) and set(doc) == {"schema", "payload"}:
+            schema = doc["schema"]
+            payload = doc["payload"]
+            if isinstance(schema, Mapping) and schema.get("type") == "struct":
+                try:
+                    payload = compile_struct(from_connect_json(schema), "key")(payload, [])
+                except ConversionError as e:
+                    raise _Failed("key", str(e)) from None
+            return payload if isinstance(payload, Mapping) else {"key": payload}
+        return doc if isinstance(doc, Mapping) else {"key": doc}
+
+    def _json(self, raw: bytes, stage: str) -> Any:
+        if raw[:1] not in (b"{", b"[", b" ", b"\n", b"\t", b"\r", b'"') and not raw[:1].isdigit():
+            raise _Failed("wire", f"neither Avro wire format (magic byte 0x00) nor JSON: first byte 0x{raw[0]:02x}")
+        try:
+            return json.loads(raw, parse_float=Decimal)
+        except UnicodeDecodeError as e:
+            raise _Failed("json", f"{stage} is not UTF-8: {e}") from None
+        except json.JSONDecodeError as e:
+            raise _Failed("json", f"{stage} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+    def _avro_body(self, raw: bytes, stage: str = "wire") -> tuple[_CompiledAvro, bytes]:
+        if len(raw) < 5:
+            raise _Failed(stage, f"Avro wire format needs 5 header bytes, got {len(raw)}")
+        (schema_id,) = struct.unpack(">I", raw[1:5])
+        compiled = self._avro.get(schema_id)
+        if compiled is None:
+            compiled = self._compile_avro(schema_id)
+        return compiled, raw[5:]
+
+    def _compile_avro(self, schema_id: int) -> _CompiledAvro:
+        if self._schemas is None:
+            raise _Failed("schema", f"Avro record with schema id {schema_id} but no schema registry is configured")
+        try:
+            schema_json = self._schemas.avro_schema(schema_id)
+        except SchemaNotFound as e:
+            raise _Failed("schema", f"unknown schema id {schema_id}: {e}") from None
+        try:
+            parsed = fastavro.parse_schema(schema_json)
+            root = from_avro(schema_json)
+        except Exception as e:
+            raise _Failed("schema", f"schema id {schema_id} is not a usable Avro schema: {e}") from None
+        value_conv = compile_struct(_row_type(root), "")
+        key_conv = compile_struct(root, "key") if root.kind == "struct" else None
+        compiled = _CompiledAvro(parsed=parsed, value_conv=value_conv, key_conv=key_conv)
+        if len(self._avro) < _MAX_SCHEMAS:
+            self._avro[schema_id] = compiled
+        return compiled
+
+    def _json_row_converter(self, schema: Any) -> Converter | None:
+        if not isinstance(schema, Mapping):
+            return None  # e.g. "schema": null → treat payload as schemaless-typed
+        cache_key = json.dumps(schema, sort_keys=True, default=str)
+        conv = self._json_schemas.get(cache_key)
+        if conv is None:
+            try:
+                root = from_connect_json(schema)
+            except (KeyError, TypeError) as e:
+                raise _Failed("schema", f"malformed JSON converter schema: {e!r}") from None
+            conv = compile_struct(_row_type(root), "")
+            if len(self._json_schemas) < _MAX_SCHEMAS:
+                self._json_schemas[cache_key] = conv
+        return conv

@@ -1,0 +1,111 @@
+"""Shared fixtures: real services for integration tests, fixture files for pure tests.
+
+Integration fixtures start a real Apache Kafka broker (KRaft) and a real PostgreSQL once per session.
+Escape hatches to existing services: ``KDCDC_TEST_BOOTSTRAP`` (Kafka bootstrap servers) and
+``KDCDC_TEST_DSN`` (a PostgreSQL DSN whose user may create databases).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from connector.devstack import EmbeddedPostgres, KafkaBroker
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "debezium"
+if not FIXTURES.exists():  # CI clones next to a copy of shared/
+    FIXTURES = Path(os.environ.get("KDCDC_FIXTURES", FIXTURES))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def normalise_doc_fixture(text: str) -> str:
+    """Make a Debezium documentation example parse: drop ``// <n>`` callouts, ``...`` elisions, trailing commas."""
+    text = re.sub(r"//\s*<\d+>", "", text)
+    text = re.sub(r"\{\s*\.\.\.\s*\}", "{}", text)
+    text = re.sub(r"^\s*\.\.\.\s*$", "", text, flags=re.M)
+    text = re.sub(r",(\s*[}\]])", r"\1", text)
+    return text
+
+
+def fixture_bytes(name: str) -> bytes:
+    raw = (FIXTURES / name).read_text(encoding="utf-8")
+    if name.endswith(".txt"):
+        raw = normalise_doc_fixture(raw)
+    return raw.encode()
+
+
+# --------------------------------------------------------------------------- Kafka
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = os.environ.get("KDCDC_TEST_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics (deleted afterwards)."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for f in admin.delete_topics(created).values():
+            try:
+                f.result(30)
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = os.environ.get("KDCDC_TEST_DSN")
+    if env:
+        yield env
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), durable=False).start()
+    try:
+        yield pg.dsn()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(pg_server_dsn)
+    info["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
