@@ -44,6 +44,7 @@ from connector.events._types import (
 )
 
 MAGIC_BYTE: Final = 0
+_MISSING: Final = object()
 _OPS: Final = {op.value: op for op in Op}
 _MAX_SCHEMAS: Final = 10_000
 
@@ -284,6 +285,8 @@ class Decoder:
         self._limits = limits
         self._avro: dict[int, _CompiledAvro] = {}
         self._json_schemas: dict[str, Converter] = {}
+        self._json_by_bytes: dict[bytes, Converter | None] = {}
+        self._json_schema_lengths: list[int] = []
 
     # ------------------------------------------------------------------ public
     def decode_message(self, msg: Any) -> Decoded:
@@ -334,10 +337,15 @@ class Decoder:
                 raise _Failed("value", f"Avro body does not match writer schema: {type(e).__name__}: {e}") from None
             return _envelope(payload, convert_row=_typed_rows(compiled.value_conv), key=key, kafka=kafka,
                              headers=headers)
+        fast = self._json_known_schema(value)
+        if fast is not None:
+            conv, payload = fast
+            return _envelope(payload, convert_row=_typed_rows(conv), key=key, kafka=kafka, headers=headers)
         doc = self._json(value, "value")
         if isinstance(doc, Mapping) and set(doc) == {"schema", "payload"}:
-            return _envelope(doc["payload"], convert_row=_typed_rows(self._json_row_converter(doc["schema"])),
-                             key=key, kafka=kafka, headers=headers)
+            conv = self._json_row_converter(doc["schema"])
+            self._remember_schema_bytes(value, conv)
+            return _envelope(doc["payload"], convert_row=_typed_rows(conv), key=key, kafka=kafka, headers=headers)
         return _envelope(doc, convert_row=schemaless_row, key=key, kafka=kafka, headers=headers)
 
     def _decode_key(self, raw: bytes | None) -> Mapping[str, Any] | None:
@@ -410,6 +418,42 @@ class Decoder:
         if len(self._avro) < _MAX_SCHEMAS:
             self._avro[schema_id] = compiled
         return compiled
+
+    # JsonConverter writes compact ``{"schema":<S>,"payload":<P>}`` with <S> byte-identical on every record
+    # of a table version. Recognising <S> by its bytes skips parsing and re-hashing the schema, which is
+    # most of the work for schema-carrying JSON (see docs/benchmarks.md).
+    _SCHEMA_PREFIX: Final = b'{"schema":'
+    _PAYLOAD_SEP: Final = b',"payload":'
+
+    def _json_known_schema(self, value: bytes) -> tuple[Converter | None, Any] | None:
+        if not value.startswith(self._SCHEMA_PREFIX) or not value.endswith(b"}"):
+            return None
+        start = len(self._SCHEMA_PREFIX)
+        for length in self._json_schema_lengths:
+            end = start + length
+            if value[end:end + len(self._PAYLOAD_SEP)] == self._PAYLOAD_SEP:
+                conv = self._json_by_bytes.get(value[start:end], _MISSING)
+                if conv is not _MISSING:
+                    payload = self._json(value[end + len(self._PAYLOAD_SEP):-1], "value")
+                    return conv, payload  # type: ignore[return-value]
+        return None
+
+    def _remember_schema_bytes(self, value: bytes, conv: Converter | None) -> None:
+        if not value.startswith(self._SCHEMA_PREFIX) or len(self._json_by_bytes) >= 256:
+            return
+        decoder = json.JSONDecoder()
+        try:
+            text = value.decode("utf-8")
+            _, end = decoder.raw_decode(text, len(self._SCHEMA_PREFIX))
+        except (ValueError, UnicodeDecodeError):
+            return
+        if not text.startswith(',"payload":', end):
+            return
+        byte_end = len(text[:end].encode("utf-8"))  # raw_decode counts characters, slices need bytes
+        schema_bytes = value[len(self._SCHEMA_PREFIX):byte_end]
+        self._json_by_bytes[schema_bytes] = conv
+        if len(schema_bytes) not in self._json_schema_lengths:
+            self._json_schema_lengths.append(len(schema_bytes))
 
     def _json_row_converter(self, schema: Any) -> Converter | None:
         if not isinstance(schema, Mapping):

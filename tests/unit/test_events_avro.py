@@ -136,3 +136,27 @@ def test_double_mode_amounts_are_flagged_as_floats() -> None:
     ev = Decoder(FixedSchemas(schema)).decode(buf.getvalue())
     assert isinstance(ev, ChangeEvent) and ev.after is not None
     assert ev.after["amount"] == 1234.56 and ev.float_fields == frozenset({"after.amount"})
+
+
+def test_json_schema_cache_follows_schema_evolution() -> None:
+    """Records of two schema versions interleaved on one decoder: each is typed by its own schema."""
+    import json as _json
+
+    gen = samples.SampleGenerator(seed=4)
+    env = samples.envelope(samples.MES, "c", before=None, after=gen.row(samples.MES))
+    env["after"]["work_order_no"] = "工单-001"  # non-ASCII payload must not confuse byte offsets
+    v1 = samples.encode_json(samples.MES, env)
+    doc = _json.loads(v1)
+    # Version 2: the amount column's scale changed from 2 to 3 (same field names, different bytes).
+    for f in doc["schema"]["fields"][1]["fields"]:
+        if f["field"] == "amount":
+            f["parameters"]["scale"] = "3"
+    v2 = _json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    decoder = Decoder()
+    amounts = []
+    for raw in (v1, v2, v1, v2, v1[:-3] + b"}}}"):
+        ev = decoder.decode(raw)
+        amounts.append(ev.after["amount"] if isinstance(ev, ChangeEvent) and ev.after else ev)
+    assert amounts[0] == amounts[2] == env["after"]["amount"]
+    assert amounts[1] == amounts[3] == env["after"]["amount"] / 10
+    assert isinstance(amounts[4], DecodeFailure)
