@@ -22,6 +22,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 events_app = typer.Typer(no_args_is_help=True, help="Decode Debezium change events.")
 dev_app = typer.Typer(no_args_is_help=True, help="Run the local development stack (real Kafka + PostgreSQL).")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+mapping_app = typer.Typer(no_args_is_help=True, help="Validate, preview and test mapping rules.")
+app.add_typer(mapping_app, name="mapping")
 app.add_typer(events_app, name="events")
 app.add_typer(dev_app, name="dev")
 app.add_typer(config_app, name="config")
@@ -76,6 +78,74 @@ def events_decode(
             out = event_to_json(result)
             failures += out["kind"] == "DecodeFailure"
             typer.echo(json.dumps(out, ensure_ascii=False))
+    if failures:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- mapping
+RulesDir = Annotated[Path, typer.Argument(help="directory of rule files (rule, lookups, ledger, golden)")]
+
+
+@mapping_app.command("check")
+def mapping_check(rules: RulesDir) -> None:
+    """Validate rule files: unknown keys, bad expressions, unknown accounts (file:line key in every message)."""
+    from connector.mapping import load_rules
+
+    rs = load_rules(rules)
+    typer.echo(f"{len(rs.rules)} rules OK ({', '.join(r.id for r in rs.rules)}); "
+               f"{len(rs.ledger.accounts)} accounts, {len(rs.ledger.books)} books, {len(rs.golden)} golden cases")
+
+
+@mapping_app.command("preview")
+def mapping_preview(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="event files (JSON, Avro with "
+                                                                                   "--schema, or NDJSON)")],
+    rules: Annotated[Path, typer.Option("--rules", exists=True, file_okay=False, help="rules directory")],
+    schema: Annotated[Optional[Path], typer.Option("--schema", exists=True, dir_okay=False)] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="JSON primary key for events without one, "
+                                                             "e.g. '{\"id\":1}'")] = None,
+) -> None:
+    """Print the vouchers (or rejections) each event would produce, as JSON with amounts as strings."""
+    from connector.events import ChangeEvent, Decoder, FixedSchemas, KafkaCoordinates, event_to_json
+    from connector.ledger import to_kingdee
+    from connector.mapping import InMemoryLedger, Mapper, load_rules
+    from connector.mapping._golden import outcome
+
+    rs = load_rules(rules)
+    mapper = Mapper(rs)
+    ledger = InMemoryLedger()
+    decoder = Decoder(FixedSchemas(json.loads(schema.read_text())) if schema else None)
+    for path in files:
+        for n, rec in enumerate(_records_in(path)):
+            ev = decoder.decode(rec, key=key.encode() if key else None,
+                                kafka=KafkaCoordinates(topic=str(path), partition=0, offset=n))
+            if not isinstance(ev, ChangeEvent):
+                typer.echo(json.dumps({"event": f"{path}#{n}", "decoded": event_to_json(ev)}, ensure_ascii=False))
+                continue
+            result = mapper.map(ev, ledger)
+            ledger.apply(result)
+            out = {"event": f"{path}#{n}", **outcome(result)}
+            if result.vouchers:
+                from connector.events import to_jsonable
+
+                out["kingdee"] = [to_jsonable(to_kingdee(v, rs.ledger.books.get(v.book))) for v in result.vouchers]
+            typer.echo(json.dumps(out, ensure_ascii=False))
+
+
+@mapping_app.command("test")
+def mapping_test(rules: RulesDir) -> None:
+    """Run the golden files: every sample event must produce exactly the expected vouchers."""
+    from connector.mapping import load_rules
+    from connector.mapping._golden import run_golden
+
+    rs = load_rules(rules)
+    if not rs.golden:
+        _fail(f"no golden cases (files with kind: golden) under {rules}")
+    checked, failures = run_golden(rs)
+    for f in failures:
+        typer.secho(f"FAIL {f}", fg=typer.colors.RED)
+    typer.echo(f"{len(rs.golden)} cases, {checked} events: {checked - len({(f.case, f.event) for f in failures})} "
+               f"passed, {len({(f.case, f.event) for f in failures})} failed")
     if failures:
         raise typer.Exit(1)
 

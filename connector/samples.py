@@ -111,12 +111,15 @@ class SampleGenerator:
             gross = _money(r, 10, 3000)
             net = quantize(gross / (1 + _VAT))
             currency = "CNY" if r.random() < 0.9 else "USD"
+            payment = r.choice(_PAYMENTS)
+            # Credit sales name the customer — except the odd one a cashier got wrong (a realistic reject).
+            has_customer = r.random() < (0.98 if payment == "CREDIT" else 0.6)
             return {"id": i, "order_no": f"SO{d:%Y%m%d}{i:06d}", "channel": r.choice(("STORE", "ONLINE")),
                     "store_code": r.choice(_STORES), "company_code": r.choice(_COMPANIES),
-                    "customer_code": f"C{r.randint(1, 50):04d}" if r.random() < 0.7 else None, "order_date": d,
+                    "customer_code": f"C{r.randint(1, 50):04d}" if has_customer else None, "order_date": d,
                     "currency": currency, "net_amount": net, "tax_amount": gross - net, "gross_amount": gross,
                     "points_deduction": _money(r, 0, 20) if r.random() < 0.3 else Decimal("0.00"),
-                    "payment_method": r.choice(_PAYMENTS), "status": "PAID", "created_at": created,
+                    "payment_method": payment, "status": "PAID", "created_at": created,
                     "updated_at": None}
         if t is PURCHASING:
             sup, cls, region = r.choice(_SUPPLIERS)

@@ -1,0 +1,43 @@
+"""Vouchers, entries, rejections, the accounting checks and Kingdee/Avro serialisation."""
+
+from connector.ledger._model import (
+    Entry,
+    ReasonCode,
+    Rejection,
+    RowRef,
+    Side,
+    SourceRef,
+    Voucher,
+    VoucherKind,
+    canonical_pk,
+    reverse,
+    voucher_key,
+)
+
+from connector.ledger._checks import (
+    CHECKS,
+    REVIEWS,
+    Account,
+    AmountHistory,
+    Book,
+    LedgerContext,
+    Limits,
+    Permission,
+    check_voucher,
+    dimension_slot,
+)
+from connector.ledger._serde import (
+    key_marker,
+    kingdee_json,
+    render_entry,
+    to_kingdee,
+    voucher_from_avro,
+    voucher_summary,
+    voucher_to_avro,
+)
+
+__all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "LedgerContext", "Limits", "Permission",
+           "check_voucher", "dimension_slot", "key_marker", "kingdee_json", "render_entry", "to_kingdee",
+           "voucher_from_avro", "voucher_summary", "voucher_to_avro",
+           "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "Voucher", "VoucherKind",
+           "canonical_pk", "reverse", "voucher_key"]

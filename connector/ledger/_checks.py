@@ -1,0 +1,303 @@
+"""Accounting checks: an ordered registry of small named functions that return rejections as values.
+
+``check_voucher`` runs every check in ``CHECKS`` order and the balance check last; the balance check
+cannot be switched off. Limit checks (``REVIEWS``) never reject: they mark the voucher for human review
+(posted as a draft, not auto-submitted). Everything a check needs is in ``LedgerContext`` — the chart of
+accounts, books and periods, per-source permissions and limits — loaded from files or from Kingdee.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Final
+
+from connector.ledger._model import ReasonCode, Rejection, Side, Voucher, VoucherKind
+from connector.money import CENT, MONEY_CONTEXT, ZERO
+
+#: Standard 核算维度 slots of GL_VOUCHER (``FDetailID.FDETAILID__<slot>``) with their friendly names.
+DIMENSION_SLOTS: Final[dict[str, str]] = {
+    "supplier": "FLEX4", "department": "FLEX5", "customer": "FLEX6", "employee": "FLEX7",
+    "material": "FLEX8", "expense_item": "FLEX9", "asset_type": "FLEX10", "organisation": "FLEX11",
+    "material_group": "FLEX12", "customer_group": "FLEX13",
+}
+DIMENSION_LABELS: Final[dict[str, str]] = {
+    "FLEX4": "供应商", "FLEX5": "部门", "FLEX6": "客户", "FLEX7": "员工", "FLEX8": "物料", "FLEX9": "费用项目",
+    "FLEX10": "资产类别", "FLEX11": "组织机构", "FLEX12": "物料分组", "FLEX13": "客户分组",
+}
+
+
+def dimension_slot(name: str) -> str:
+    """``supplier`` → ``FLEX4``; ``FLEX4``/``FF100002`` are returned unchanged; anything else → ``ValueError``."""
+    if name in DIMENSION_SLOTS:
+        return DIMENSION_SLOTS[name]
+    upper = name.upper()
+    if upper in DIMENSION_LABELS or (upper.startswith("FF") and upper[2:].isdigit()):
+        return upper
+    raise ValueError(f"unknown dimension {name!r}: use one of {', '.join(DIMENSION_SLOTS)}, FLEXn, or FF1000nn")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """A chart-of-accounts entry (``BD_Account``)."""
+
+    number: str
+    name: str
+    direction: Side = Side.DEBIT  #: normal balance side
+    leaf: bool = True  #: only leaf (明细) accounts accept entries
+    frozen: bool = False
+    required_dimensions: frozenset[str] = frozenset()  #: slots that every entry must carry
+    #: ISO codes allowed for foreign-currency accounting; ``None`` = any currency.
+    currencies: frozenset[str] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.number}-{self.name}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Book:
+    """An account book (账簿) and the Kingdee data centre that holds it."""
+
+    number: str
+    name: str = ""
+    local_currency: str = "CNY"
+    data_centre: str | None = None
+    #: Periods (``YYYY-MM``) accepting postings; ``None`` = every period not in ``closed_periods``.
+    open_periods: frozenset[str] | None = None
+    closed_periods: frozenset[str] = frozenset()
+    #: ISO currency code → Kingdee currency number (``CNY`` → ``PRE001``).
+    currency_numbers: Mapping[str, str] = field(default_factory=lambda: {"CNY": "PRE001"})
+    auto_submit: bool = False
+    auto_audit: bool = False
+
+    def period_open(self, period: str) -> bool:
+        if period in self.closed_periods:
+            return False
+        return self.open_periods is None or period in self.open_periods
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Permission:
+    """What one source system may post: books and account patterns (``fnmatch``: ``2211*``)."""
+
+    system: str
+    books: frozenset[str] | None = None  #: ``None`` = any book
+    accounts: tuple[str, ...] = ("*",)
+    deny_accounts: tuple[str, ...] = ()
+
+    def allows_account(self, number: str) -> bool:
+        if any(fnmatch.fnmatchcase(number, p) for p in self.deny_accounts):
+            return False
+        return any(fnmatch.fnmatchcase(number, p) for p in self.accounts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Review thresholds for one source system."""
+
+    review_above: Decimal | None = None  #: voucher debit total above this → review
+    zscore: float | None = None  #: |z| of the amount vs. recent amounts of the same counterparty above this → review
+    zscore_dimension: str = "FLEX4"  #: counterparty dimension the pattern is tracked by (default supplier)
+    zscore_window: int = 200
+    zscore_min_samples: int = 20
+
+
+class AmountHistory:
+    """Recent voucher amounts per (system, counterparty): the only state the checks keep (bounded)."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], deque[float]] = {}
+
+    def zscore(self, key: tuple[str, str], amount: Decimal, *, window: int, min_samples: int) -> float | None:
+        series = self._series.setdefault(key, deque(maxlen=window))
+        z = None
+        if len(series) >= min_samples:
+            mean = sum(series) / len(series)
+            var = sum((x - mean) ** 2 for x in series) / len(series)
+            sd = math.sqrt(var)
+            # Statistics only (never money arithmetic): a float here cannot move a cent.
+            z = (float(amount) - mean) / sd if sd > 0 else (0.0 if float(amount) == mean else math.inf)
+        series.append(float(amount))
+        return z
+
+
+@dataclass(slots=True, kw_only=True)
+class LedgerContext:
+    """Everything the checks consult. Loaded from the rules directory (``chart.yaml``) or from Kingdee."""
+
+    accounts: Mapping[str, Account] = field(default_factory=dict)
+    books: Mapping[str, Book] = field(default_factory=dict)
+    permissions: Mapping[str, Permission] = field(default_factory=dict)
+    limits: Mapping[str, Limits] = field(default_factory=dict)
+    dimension_labels: Mapping[str, str] = field(default_factory=dict)  #: custom slot → 中文 name
+    history: AmountHistory = field(default_factory=AmountHistory)
+    #: Tolerance between ``amount`` and ``amount_for × rate`` (rounding of one line).
+    rate_tolerance: Decimal = CENT
+
+    def label(self, slot: str) -> str:
+        return self.dimension_labels.get(slot) or DIMENSION_LABELS.get(slot, slot)
+
+
+Check = Callable[[Voucher, LedgerContext], Iterable[Rejection]]
+
+
+def _rej(v: Voucher, code: ReasonCode, message: str, field_: str | None = None, value: object = None) -> Rejection:
+    return Rejection(code=code, message=message, rule=v.rule_id, field=field_,
+                     value=None if value is None else str(value), source=v.source, voucher_key=v.key)
+
+
+def check_entries_present(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    if len(v.entries) < 2:
+        yield _rej(v, ReasonCode.EMPTY_VOUCHER,
+                   f"a voucher needs at least one debit and one credit line, got {len(v.entries)}", "entries")
+
+
+def check_book(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    if ctx.books and v.book not in ctx.books:
+        yield _rej(v, ReasonCode.UNKNOWN_BOOK, f"account book {v.book!r} is not configured", "book", v.book)
+
+
+def check_accounts(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    if not ctx.accounts:
+        return
+    for i, e in enumerate(v.entries, 1):
+        acct = ctx.accounts.get(e.account)
+        where = f"entries[{i}].account"
+        if acct is None:
+            yield _rej(v, ReasonCode.UNKNOWN_ACCOUNT, f"第{i}行分录：科目 {e.account} 不存在 (unknown account)",
+                       where, e.account)
+            continue
+        if not acct.leaf:
+            yield _rej(v, ReasonCode.NON_LEAF_ACCOUNT,
+                       f"第{i}行分录：科目（{acct.label}）不是明细科目 (not a leaf account)", where, e.account)
+        if acct.frozen:
+            yield _rej(v, ReasonCode.FROZEN_ACCOUNT, f"第{i}行分录：科目（{acct.label}）已禁用 (frozen)", where,
+                       e.account)
+        missing = sorted(s for s in acct.required_dimensions if not e.dimensions.get(s))
+        if missing:
+            names = "、".join(ctx.label(s) for s in missing)
+            yield _rej(v, ReasonCode.MISSING_DIMENSION,
+                       f"第{i}行分录：科目（{acct.label}）设置的下列必录维度未录入或不可用：{names}",
+                       f"entries[{i}].dimensions", ",".join(missing))
+        if acct.currencies is not None and e.currency not in acct.currencies:
+            yield _rej(v, ReasonCode.CURRENCY_NOT_ALLOWED,
+                       f"第{i}行分录：科目（{acct.label}）不核算币别 {e.currency}", f"entries[{i}].currency", e.currency)
+
+
+def check_currency(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    book = ctx.books.get(v.book)
+    local = book.local_currency if book else None
+    for i, e in enumerate(v.entries, 1):
+        expected = MONEY_CONTEXT.multiply(e.amount_for, e.rate)
+        if abs(MONEY_CONTEXT.subtract(e.amount, expected)) > ctx.rate_tolerance:
+            yield _rej(v, ReasonCode.CURRENCY_INCONSISTENT,
+                       f"entry {i}: local amount {e.amount} ≠ {e.amount_for} {e.currency} × rate {e.rate} "
+                       f"(= {expected})", f"entries[{i}].amount", e.amount)
+        if local is not None and e.currency == local and e.rate != 1:
+            yield _rej(v, ReasonCode.CURRENCY_INCONSISTENT,
+                       f"entry {i}: local-currency line ({local}) with rate {e.rate}", f"entries[{i}].rate", e.rate)
+
+
+def check_period(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    book = ctx.books.get(v.book)
+    period = f"{v.date:%Y-%m}"
+    if book is not None and not book.period_open(period):
+        yield _rej(v, ReasonCode.CLOSED_PERIOD, f"accounting period {period} of book {v.book} is closed (期间已结账)",
+                   "date", v.date.isoformat())
+
+
+def check_permissions(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    perm = ctx.permissions.get(v.source.row.system)
+    if perm is None:
+        return
+    if perm.books is not None and v.book not in perm.books:
+        yield _rej(v, ReasonCode.PERMISSION_DENIED,
+                   f"source system {perm.system!r} may not post to book {v.book}", "book", v.book)
+    for i, e in enumerate(v.entries, 1):
+        if not perm.allows_account(e.account):
+            yield _rej(v, ReasonCode.PERMISSION_DENIED,
+                       f"source system {perm.system!r} may not post to account {e.account}",
+                       f"entries[{i}].account", e.account)
+
+
+def check_balance(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+    """Debits equal credits in local currency, to the cent. Always runs, always last."""
+    debit, credit = v.debit_total, v.credit_total
+    if debit != credit:
+        diff = MONEY_CONTEXT.subtract(debit, credit)
+        yield _rej(v, ReasonCode.UNBALANCED,
+                   f"debits {debit} ≠ credits {credit} (difference {diff}); add an explicit rounding rule if this "
+                   "is a rounding difference", "entries", diff)
+    for i, e in enumerate(v.entries, 1):
+        if e.amount.as_tuple().exponent < -2:  # type: ignore[operator]
+            yield _rej(v, ReasonCode.INVALID_AMOUNT, f"entry {i}: amount {e.amount} has more than 2 decimals",
+                       f"entries[{i}].amount", e.amount)
+
+
+#: Ordered registry of rejecting checks (name, function). ``check_balance`` is not in it: it always runs last.
+CHECKS: Final[tuple[tuple[str, Check], ...]] = (
+    ("entries_present", check_entries_present),
+    ("book", check_book),
+    ("accounts", check_accounts),
+    ("currency", check_currency),
+    ("period", check_period),
+    ("permissions", check_permissions),
+)
+
+
+def review_amount(v: Voucher, ctx: LedgerContext) -> Iterable[str]:
+    lim = ctx.limits.get(v.source.row.system)
+    if lim is not None and lim.review_above is not None and v.debit_total > lim.review_above:
+        yield f"amount {v.debit_total} above review threshold {lim.review_above}"
+
+
+def review_pattern(v: Voucher, ctx: LedgerContext) -> Iterable[str]:
+    lim = ctx.limits.get(v.source.row.system)
+    if lim is None or lim.zscore is None:
+        return
+    counterparty = next((e.dimensions[lim.zscore_dimension] for e in v.entries
+                         if e.dimensions.get(lim.zscore_dimension)), None)
+    if counterparty is None:
+        return
+    z = ctx.history.zscore((v.source.row.system, counterparty), v.debit_total, window=lim.zscore_window,
+                           min_samples=lim.zscore_min_samples)
+    if z is not None and abs(z) > lim.zscore:
+        yield f"amount {v.debit_total} deviates from {counterparty}'s recent pattern (z={z:.1f})"
+
+
+REVIEWS: Final[tuple[tuple[str, Callable[[Voucher, LedgerContext], Iterable[str]]], ...]] = (
+    ("review_amount", review_amount),
+    ("review_pattern", review_pattern),
+)
+
+
+def check_voucher(v: Voucher, ctx: LedgerContext, *, skip: Iterable[str] = ()) -> Voucher | tuple[Rejection, ...]:
+    """Run the checks; return the voucher (with review reasons) or every rejection found.
+
+    ``skip`` names checks to leave out (e.g. ``accounts`` when no chart is loaded); the balance check runs
+    regardless.
+    """
+    skipped = set(skip)
+    unknown = skipped - {name for name, _ in CHECKS} - {name for name, _ in REVIEWS}
+    if unknown:
+        raise ValueError(f"unknown check(s) {sorted(unknown)}; the balance check cannot be skipped")
+    found: list[Rejection] = []
+    for name, check in CHECKS:
+        if name not in skipped:
+            found.extend(check(v, ctx))
+    found.extend(check_balance(v, ctx))
+    if found:
+        return tuple(found)
+    if v.kind is VoucherKind.REVERSAL:
+        return v  # undoing a posted voucher is never held back for review
+    reasons = [r for name, review in REVIEWS if name not in skipped for r in review(v, ctx)]
+    return replace(v, review_reasons=tuple(reasons)) if reasons else v
+
+
+def is_zero(amount: Decimal) -> bool:
+    return amount == ZERO

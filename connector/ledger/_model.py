@@ -1,0 +1,206 @@
+"""The ledger model: vouchers, entries and rejections — small immutable records, no I/O.
+
+A ``Voucher`` is what Kingdee calls 凭证 (``GL_VOUCHER``): a header plus entries (分录) whose local-currency
+debits equal credits. Reversals are red-ink (红字冲销): the same accounts and sides with negated amounts,
+so original + reversal net to zero per account and dimension. A ``Rejection`` is a value, never an
+exception: it names the reason code, the rule, the field and the offending value.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+import datetime as dt
+from decimal import Decimal
+from typing import Any, Final
+
+from connector.money import ZERO, money_sum
+
+KEY_VERSION: Final = "v1"
+
+
+class Side(enum.StrEnum):
+    """Debit (借方, Kingdee ``FDC`` 1) or credit (贷方, ``FDC`` -1)."""
+
+    DEBIT = "debit"
+    CREDIT = "credit"
+
+    @property
+    def fdc(self) -> int:
+        return 1 if self is Side.DEBIT else -1
+
+
+class VoucherKind(enum.StrEnum):
+    ORIGINAL = "original"  #: posts a business change
+    REVERSAL = "reversal"  #: red-ink reversal (红字冲销) of an earlier voucher
+    DELTA = "delta"  #: the difference after an update (``on_update: post_delta``)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowRef:
+    """Identity of a source row, independent of the topic it was read from."""
+
+    system: str  #: Debezium ``topic.prefix`` / logical server name (``pos``, ``payroll`` …)
+    table: str  #: ``db.schema.table``
+    pk: str  #: canonical JSON of the primary-key columns, e.g. ``{"id":42}``
+
+    def __str__(self) -> str:
+        return f"{self.system}:{self.table}:{self.pk}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRef:
+    """Which change produced a voucher: the row, where in the source log, and the operation."""
+
+    row: RowRef
+    position: str  #: ``SourceInfo.position`` (LSN / binlog / GTID) — never a Kafka offset
+    op: str  #: Debezium op code
+    ts_ms: int | None = None  #: source database commit time
+
+
+def canonical_pk(values: Mapping[str, Any]) -> str:
+    """Stable text for primary-key values (sorted keys, no whitespace, decimals and dates as text)."""
+    return json.dumps({k: values[k] for k in sorted(values)}, separators=(",", ":"), default=str,
+                      ensure_ascii=False)
+
+
+def voucher_key(source: SourceRef, rule_id: str, role: str = "post") -> str:
+    """Deterministic voucher key from the *source identity* (system, table, pk, position, op) + rule + role.
+
+    The same change always yields the same key, whichever topic it was replayed from; the key goes into the
+    Kingdee voucher so an ambiguous post can be looked up before it is retried.
+    """
+    text = "|".join((KEY_VERSION, source.row.system, source.row.table, source.row.pk, source.position, source.op,
+                     rule_id, role))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One voucher line (分录, ``FEntity`` row).
+
+    ``amount`` is in the book's local currency (本位币, ``FDEBIT``/``FCREDIT``); ``amount_for`` in the
+    transaction currency (原币, ``FAMOUNTFOR``) with ``rate`` = local / original. Both are negative on a
+    red-ink reversal.
+    """
+
+    account: str  #: account number (科目编码, ``FACCOUNTID.FNumber``)
+    side: Side
+    amount: Decimal  #: local currency
+    explanation: str = ""  #: 摘要 ``FEXPLANATION``
+    currency: str = "CNY"  #: ISO code of the transaction currency (mapped to Kingdee numbers on output)
+    rate_type: str = "HLTX01_SYS"  #: 汇率类型 ``FEXCHANGERATETYPE``
+    rate: Decimal = Decimal(1)  #: 汇率 ``FEXCHANGERATE``
+    amount_for: Decimal = ZERO  #: transaction currency 原币金额
+    quantity: Decimal | None = None  #: ``FQty``
+    price: Decimal | None = None  #: ``FPrice``
+    unit: str | None = None  #: ``FUnitId.FNumber``
+    settle_type: str | None = None  #: 结算方式 ``FSettleTypeID``
+    settle_no: str | None = None  #: 结算号 ``FSETTLENO``
+    #: 核算维度: slot → value number, slots ``FLEX4`` supplier … ``FLEX13``, or custom ``FF100002``.
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def debit(self) -> Decimal:
+        return self.amount if self.side is Side.DEBIT else ZERO
+
+    @property
+    def credit(self) -> Decimal:
+        return self.amount if self.side is Side.CREDIT else ZERO
+
+    def negated(self) -> Entry:
+        return replace(self, amount=-self.amount, amount_for=-self.amount_for,
+                       quantity=-self.quantity if self.quantity is not None else None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Voucher:
+    """A balanced general-ledger voucher for one account book."""
+
+    key: str  #: deterministic idempotency key (see ``voucher_key``)
+    book: str  #: 账簿 number (``FAccountBookID``)
+    date: dt.date  #: 日期 ``FDate`` (decides the accounting period)
+    group: str  #: 凭证字 number (``FVOUCHERGROUPID``), e.g. ``PRE001`` = 记
+    explanation: str  #: header explanation (also the default entry explanation)
+    entries: tuple[Entry, ...]
+    source: SourceRef
+    rule_id: str
+    rule_version: str
+    kind: VoucherKind = VoucherKind.ORIGINAL
+    reverses: str | None = None  #: key of the voucher this one reverses (REVERSAL / DELTA)
+    business_date: dt.date | None = None  #: 业务日期 ``FBUSDATE``
+    data_centre: str | None = None  #: Kingdee data centre (账套) serving the book
+    attachments: int = 0  #: 附件数 ``FATTACHMENTS``
+    #: Set by limit checks: post as a draft for a human instead of auto-submit/audit.
+    review_reasons: tuple[str, ...] = ()
+
+    @property
+    def debit_total(self) -> Decimal:
+        return money_sum([e.debit for e in self.entries])
+
+    @property
+    def credit_total(self) -> Decimal:
+        return money_sum([e.credit for e in self.entries])
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.review_reasons)
+
+
+def reverse(original: Voucher, *, by: SourceRef, on: dt.date | None = None) -> Voucher:
+    """The red-ink reversal (红字冲销) of ``original`` caused by change ``by`` (an update or delete)."""
+    return replace(
+        original,
+        key=voucher_key(by, original.rule_id, f"reverse:{original.key}"),
+        kind=VoucherKind.REVERSAL,
+        reverses=original.key,
+        date=on or original.date,
+        explanation=f"冲销 {original.explanation}"[:500],
+        entries=tuple(e.negated() for e in original.entries),
+        source=by,
+        review_reasons=(),
+    )
+
+
+class ReasonCode(enum.StrEnum):
+    """Why a change was rejected. Stable strings: they reach the feedback topic and dashboards."""
+
+    NO_RULE = "NO_RULE"
+    NO_PRIMARY_KEY = "NO_PRIMARY_KEY"
+    MISSING_FIELD = "MISSING_FIELD"
+    EXPRESSION_ERROR = "EXPRESSION_ERROR"
+    FLOAT_AMOUNT = "FLOAT_AMOUNT"
+    INVALID_AMOUNT = "INVALID_AMOUNT"
+    INVALID_DATE = "INVALID_DATE"
+    EMPTY_VOUCHER = "EMPTY_VOUCHER"
+    UNKNOWN_BOOK = "UNKNOWN_BOOK"
+    UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
+    NON_LEAF_ACCOUNT = "NON_LEAF_ACCOUNT"
+    FROZEN_ACCOUNT = "FROZEN_ACCOUNT"
+    MISSING_DIMENSION = "MISSING_DIMENSION"
+    CURRENCY_NOT_ALLOWED = "CURRENCY_NOT_ALLOWED"
+    NO_EXCHANGE_RATE = "NO_EXCHANGE_RATE"
+    CURRENCY_INCONSISTENT = "CURRENCY_INCONSISTENT"
+    CLOSED_PERIOD = "CLOSED_PERIOD"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNBALANCED = "UNBALANCED"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """A change that cannot become a voucher, with everything needed to fix the rule or the data."""
+
+    code: ReasonCode
+    message: str
+    rule: str | None = None  #: rule id (``None`` when no rule matched)
+    field: str | None = None  #: rule field path or event field path, e.g. ``entries[2].amount``
+    value: str | None = None  #: the offending value, as text
+    source: SourceRef | None = None
+    voucher_key: str | None = None  #: key of the voucher that failed the checks, if one was built
+
+    def __str__(self) -> str:
+        where = f" [{self.rule}{'/' + self.field if self.field else ''}]" if self.rule else ""
+        return f"{self.code.value}{where}: {self.message}"

@@ -1,0 +1,8 @@
+"""Declarative mapping: YAML rules turn change events into vouchers (pure, no I/O)."""
+
+from connector.mapping._engine import NO_PRIOR, InMemoryLedger, Mapper, MapResult, PriorLookup
+from connector.mapping._expr import Compiler, EvalError, ExprError, Tables
+from connector.mapping._rules import GoldenCase, Rule, RuleError, RuleSet, load_rules
+
+__all__ = ["Compiler", "EvalError", "ExprError", "GoldenCase", "InMemoryLedger", "MapResult", "Mapper", "NO_PRIOR",
+           "PriorLookup", "Rule", "RuleError", "RuleSet", "Tables", "load_rules"]

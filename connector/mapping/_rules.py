@@ -1,0 +1,554 @@
+"""Rule files: YAML written by finance/integration staff, validated into compiled ``Rule`` objects.
+
+A rules directory holds YAML files, each with a ``kind``:
+
+* ``rule`` — which change events it matches and the voucher it builds (see docs/mapping.md);
+* ``lookups`` — lookup tables (``lookup('company_books', row.company_code)``) and exchange rates;
+* ``ledger`` — chart of accounts, account books and periods, per-source permissions and limits;
+* ``golden`` — sample events with the vouchers they must produce (``kingdee-cdc mapping test``).
+
+Every problem is reported with file, line and key (``rules/pos.yaml:14 entries[1].amount: …``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from connector.errors import ConnectorError
+from connector.ledger._checks import (
+    Account,
+    Book,
+    LedgerContext,
+    Limits,
+    Permission,
+    dimension_slot,
+)
+from connector.ledger._model import Side
+from connector.mapping._expr import Compiled, Compiler, ExprError, Tables
+
+
+class RuleError(ConnectorError):
+    """Rule files are invalid. ``problems`` lists every ``file:line key: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid mapping rules:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+# --------------------------------------------------------------------------- YAML with line numbers
+class _Located:
+    """Maps a key path inside one YAML document to its line."""
+
+    def __init__(self, node: yaml.Node | None) -> None:
+        self.node = node
+
+    def line(self, path: tuple[str | int, ...]) -> int | None:
+        node = self.node
+        best = node.start_mark.line + 1 if node is not None else None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                nxt = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+                if nxt is None:
+                    key_node = next((k for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+                    return key_node.start_mark.line + 1 if key_node is not None else best
+                node = nxt
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                return best
+            best = node.start_mark.line + 1
+        return best
+
+
+def _load_yaml(path: Path) -> tuple[Any, _Located]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise RuleError([f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    return data, _Located(node)
+
+
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# --------------------------------------------------------------------------- models (the file format)
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AccountCase(_Model):
+    when: str
+    account: str
+
+
+class AccountSpec(_Model):
+    """``account:`` either a literal number, ``{expr: …}``, ``{lookup: table, key: …}`` or ``{cases: …}``."""
+
+    expr: str | None = None
+    lookup: str | None = None
+    key: str | None = None
+    default: str | None = None
+    cases: list[AccountCase] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> AccountSpec:
+        forms = [self.expr is not None, self.lookup is not None, self.cases is not None]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of expr, lookup (+key) or cases (+default)")
+        if self.lookup is not None and self.key is None:
+            raise ValueError("lookup needs key: the expression to look up")
+        return self
+
+
+class EntrySpec(_Model):
+    side: Literal["debit", "credit"]
+    account: str | AccountSpec
+    amount: str
+    local_amount: str | None = None
+    explanation: str | None = None
+    when: str | None = None
+    currency: str | None = None
+    rate: str | None = None
+    dimensions: dict[str, str] = Field(default_factory=dict)
+    quantity: str | None = None
+    price: str | None = None
+    unit: str | None = None
+    settle_type: str | None = None
+    settle_no: str | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _dims(cls, v: dict[str, str]) -> dict[str, str]:
+        return {dimension_slot(k): e for k, e in v.items()}
+
+
+OpCode = Literal["c", "r", "u", "d", "t", "m"]
+
+
+def _default_ops() -> list[OpCode]:
+    return ["c", "r", "u", "d"]
+
+
+class MatchSpec(_Model):
+    system: str
+    table: str
+    ops: list[OpCode] = Field(default_factory=_default_ops)
+    when: str | None = None
+
+
+class VoucherSpec(_Model):
+    book: str
+    date: str
+    group: str = "PRE001"
+    explanation: str
+    business_date: str | None = None
+    data_centre: str | None = None
+    attachments: int = 0
+    currency: str | None = None
+    rate: str | None = None
+    rate_type: str = "HLTX01_SYS"
+
+
+class RoundingSpec(_Model):
+    account: str
+    max: Decimal = Decimal("0.05")
+    explanation: str = "汇兑尾差 rounding difference"
+
+    @field_validator("max", mode="before")
+    @classmethod
+    def _exact(cls, v: Any) -> Any:
+        if isinstance(v, float):
+            return str(v)  # YAML 0.05 → "0.05", never a binary float
+        return v
+
+
+class RuleSpec(_Model):
+    kind: Literal["rule"]
+    id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    version: str | int = 1
+    description: str = ""
+    match: MatchSpec
+    key_columns: list[str] = Field(default_factory=list)
+    on_update: Literal["reverse_and_repost", "post_delta", "ignore"] = "reverse_and_repost"
+    float_fields: list[str] = Field(default_factory=list)
+    skip_zero_lines: bool = True
+    voucher: VoucherSpec
+    entries: list[EntrySpec] = Field(min_length=2)
+    rounding: RoundingSpec | None = None
+
+
+class LookupsSpec(_Model):
+    kind: Literal["lookups"]
+    lookups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: rates[currency][rate_type][YYYY-MM-DD] = rate
+    rates: dict[str, dict[str, dict[date, str | int | Decimal]]] = Field(default_factory=dict)
+
+    @field_validator("rates", mode="before")
+    @classmethod
+    def _no_float_rates(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for cur, types in v.items():
+                for typ, series in (types or {}).items():
+                    for day, r in (series or {}).items():
+                        if isinstance(r, float):
+                            raise ValueError(f"rates.{cur}.{typ}.{day}: write the rate as a string ('{r}') so it is "
+                                             "exact")
+        return v
+
+
+class AccountFile(_Model):
+    number: str
+    name: str
+    direction: Literal["debit", "credit"] = "debit"
+    leaf: bool = True
+    frozen: bool = False
+    dimensions: list[str] = Field(default_factory=list)
+    currencies: list[str] | None = None
+
+
+class BookFile(_Model):
+    number: str
+    name: str = ""
+    local_currency: str = "CNY"
+    data_centre: str | None = None
+    open_periods: list[str] | None = None
+    closed_periods: list[str] = Field(default_factory=list)
+    currency_numbers: dict[str, str] = Field(default_factory=lambda: {"CNY": "PRE001"})
+    auto_submit: bool = False
+    auto_audit: bool = False
+
+
+class PermissionFile(_Model):
+    books: list[str] | None = None
+    accounts: list[str] = Field(default_factory=lambda: ["*"])
+    deny_accounts: list[str] = Field(default_factory=list)
+
+
+class LimitsFile(_Model):
+    review_above: Decimal | None = None
+    zscore: float | None = None
+    zscore_dimension: str = "supplier"
+    zscore_window: int = 200
+    zscore_min_samples: int = 20
+
+
+class LedgerSpec(_Model):
+    kind: Literal["ledger"]
+    accounts: list[AccountFile] = Field(default_factory=list)
+    books: list[BookFile] = Field(default_factory=list)
+    permissions: dict[str, PermissionFile] = Field(default_factory=dict)
+    limits: dict[str, LimitsFile] = Field(default_factory=dict)
+    dimension_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class GoldenCase(_Model):
+    name: str
+    events: list[dict[str, Any]]
+    expect: list[dict[str, Any]]
+
+
+class GoldenSpec(_Model):
+    kind: Literal["golden"]
+    cases: list[GoldenCase]
+
+
+# --------------------------------------------------------------------------- compiled rules
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledAccount:
+    resolve: Compiled
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledEntry:
+    index: int
+    side: Side
+    account: Compiled
+    amount: Compiled
+    local_amount: Compiled | None
+    explanation: Compiled | None
+    when: Compiled | None
+    currency: Compiled | None
+    rate: Compiled | None
+    dimensions: tuple[tuple[str, Compiled], ...]
+    quantity: Compiled | None
+    price: Compiled | None
+    unit: Compiled | None
+    settle_type: Compiled | None
+    settle_no: Compiled | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rule:
+    """A validated, compiled mapping rule."""
+
+    spec: RuleSpec
+    file: str
+    when: Compiled | None
+    book: Compiled
+    date: Compiled
+    business_date: Compiled | None
+    group: Compiled
+    explanation: Compiled
+    data_centre: Compiled | None
+    currency: Compiled | None
+    rate: Compiled | None
+    entries: tuple[CompiledEntry, ...]
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def version(self) -> str:
+        return str(self.spec.version)
+
+    def matches_table(self, system: str, schema: str | None, table: str | None) -> bool:
+        m = self.spec.match
+        if m.system != system or table is None:
+            return False
+        return m.table == table or (schema is not None and m.table == f"{schema}.{table}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleSet:
+    """Everything loaded from one rules directory."""
+
+    rules: tuple[Rule, ...]
+    tables: Tables
+    ledger: LedgerContext
+    golden: tuple[tuple[str, GoldenCase], ...] = ()
+    files: tuple[str, ...] = field(default_factory=tuple)
+
+    def for_table(self, system: str, schema: str | None, table: str | None) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.matches_table(system, schema, table))
+
+
+def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, problems: list[str]) -> Rule | None:
+    def where(*path: str | int) -> str:
+        line = loc.line(path)
+        return f"{file}:{line} {_fmt_loc(path)}" if line else f"{file} {_fmt_loc(path)}"
+
+    def expr(text: str | None, *path: str | int) -> Compiled | None:
+        if text is None:
+            return None
+        try:
+            return compiler.expression(text)
+        except ExprError as e:
+            problems.append(f"{where(*path)}: {e}")
+            return None
+
+    def tmpl(text: str | None, *path: str | int) -> Compiled | None:
+        if text is None:
+            return None
+        try:
+            return compiler.template(text)
+        except ExprError as e:
+            problems.append(f"{where(*path)}: {e}")
+            return None
+
+    def account(a: str | AccountSpec, i: int) -> Compiled | None:
+        if isinstance(a, str):
+            return compiler.template(a)
+        if a.expr is not None:
+            inner = expr(a.expr, "entries", i, "account", "expr")
+            if inner is None:
+                return None
+            as_text = inner
+
+            def from_expr(s: Any) -> str:
+                return str(as_text(s))
+            return from_expr
+        if a.lookup is not None:
+            key = expr(a.key, "entries", i, "account", "key")
+            table, default = a.lookup, a.default
+            if key is None:
+                return None
+            if table not in compiler.tables.lookups:
+                problems.append(f"{where('entries', i, 'account', 'lookup')}: unknown lookup table {table!r}")
+                return None
+            key_expr = key
+
+            def from_lookup(s: Any) -> str:
+                if default is not None:
+                    return str(compiler.tables.lookup(table, key_expr(s), default))
+                return str(compiler.tables.lookup(table, key_expr(s)))
+            return from_lookup
+        cases: list[tuple[Compiled, str]] = []
+        for j, case in enumerate(a.cases or []):
+            cond = expr(case.when, "entries", i, "account", "cases", j, "when")
+            if cond is not None:
+                cases.append((cond, case.account))
+        fallback = a.default
+
+        def pick(s: Any) -> str:
+            for cond, acct in cases:
+                if cond(s):
+                    return acct
+            if fallback is None:
+                from connector.mapping._expr import EvalError
+
+                raise EvalError("EXPRESSION_ERROR", "no account case matched and no default is given",
+                                f"entries[{i}].account")
+            return fallback
+        return pick
+
+    entries: list[CompiledEntry] = []
+    for i, e in enumerate(spec.entries):
+        acct = account(e.account, i)
+        amount = expr(e.amount, "entries", i, "amount")
+        dims = tuple((slot, c) for slot, text in e.dimensions.items()
+                     if (c := expr(text, "entries", i, "dimensions", slot)) is not None)
+        if acct is None or amount is None:
+            continue
+        entries.append(CompiledEntry(
+            index=i, side=Side(e.side), account=acct, amount=amount,
+            local_amount=expr(e.local_amount, "entries", i, "local_amount"),
+            explanation=tmpl(e.explanation, "entries", i, "explanation"), when=expr(e.when, "entries", i, "when"),
+            currency=expr(e.currency, "entries", i, "currency"), rate=expr(e.rate, "entries", i, "rate"),
+            dimensions=dims, quantity=expr(e.quantity, "entries", i, "quantity"),
+            price=expr(e.price, "entries", i, "price"), unit=tmpl(e.unit, "entries", i, "unit"),
+            settle_type=tmpl(e.settle_type, "entries", i, "settle_type"),
+            settle_no=tmpl(e.settle_no, "entries", i, "settle_no")))
+    v = spec.voucher
+    book, date_, group, expl = (tmpl(v.book, "voucher", "book"), expr(v.date, "voucher", "date"),
+                                tmpl(v.group, "voucher", "group"), tmpl(v.explanation, "voucher", "explanation"))
+    when = expr(spec.match.when, "match", "when")
+    if book is None or date_ is None or group is None or expl is None or len(entries) != len(spec.entries):
+        return None
+    if spec.match.when is not None and when is None:
+        return None
+    return Rule(spec=spec, file=file, when=when, book=book, date=date_,
+                business_date=expr(v.business_date, "voucher", "business_date"), group=group, explanation=expl,
+                data_centre=tmpl(v.data_centre, "voucher", "data_centre"),
+                currency=expr(v.currency, "voucher", "currency"), rate=expr(v.rate, "voucher", "rate"),
+                entries=tuple(entries))
+
+
+def _ledger_context(specs: list[LedgerSpec]) -> LedgerContext:
+    accounts: dict[str, Account] = {}
+    books: dict[str, Book] = {}
+    perms: dict[str, Permission] = {}
+    limits: dict[str, Limits] = {}
+    labels: dict[str, str] = {}
+    for s in specs:
+        for a in s.accounts:
+            accounts[a.number] = Account(
+                number=a.number, name=a.name, direction=Side(a.direction), leaf=a.leaf, frozen=a.frozen,
+                required_dimensions=frozenset(dimension_slot(d) for d in a.dimensions),
+                currencies=frozenset(a.currencies) if a.currencies is not None else None)
+        for b in s.books:
+            books[b.number] = Book(
+                number=b.number, name=b.name, local_currency=b.local_currency, data_centre=b.data_centre,
+                open_periods=frozenset(b.open_periods) if b.open_periods is not None else None,
+                closed_periods=frozenset(b.closed_periods), currency_numbers=dict(b.currency_numbers),
+                auto_submit=b.auto_submit, auto_audit=b.auto_audit)
+        for system, p in s.permissions.items():
+            perms[system] = Permission(system=system, books=frozenset(p.books) if p.books is not None else None,
+                                       accounts=tuple(p.accounts), deny_accounts=tuple(p.deny_accounts))
+        for system, lim in s.limits.items():
+            limits[system] = Limits(review_above=lim.review_above, zscore=lim.zscore,
+                                    zscore_dimension=dimension_slot(lim.zscore_dimension),
+                                    zscore_window=lim.zscore_window, zscore_min_samples=lim.zscore_min_samples)
+        labels.update({dimension_slot(k): v for k, v in s.dimension_labels.items()})
+    return LedgerContext(accounts=accounts, books=books, permissions=perms, limits=limits, dimension_labels=labels)
+
+
+_KINDS: dict[str, type[_Model]] = {"rule": RuleSpec, "lookups": LookupsSpec, "ledger": LedgerSpec,
+                                   "golden": GoldenSpec}
+
+
+def load_rules(directory: str | Path) -> RuleSet:
+    """Load and compile every ``*.yaml``/``*.yml`` file under ``directory`` (recursively).
+
+    Raises ``RuleError`` listing every problem with ``file:line key``; nothing is half-loaded.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise RuleError([f"{root}: not a directory of rule files"])
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    problems: list[str] = []
+    parsed: list[tuple[str, _Model, _Located]] = []
+    for path in files:
+        name = str(path)
+        try:
+            data, loc = _load_yaml(path)
+        except RuleError as e:
+            problems.extend(e.problems)
+            continue
+        if not isinstance(data, Mapping) or data.get("kind") not in _KINDS:
+            problems.append(f"{name}:1 kind: expected one of {', '.join(_KINDS)}, got "
+                            f"{(data or {}).get('kind') if isinstance(data, Mapping) else type(data).__name__!r}")
+            continue
+        model_cls = _KINDS[str(data["kind"])]
+        try:
+            parsed.append((name, model_cls.model_validate(data), loc))
+        except ValidationError as e:
+            for err in e.errors():
+                path_ = tuple(err["loc"])
+                line = loc.line(tuple(p for p in path_ if isinstance(p, (str, int))))
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"{name}:{line} {_fmt_loc(path_)}: {msg}")
+    lookups = [m for _, m, _ in parsed if isinstance(m, LookupsSpec)]
+    tables = Tables(
+        lookups={k: v for spec in lookups for k, v in spec.lookups.items()},
+        rates={cur: {typ: [(d, Decimal(str(r))) for d, r in series.items()] for typ, series in types.items()}
+               for spec in lookups for cur, types in spec.rates.items()})
+    compiler = Compiler(tables)
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for name, model, loc in parsed:
+        if isinstance(model, RuleSpec):
+            if model.id in seen:
+                problems.append(f"{name}:{loc.line(('id',))} id: rule id {model.id!r} already used in {seen[model.id]}")
+                continue
+            seen[model.id] = name
+            rule = _compile_rule(model, name, compiler, loc, problems)
+            if rule is not None:
+                rules.append(rule)
+    ledger = _ledger_context([m for _, m, _ in parsed if isinstance(m, LedgerSpec)])
+    locs = {name: loc for name, _, loc in parsed}
+    for rule in rules:  # literal and looked-up accounts can be checked against the chart at load time
+        if not ledger.accounts:
+            break
+        loc = locs[rule.file]
+        candidates: list[tuple[tuple[str | int, ...], str]] = []
+        for i, entry in enumerate(rule.spec.entries):
+            acct = entry.account
+            if isinstance(acct, str) and "{{" not in acct:
+                candidates.append((("entries", i, "account"), acct))
+            elif isinstance(acct, AccountSpec):
+                if acct.cases:
+                    candidates += [(("entries", i, "account", "cases", j, "account"), c.account)
+                                   for j, c in enumerate(acct.cases)]
+                if acct.default:
+                    candidates.append((("entries", i, "account", "default"), acct.default))
+                if acct.lookup is not None and acct.lookup in tables.lookups:
+                    candidates += [(("entries", i, "account", "lookup"), str(v))
+                                   for v in tables.lookups[acct.lookup].values()]
+        if rule.spec.rounding:
+            candidates.append((("rounding", "account"), rule.spec.rounding.account))
+        for path_, number in candidates:
+            if number not in ledger.accounts:
+                problems.append(f"{rule.file}:{loc.line(path_)} {_fmt_loc(path_)}: account {number!r} is not in the "
+                                "chart of accounts")
+    if problems:
+        raise RuleError(problems)
+    golden = tuple((name, case) for name, m, _ in parsed if isinstance(m, GoldenSpec) for case in m.cases)
+    return RuleSet(rules=tuple(rules), tables=tables, ledger=ledger, golden=golden, files=tuple(str(f) for f in files))
