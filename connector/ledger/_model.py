@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 import datetime as dt
 from decimal import Decimal
-from typing import Any, Final
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 from connector.money import ZERO, money_sum
 
@@ -39,8 +40,7 @@ class VoucherKind(enum.StrEnum):
     DELTA = "delta"  #: the difference after an update (``on_update: post_delta``)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RowRef:
+class RowRef(NamedTuple):
     """Identity of a source row, independent of the topic it was read from."""
 
     system: str  #: Debezium ``topic.prefix`` / logical server name (``pos``, ``payroll`` …)
@@ -51,8 +51,7 @@ class RowRef:
         return f"{self.system}:{self.table}:{self.pk}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceRef:
+class SourceRef(NamedTuple):
     """Which change produced a voucher: the row, where in the source log, and the operation."""
 
     row: RowRef
@@ -63,6 +62,10 @@ class SourceRef:
 
 def canonical_pk(values: Mapping[str, Any]) -> str:
     """Stable text for primary-key values (sorted keys, no whitespace, decimals and dates as text)."""
+    if len(values) == 1:  # the usual single integer id, without the JSON encoder (same output)
+        ((k, v),) = values.items()
+        if type(v) is int and k.isidentifier():
+            return f'{{"{k}":{v}}}'
     return json.dumps({k: values[k] for k in sorted(values)}, separators=(",", ":"), default=str,
                       ensure_ascii=False)
 
@@ -78,13 +81,16 @@ def voucher_key(source: SourceRef, rule_id: str, role: str = "post") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Entry:
+_NO_DIMENSIONS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class Entry(NamedTuple):
     """One voucher line (分录, ``FEntity`` row).
 
     ``amount`` is in the book's local currency (本位币, ``FDEBIT``/``FCREDIT``); ``amount_for`` in the
     transaction currency (原币, ``FAMOUNTFOR``) with ``rate`` = local / original. Both are negative on a
-    red-ink reversal.
+    red-ink reversal. A ``NamedTuple`` rather than a frozen dataclass: equally immutable, and about five
+    times cheaper to build, which matters at tens of thousands of lines per second (docs/benchmarks.md).
     """
 
     account: str  #: account number (科目编码, ``FACCOUNTID.FNumber``)
@@ -101,7 +107,7 @@ class Entry:
     settle_type: str | None = None  #: 结算方式 ``FSettleTypeID``
     settle_no: str | None = None  #: 结算号 ``FSETTLENO``
     #: 核算维度: slot → value number, slots ``FLEX4`` supplier … ``FLEX13``, or custom ``FF100002``.
-    dimensions: Mapping[str, str] = field(default_factory=dict)
+    dimensions: Mapping[str, str] = _NO_DIMENSIONS
 
     @property
     def debit(self) -> Decimal:
@@ -112,8 +118,8 @@ class Entry:
         return self.amount if self.side is Side.CREDIT else ZERO
 
     def negated(self) -> Entry:
-        return replace(self, amount=-self.amount, amount_for=-self.amount_for,
-                       quantity=-self.quantity if self.quantity is not None else None)
+        return self._replace(amount=-self.amount, amount_for=-self.amount_for,
+                             quantity=-self.quantity if self.quantity is not None else None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

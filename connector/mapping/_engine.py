@@ -247,10 +247,10 @@ class Mapper:
             amount = e.amount if sign > 0 else -e.amount
             amount_for = e.amount_for if sign > 0 else -e.amount_for
             if cur is None:
-                net[k] = replace(e, amount=amount, amount_for=amount_for, quantity=None)
+                net[k] = e._replace(amount=amount, amount_for=amount_for, quantity=None)
             else:
-                net[k] = replace(cur, amount=MONEY_CONTEXT.add(cur.amount, amount),
-                                 amount_for=MONEY_CONTEXT.add(cur.amount_for, amount_for))
+                net[k] = cur._replace(amount=MONEY_CONTEXT.add(cur.amount, amount),
+                                      amount_for=MONEY_CONTEXT.add(cur.amount_for, amount_for))
         lines = tuple(e for e in net.values() if e.amount != ZERO or e.amount_for != ZERO)
         if not lines:
             return None

@@ -259,7 +259,7 @@ class Compiler:
                     parts.append(self._compile(n, source))
 
         def render(s: Scope) -> str:
-            return "".join(_text(p(s)) for p in parts)
+            return "".join([_text(p(s)) for p in parts])
         return render
 
     def value(self, source: Any) -> Compiled:
@@ -312,6 +312,11 @@ class Compiler:
 
         def get(s: Scope) -> Any:
             obj = inner(s)
+            if type(obj) is dict:  # the common case, without the ABC isinstance cost
+                try:
+                    return obj[attr]
+                except KeyError:
+                    raise EvalError("MISSING_FIELD", f"field {path} is missing from the event", path) from None
             if isinstance(obj, Mapping):
                 try:
                     return obj[attr]
@@ -485,6 +490,8 @@ def _constant(value: Any) -> Compiled:
 
 
 def _text(v: Any) -> str:
+    if type(v) is str:
+        return v
     if v is None:
         return ""
     if isinstance(v, datetime):

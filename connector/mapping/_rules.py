@@ -335,9 +335,18 @@ class RuleSet:
     ledger: LedgerContext
     golden: tuple[tuple[str, GoldenCase], ...] = ()
     files: tuple[str, ...] = field(default_factory=tuple)
+    _by_table: dict[tuple[str, str | None, str | None], tuple[Rule, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def for_table(self, system: str, schema: str | None, table: str | None) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.matches_table(system, schema, table))
+        """Rules for a table, memoised: every event asks, the answer only depends on the table."""
+        k = (system, schema, table)
+        found = self._by_table.get(k)
+        if found is None:
+            found = tuple(r for r in self.rules if r.matches_table(system, schema, table))
+            if len(self._by_table) < 10_000:
+                self._by_table[k] = found
+        return found
 
 
 def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, problems: list[str]) -> Rule | None:
