@@ -82,6 +82,50 @@ def events_decode(
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------- run / journal
+journal_app = typer.Typer(no_args_is_help=True, help="Manage the PostgreSQL journal.")
+app.add_typer(journal_app, name="journal")
+
+
+def _setup_logging(settings: Any) -> None:
+    import logging
+
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s" if settings.log_format == "text"
+                        else '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    exit_when_idle: Annotated[Optional[float], typer.Option(help="stop after this many idle seconds "
+                                                                 "(backfills, tests)")] = None,
+) -> None:
+    """Consume change events and journal every outcome exactly once (until SIGTERM/SIGINT)."""
+    from connector.config import load_settings
+    from connector.service import build_pipeline
+
+    settings = load_settings(config)
+    _setup_logging(settings)
+    pipeline = build_pipeline(settings)
+    pipeline.install_signal_handlers()
+    stats = pipeline.run(max_idle_s=exit_when_idle)
+    typer.echo(f"stopped: {stats.records} records in {stats.batches} batches; {stats.vouchers} vouchers, "
+               f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} dead "
+               f"letters, {stats.skipped} skipped, {stats.retries} retries, {stats.fenced} fenced batches")
+
+
+@journal_app.command("migrate")
+def journal_migrate(config: ConfigOpt = None) -> None:
+    """Apply pending journal migrations."""
+    from connector.config import load_settings
+    from connector.service import build_journal
+
+    journal = build_journal(load_settings(config))
+    applied = journal.migrate()
+    typer.echo(f"applied migrations {applied}" if applied else "journal is up to date")
+
+
 # --------------------------------------------------------------------------- mapping
 RulesDir = Annotated[Path, typer.Argument(help="directory of rule files (rule, lookups, ledger, golden)")]
 

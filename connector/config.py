@@ -70,6 +70,7 @@ class KafkaSettings(_Section):
     client: dict[str, Annotated[str | SecretStr, Field(union_mode="left_to_right")]] = Field(default_factory=dict)
     dead_letter_topic: str = "kingdee-cdc.dlq"
     start_from: Literal["earliest", "latest"] = "earliest"
+    batch_size: int = Field(2000, ge=1, le=50_000)
 
     @field_validator("client", mode="before")
     @classmethod
@@ -156,7 +157,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDCDC_", env_nested_delimiter="__", extra="forbid",
                                       frozen=True)
 
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
     schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)  # type: ignore[arg-type]
     kingdee: KingdeeSettings = Field(default_factory=KingdeeSettings)  # type: ignore[arg-type]

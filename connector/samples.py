@@ -184,9 +184,9 @@ def envelope(t: SampleTable, op: str, *, before: Mapping[str, Any] | None, after
 
 def _to_connect(v: Any, t: Any) -> Any:
     """Python value → what Debezium's Avro converter writes for schema type ``t``."""
+    if v is None:
+        return None
     if isinstance(t, list):
-        if v is None:
-            return None
         t = next(x for x in t if x != "null")
     if isinstance(t, dict):
         name = t.get("connect.name")
@@ -223,11 +223,14 @@ def encode_avro_key(t: SampleTable, key: Mapping[str, Any], schema_id: int) -> b
     return buf.getvalue()
 
 
-def _json_value(v: Any, t: Any) -> Any:
-    """Python value → JsonConverter representation (decimals as base64 of the unscaled integer)."""
+def _json_value(v: Any, t: Any, decimals: str = "base64") -> Any:
+    """Python value → JsonConverter representation (decimals as base64 of the unscaled integer, or as text
+    for ``decimal.handling.mode=string``)."""
     v = _to_connect(v, t)
     if isinstance(t, list):
         t = next((x for x in t if x != "null"), t)
+    if isinstance(v, Decimal) and decimals == "string":
+        return str(v)
     if isinstance(v, Decimal) and isinstance(t, dict):
         scale = int(t.get("scale", 0))
         unscaled = int(v.scaleb(scale))
@@ -267,11 +270,13 @@ def _connect_schema(t: Any, field: str | None = None, named: dict[str, Any] | No
     return out
 
 
-def encode_json(t: SampleTable, env: Mapping[str, Any], *, schemas: bool = True) -> bytes:
+def encode_json(t: SampleTable, env: Mapping[str, Any], *, schemas: bool = True, decimals: str = "base64") -> bytes:
+    """JsonConverter output; ``decimals="string"`` mimics ``decimal.handling.mode=string`` (schemaless only)."""
     fields = value_schema(t)["fields"][0]["type"][1]["fields"]
 
     def row(r: Mapping[str, Any] | None) -> Any:
-        return None if r is None else {f["name"]: _json_value(r.get(f["name"]), f["type"]) for f in fields}
+        return None if r is None else {f["name"]: _json_value(r.get(f["name"]), f["type"], decimals)
+                                       for f in fields}
 
     payload = dict(env)
     payload["before"] = row(env["before"])

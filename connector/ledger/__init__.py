@@ -32,12 +32,14 @@ from connector.ledger._serde import (
     render_entry,
     to_kingdee,
     voucher_from_avro,
+    voucher_from_json,
     voucher_summary,
     voucher_to_avro,
+    voucher_to_json,
 )
 
 __all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "LedgerContext", "Limits", "Permission",
            "check_voucher", "dimension_slot", "key_marker", "kingdee_json", "render_entry", "to_kingdee",
-           "voucher_from_avro", "voucher_summary", "voucher_to_avro",
+           "voucher_from_avro", "voucher_from_json", "voucher_summary", "voucher_to_avro", "voucher_to_json",
            "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "Voucher", "VoucherKind",
            "canonical_pk", "reverse", "voucher_key"]

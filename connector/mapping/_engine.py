@@ -9,7 +9,7 @@ An event's outcome is all or nothing: one rejection and none of its vouchers are
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -72,6 +72,11 @@ class InMemoryLedger:
 
     def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
         return tuple(self._active.get((row, rule_id), ()))
+
+    def seed(self, vouchers: Iterable[Voucher]) -> None:
+        """Start from vouchers already in force (e.g. read from the journal), oldest first."""
+        for v in vouchers:
+            self._active.setdefault((v.source.row, v.rule_id), []).append(v)
 
     def apply(self, result: MapResult) -> None:
         for v in result.vouchers:

@@ -1,0 +1,332 @@
+"""The batch loop: Kafka → decode → map → check → journal, with dead letters and crash-safe offsets.
+
+Each arrow is a plain call on a batch. Ordering: records are handled in offset order per partition, and
+Debezium keys a row's events to one partition, so a create, its updates and its delete map in order.
+Retries: infrastructure failures (PostgreSQL connection loss, serialization failures, deadlocks) retry the
+*whole* batch with exponential backoff and jitter; nothing is skipped. Poison records never stop the line
+in lenient mode (``errors.tolerance: all``); in strict mode (``none``) the partition is paused at the first
+one and an error is logged, with everything before it journaled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from connector.errors import ConnectorError, InfraError
+from connector.events import ChangeEvent, DecodeFailure, Decoder, KafkaCoordinates, Op, Tombstone, TransactionMarker
+from connector.journal import BatchResult, EventRecord, Fenced, Journal, Outcome
+from connector.ledger import RowRef, canonical_pk
+from connector.mapping import Mapper
+
+log = logging.getLogger("kingdee_cdc.pipeline")
+
+#: Kafka Connect dead-letter header names (DeadLetterQueueReporter), so existing DLQ tooling works.
+DLQ_PREFIX: Final = "__connect.errors."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineOptions:
+    """Pipeline tuning.
+
+    ====================  ===========  ==============================================================
+    option                default      meaning
+    ====================  ===========  ==============================================================
+    ``batch_size``        2000         records per journal transaction (upper bound)
+    ``batch_wait_s``      0.1          how long to wait for a batch to fill
+    ``tolerance``         ``all``      ``all``: dead-letter poison and continue; ``none``: pause the partition
+    ``retry_for_s``       300          give up (and exit non-zero) after this long of infrastructure errors
+    ``start_from``        earliest     where a partition with no journal offset starts
+    ``dead_letter_topic`` ``kingdee-cdc.dlq``  Kafka topic for dead letters (empty: journal only)
+    ====================  ===========  ==============================================================
+    """
+
+    batch_size: int = 2000
+    batch_wait_s: float = 0.1
+    tolerance: str = "all"
+    retry_for_s: float = 300.0
+    start_from: str = "earliest"
+    dead_letter_topic: str = "kingdee-cdc.dlq"
+    connector_name: str = "kingdee-cdc"
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    batches: int = 0
+    records: int = 0
+    vouchers: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    fenced: int = 0
+    retries: int = 0
+    paused: set[tuple[str, int]] = field(default_factory=set)
+
+
+_TRANSIENT: Final = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
+                     psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation, InfraError)
+
+
+def dlq_headers(rec: EventRecord, connector: str) -> list[tuple[str, str | bytes | None]]:
+    """Kafka Connect compatible context headers for a dead letter, plus ``kdcdc.*`` specifics."""
+    k = rec.kafka
+    if rec.failure is not None:
+        stage, cls, msg = "VALUE_CONVERTER", f"connector.events.{rec.failure.error_class}", str(rec.failure.reason)
+        code = f"DECODE_{rec.failure.stage.upper()}"
+    else:
+        first = rec.rejections[0] if rec.rejections else None
+        stage, cls = "TASK_PUT", "connector.ledger.Rejection"
+        msg = str(first) if first else (rec.detail or "rejected")
+        code = first.code.value if first else "REJECTED"
+    hdrs = [(f"{DLQ_PREFIX}topic", k.topic), (f"{DLQ_PREFIX}partition", str(k.partition)),
+            (f"{DLQ_PREFIX}offset", str(k.offset)), (f"{DLQ_PREFIX}connector.name", connector),
+            (f"{DLQ_PREFIX}task.id", "0"), (f"{DLQ_PREFIX}stage", stage),
+            (f"{DLQ_PREFIX}class.name", "connector.pipeline.Pipeline"),
+            (f"{DLQ_PREFIX}exception.class.name", cls), (f"{DLQ_PREFIX}exception.message", msg),
+            ("kdcdc.reason.code", code)]
+    if rec.rejections:
+        hdrs.append(("kdcdc.reasons", json.dumps([{"code": r.code.value, "message": r.message, "rule": r.rule,
+                                                   "field": r.field, "value": r.value} for r in rec.rejections],
+                                                 ensure_ascii=False)))
+    out: list[tuple[str, str | bytes | None]] = [(n, v.encode()) for n, v in hdrs]
+    return out + [(n, v) for n, v in rec.headers]
+
+
+def _headers(m: Message) -> tuple[tuple[str, bytes | None], ...]:
+    out: list[tuple[str, bytes | None]] = []
+    for item in m.headers() or ():
+        name, value = item[0], item[1]
+        out.append((str(name), value if value is None or isinstance(value, bytes) else str(value).encode()))
+    return tuple(out)
+
+
+class Processor:
+    """The pure part of a batch: decoded records → ``EventRecord`` outcomes (needs the journal for prior vouchers)."""
+
+    def __init__(self, decoder: Decoder, mapper: Mapper) -> None:
+        self.decoder = decoder
+        self.mapper = mapper
+
+    def process(self, msgs: Sequence[Message], journal: Journal) -> list[EventRecord]:
+        decoded = [(m, self.decoder.decode_message(m)) for m in msgs]
+        wanted = []
+        for _, d in decoded:
+            if isinstance(d, ChangeEvent) and d.op in (Op.UPDATE, Op.DELETE) and d.key:
+                s = d.source
+                wanted.append(RowRef(system=s.name, table=s.table_id, pk=canonical_pk(d.key)))
+        ledger = journal.prefetch_active(wanted)
+        out = []
+        for m, d in decoded:
+            kafka = d.kafka
+            assert kafka is not None
+            if isinstance(d, DecodeFailure):
+                out.append(EventRecord(outcome=Outcome.DEAD_LETTERED, failure=d, detail=f"{d.stage}: {d.reason}",
+                                       kafka=kafka, raw_key=m.key(), raw_value=m.value(), headers=_headers(m)))
+            elif isinstance(d, (Tombstone, TransactionMarker)):
+                out.append(EventRecord(outcome=Outcome.SKIPPED, detail=type(d).__name__, kafka=kafka))
+            else:
+                result = self.mapper.map(d, ledger)
+                ledger.apply(result)
+                if result.rejections:
+                    out.append(EventRecord(outcome=Outcome.REJECTED, event=d, rejections=result.rejections,
+                                           detail=str(result.rejections[0]), kafka=kafka, raw_key=m.key(),
+                                           raw_value=m.value(), headers=_headers(m)))
+                elif result.vouchers:
+                    out.append(EventRecord(outcome=Outcome.VOUCHERED, event=d, vouchers=result.vouchers,
+                                           kafka=kafka))
+                else:
+                    out.append(EventRecord(outcome=Outcome.SKIPPED, event=d, detail=result.skipped, kafka=kafka))
+        return out
+
+
+class Pipeline:
+    """``kingdee-cdc run``: one consumer in the group, one journal connection, one thread."""
+
+    def __init__(self, *, consumer_conf: dict[str, str], topics: Sequence[str], journal: Journal,
+                 processor: Processor, options: PipelineOptions = PipelineOptions(),
+                 producer_conf: dict[str, str] | None = None,
+                 on_batch: Callable[[BatchResult, float], None] | None = None) -> None:
+        self.topics = list(topics)
+        self.journal = journal
+        self.processor = processor
+        self.opts = options
+        self.stats = PipelineStats()
+        self.on_batch = on_batch
+        self._stop = threading.Event()
+        self.assigned: set[tuple[str, int]] = set()
+        conf = {**consumer_conf, "enable.auto.commit": "false", "enable.auto.offset.store": "false",
+                "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
+                "auto.offset.reset": options.start_from, "enable.partition.eof": "false"}
+        self.consumer = Consumer(conf)
+        self.producer = Producer({**(producer_conf or {"bootstrap.servers": conf["bootstrap.servers"]}),
+                                  "enable.idempotence": "true", "linger.ms": "5"}) \
+            if options.dead_letter_topic else None
+
+    # ------------------------------------------------------------------ rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Step 0 of the protocol: seek every assigned partition to the offset stored in the journal."""
+        stored = self._retry(lambda: self.journal.stored_offsets((p.topic, p.partition) for p in partitions))
+        for p in partitions:
+            nxt = stored.get((p.topic, p.partition))
+            if nxt is not None:
+                p.offset = nxt
+            else:
+                p.offset = OFFSET_BEGINNING if self.opts.start_from == "earliest" else OFFSET_END
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
+        consumer.incremental_assign(partitions)
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are processed between polls, so no batch is in flight here: nothing to finish or abandon.
+        log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        for p in partitions:
+            self.stats.paused.discard((p.topic, p.partition))
+            self.assigned.discard((p.topic, p.partition))
+
+    # ------------------------------------------------------------------ loop
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, *, max_idle_s: float | None = None) -> PipelineStats:
+        self._retry(self.journal.migrate)
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(self.opts.batch_size, self.opts.batch_wait_s)
+                msgs = [m for m in msgs if self._usable(m)]
+                if not msgs:
+                    if not self.assigned:  # idle only counts once we own partitions
+                        idle_since = time.monotonic()
+                    elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                self._handle(msgs)
+        finally:
+            self._close()
+        return self.stats
+
+    def _usable(self, m: Message) -> bool:
+        err = m.error()
+        if err is None:
+            return (m.topic(), m.partition()) not in self.stats.paused
+        if err.code() == KafkaError._PARTITION_EOF:
+            return False
+        if err.fatal():
+            raise InfraError(f"fatal Kafka error: {err}")
+        log.warning("kafka: %s", err)
+        return False
+
+    def _handle(self, msgs: list[Message]) -> None:
+        started = time.monotonic()
+        try:
+            records = self._retry(lambda: self.processor.process(msgs, self.journal))
+            records = self._apply_tolerance(records)
+            if not records:
+                return
+            positions: dict[tuple[str, int], tuple[int, int]] = {}
+            for r in records:
+                tp = (r.kafka.topic, r.kafka.partition)
+                first, _ = positions.get(tp, (r.kafka.offset, 0))
+                positions[tp] = (min(first, r.kafka.offset), r.kafka.offset + 1)
+            self._publish_dead_letters(records)
+            result = self._retry(lambda: self.journal.write_batch(records, positions))
+        except Fenced as e:
+            self.stats.fenced += 1
+            log.warning("%s", e)
+            self._reseek(e.partitions)
+            return
+        # 5. advisory: let lag tools see progress (the journal is the truth).
+        self.consumer.commit(offsets=[TopicPartition(t, p, nxt) for (t, p), (_, nxt) in positions.items()],
+                             asynchronous=True)
+        self._count(result)
+        if self.on_batch is not None:
+            self.on_batch(result, time.monotonic() - started)
+
+    def _apply_tolerance(self, records: list[EventRecord]) -> list[EventRecord]:
+        if self.opts.tolerance != "none":
+            return records
+        kept: list[EventRecord] = []
+        stopped: set[tuple[str, int]] = set()
+        for r in records:
+            tp = (r.kafka.topic, r.kafka.partition)
+            if tp in stopped:
+                continue
+            if r.outcome in (Outcome.REJECTED, Outcome.DEAD_LETTERED):
+                stopped.add(tp)
+                log.error("errors.tolerance=none: partition %s[%s] stopped at %s: %s", *tp, r.kafka,
+                          r.detail or r.outcome.value)
+                continue
+            kept.append(r)
+        if stopped:
+            self.stats.paused |= stopped
+            self.consumer.pause([TopicPartition(t, p) for t, p in stopped])
+        return kept
+
+    def _publish_dead_letters(self, records: list[EventRecord]) -> None:
+        """Dead letters reach the DLQ topic before the journal commit (at least once, never lost)."""
+        if self.producer is None:
+            return
+        bad = [r for r in records if r.outcome in (Outcome.REJECTED, Outcome.DEAD_LETTERED)]
+        if not bad:
+            return
+        for r in bad:
+            self.producer.produce(self.opts.dead_letter_topic, key=r.raw_key, value=r.raw_value,
+                                  headers=dlq_headers(r, self.opts.connector_name))
+        if self.producer.flush(30) != 0:
+            raise InfraError("dead-letter topic did not acknowledge within 30 s")
+
+    def _reseek(self, partitions: Sequence[tuple[str, int]]) -> None:
+        stored = self._retry(lambda: self.journal.stored_offsets(partitions))
+        for t, p in partitions:
+            if (t, p) in stored:
+                self.consumer.seek(TopicPartition(t, p, stored[(t, p)]))
+
+    def _count(self, r: BatchResult) -> None:
+        s = self.stats
+        s.batches += 1
+        s.records += r.records
+        s.vouchers += r.vouchers_inserted
+        s.duplicates += r.vouchers_duplicate
+        s.rejected += r.rejected
+        s.dead_lettered += r.dead_lettered
+        s.skipped += r.skipped
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        def before_sleep(state: RetryCallState) -> None:
+            self.stats.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
+            self.journal.reset()
+
+        for attempt in Retrying(retry=retry_if_exception_type(_TRANSIENT), reraise=True,
+                                wait=wait_exponential_jitter(initial=0.2, max=10),
+                                stop=stop_after_delay(self.opts.retry_for_s), before_sleep=before_sleep):
+            with attempt:
+                return fn()
+        raise ConnectorError("unreachable")  # pragma: no cover
+
+    def _close(self) -> None:
+        try:
+            self.consumer.close()  # leaves the group (revokes) so partitions move on quickly
+        finally:
+            if self.producer is not None:
+                self.producer.flush(10)
+            self.journal.close()

@@ -1,0 +1,190 @@
+"""Invariant 1 on the real thing: SIGKILL the pipeline at random moments, restart it, check every outcome.
+
+Events are Debezium bank-statement changes in JSON with ``decimal.handling.mode=string`` (no registry is
+needed across processes). The expected vouchers are computed independently by mapping the same stream
+in memory; the journal must hold exactly those, one outcome per record, and offsets at the log end.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from connector import samples
+from connector.events import ChangeEvent, Decoder
+from connector.mapping import InMemoryLedger, Mapper, load_rules
+from tests.integration.helpers import rows
+
+RULES = Path(__file__).resolve().parent / "rules_string_decimals"
+pytestmark = pytest.mark.slow
+
+
+def _produce_bank(bootstrap: str, topic: str, n: int, seed: int = 3) -> tuple[list[tuple[bytes, bytes]], int]:
+    gen = samples.SampleGenerator(seed=seed)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20", "enable.idempotence": "true",
+                         "log_level": "3"})
+    records = []
+    for i, (key, env) in enumerate(samples.change_stream(gen, samples.BANK, n, update_every=4, delete_every=9)):
+        k = samples.json_key(key)
+        v = samples.encode_json(samples.BANK, env, schemas=False, decimals="string")
+        if i % 997 == 996:
+            v = b"\x00\x00\x00\x00\x07corrupt"  # poison: must be dead-lettered, not stop anything
+        producer.produce(topic, key=k, value=v)
+        records.append((k, v))
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    return records, len(records)
+
+
+def _expected_keys(records: list[tuple[bytes, bytes]]) -> tuple[set[str], int]:
+    mapper, ledger, decoder = Mapper(load_rules(RULES)), InMemoryLedger(), Decoder()
+    entries = 0
+    for k, v in records:  # one partition per key: per-key order is production order
+        ev = decoder.decode(v, key=k)
+        if isinstance(ev, ChangeEvent):
+            result = mapper.map(ev, ledger)
+            ledger.apply(result)
+            entries += sum(len(x.entries) for x in result.vouchers)
+    return {v.key for v in ledger.posted}, entries
+
+
+def _config(tmp: Path, bootstrap: str, dsn: str, topic: str, group: str, instance: str = "1") -> Path:
+    """Static membership (``group.instance.id``) as on Kubernetes StatefulSets: a restarted instance takes its
+    partitions back at once instead of waiting for the dead member's session to time out."""
+    cfg = tmp / f"{group}-{instance}.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "topics": [topic],
+                  "dead_letter_topic": f"{topic}.dlq", "batch_size": 500,
+                  "client": {"log_level": "3", "group.instance.id": f"{group}-{instance}",
+                             "session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}},
+        "journal": {"dsn": dsn}, "mapping": {"rules_dir": str(RULES)}, "log_level": "WARNING"}))
+    return cfg
+
+
+def _start(cfg: Path, log: Path, idle: float = 6.0) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "connector.cli", "run", "-c", str(cfg), "--exit-when-idle",
+                                 str(idle)], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _log_end(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def _verify(dsn: str, group: str, topic: str, partitions: int, total: int, bootstrap: str,
+            expected: set[str], expected_entries: int) -> dict[str, Any]:
+    q = "SELECT kafka_partition, count(*), min(kafka_offset), max(kafka_offset) FROM kdcdc.event_log " \
+        "WHERE consumer_group = %s GROUP BY 1"
+    per_part = {r[0]: r[1:] for r in rows(dsn, q, group)}
+    ends = _log_end(bootstrap, topic, partitions)
+    logged = sum(v[0] for v in per_part.values())
+    for p, end in ends.items():
+        count, lo, hi = per_part.get(p, (0, None, None))
+        assert (count, lo, hi) == (end, 0, end - 1), f"partition {p}: {count} outcomes for offsets 0..{end - 1}"
+    stored = dict(rows(dsn, "SELECT kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
+                       group))
+    assert stored == ends, f"journal offsets {stored} != log end {ends}"
+    keys = {r[0] for r in rows(dsn, "SELECT key FROM kdcdc.vouchers")}
+    assert keys == expected, f"{len(keys - expected)} unexpected, {len(expected - keys)} missing vouchers"
+    (entries,) = rows(dsn, "SELECT count(*) FROM kdcdc.entries")[0]
+    assert entries == expected_entries
+    (audited,) = rows(dsn, "SELECT count(DISTINCT voucher_key) FROM kdcdc.audit WHERE action = 'JOURNALED'")[0]
+    (audit_rows,) = rows(dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'JOURNALED'")[0]
+    assert audited == audit_rows == len(expected)
+    (unbalanced,) = rows(dsn, "SELECT count(*) FROM (SELECT voucher_key FROM kdcdc.entries GROUP BY 1 HAVING "
+                              "sum(CASE side WHEN 'debit' THEN amount ELSE -amount END) <> 0) x")[0]
+    assert unbalanced == 0
+    (dead,) = rows(dsn, "SELECT count(*) FROM kdcdc.dead_letters WHERE consumer_group = %s", group)[0]
+    assert logged == total
+    return {"records": logged, "vouchers": len(keys), "entries": entries, "dead_letters": dead,
+            "audit_journaled": audit_rows, "partitions": dict(sorted(ends.items()))}
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    partitions = 4
+    topic = topic_factory("bank-crash", partitions=partitions)
+    records, total = _produce_bank(kafka_bootstrap, topic, 50_000)
+    expected, expected_entries = _expected_keys(records)
+    group = f"crash-{uuid.uuid4().hex[:6]}"
+    cfg = _config(tmp_path, kafka_bootstrap, pg_dsn, topic, group)
+    log = tmp_path / "run.log"
+    rng = random.Random(20261125)
+    kills = 0
+    progress: list[int] = []
+    while sum(0 < p < total for p in progress) < 10 and kills < 40:
+        proc = _start(cfg, log)
+        time.sleep(rng.uniform(1.0, 2.6))  # start-up + group join take ~1 s; kill anywhere after
+        if proc.poll() is not None:
+            break  # finished everything before we could kill it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        progress.append(rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] if _has_journal(pg_dsn) else 0)
+    proc = _start(cfg, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    report = _verify(pg_dsn, group, topic, partitions, total, kafka_bootstrap, expected, expected_entries)
+    midstream = sum(0 < p < total for p in progress)
+    assert midstream >= 10, f"only {midstream} kills landed mid-stream: progress {progress}"
+    with capsys.disabled():
+        print(f"\n[exactly-once] {kills} SIGKILLs, {midstream} mid-stream (journal progress at each: {progress}); "
+              f"checked {report}")
+
+
+def _wait_for_outcomes(dsn: str, at_least: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _has_journal(dsn) and rows(dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] >= at_least:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {at_least} outcomes after {timeout}s")
+
+
+def _has_journal(dsn: str) -> bool:
+    return bool(rows(dsn, "SELECT to_regclass('kdcdc.event_log') IS NOT NULL")[0][0])
+
+
+def test_two_instances_with_one_killed_and_restarted(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    partitions = 4
+    topic = topic_factory("bank-rebalance", partitions=partitions)
+    records, total = _produce_bank(kafka_bootstrap, topic, 40_000, seed=9)
+    expected, expected_entries = _expected_keys(records)
+    group = f"rebal-{uuid.uuid4().hex[:6]}"
+    cfg_a = _config(tmp_path, kafka_bootstrap, pg_dsn, topic, group, "a")
+    cfg_b = _config(tmp_path, kafka_bootstrap, pg_dsn, topic, group, "b")
+    a = _start(cfg_a, tmp_path / "a.log", idle=12)
+    b = _start(cfg_b, tmp_path / "b.log", idle=12)
+    _wait_for_outcomes(pg_dsn, total // 10)
+    b.send_signal(signal.SIGKILL)  # b dies holding partitions: a takes them over after the session timeout
+    b.wait()
+    mid = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] if _has_journal(pg_dsn) else 0
+    time.sleep(8.0)  # past session.timeout.ms: the group rebalances b's partitions onto a
+    b = _start(cfg_b, tmp_path / "b.log", idle=12)  # and b comes back: another rebalance
+    assert a.wait(timeout=600) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    assert b.wait(timeout=600) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    report = _verify(pg_dsn, group, topic, partitions, total, kafka_bootstrap, expected, expected_entries)
+    assert 0 < mid < total, f"the kill did not land mid-stream ({mid} of {total})"
+    owners = rows(pg_dsn, "SELECT count(DISTINCT owner) FROM kdcdc.offsets WHERE consumer_group = %s", group)[0][0]
+    with capsys.disabled():
+        print(f"\n[rebalance] killed one of two instances at {mid} outcomes; final owners {owners}; checked {report}")
