@@ -72,6 +72,8 @@ class PipelineStats:
     fenced: int = 0
     retries: int = 0
     paused: set[tuple[str, int]] = field(default_factory=set)
+    #: errors.tolerance=none: where each stopped partition stopped (kept after revocation, for operators)
+    stopped_at: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 _TRANSIENT: Final = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
@@ -120,17 +122,28 @@ class Processor:
 
     def process(self, msgs: Sequence[Message], journal: Journal) -> list[EventRecord]:
         decoded = [(m, self.decoder.decode_message(m)) for m in msgs]
-        wanted = []
-        for _, d in decoded:
-            if isinstance(d, ChangeEvent) and d.op in (Op.UPDATE, Op.DELETE) and d.key:
+        wanted: list[RowRef] = []
+        changes: dict[int, tuple[str, str, str, str, str]] = {}
+        for i, (_, d) in enumerate(decoded):
+            if isinstance(d, ChangeEvent) and d.key:
                 s = d.source
-                wanted.append(RowRef(system=s.name, table=s.table_id, pk=canonical_pk(d.key)))
+                ref = RowRef(system=s.name, table=s.table_id, pk=canonical_pk(d.key))
+                changes[i] = (ref.system, ref.table, ref.pk, s.position, d.op.value)
+                if d.op in (Op.UPDATE, Op.DELETE):
+                    wanted.append(ref)
+        # A change that already produced vouchers (a replay from any topic, a redelivery) is not mapped again:
+        # mapping it against today's state could reverse a *later* voucher. Its outcome is DUPLICATE.
+        done = journal.journaled_changes(changes.values())
         ledger = journal.prefetch_active(wanted)
         out = []
-        for m, d in decoded:
+        for i, (m, d) in enumerate(decoded):
             kafka = d.kafka
             assert kafka is not None
-            if isinstance(d, DecodeFailure):
+            if i in changes and changes[i] in done:
+                out.append(EventRecord(outcome=Outcome.DUPLICATE, event=d if isinstance(d, ChangeEvent) else None,
+                                       duplicate_of=tuple(done[changes[i]]), detail="change already journaled",
+                                       kafka=kafka))
+            elif isinstance(d, DecodeFailure):
                 out.append(EventRecord(outcome=Outcome.DEAD_LETTERED, failure=d, detail=f"{d.stage}: {d.reason}",
                                        kafka=kafka, raw_key=m.key(), raw_value=m.value(), headers=_headers(m)))
             elif isinstance(d, (Tombstone, TransactionMarker)):
@@ -271,6 +284,7 @@ class Pipeline:
                 continue
             if r.outcome in (Outcome.REJECTED, Outcome.DEAD_LETTERED):
                 stopped.add(tp)
+                self.stats.stopped_at[tp] = r.kafka.offset
                 log.error("errors.tolerance=none: partition %s[%s] stopped at %s: %s", *tp, r.kafka,
                           r.detail or r.outcome.value)
                 continue
@@ -317,7 +331,7 @@ class Pipeline:
             self.journal.reset()
 
         for attempt in Retrying(retry=retry_if_exception_type(_TRANSIENT), reraise=True,
-                                wait=wait_exponential_jitter(initial=0.2, max=10),
+                                wait=wait_exponential_jitter(multiplier=0.2, max=10),
                                 stop=stop_after_delay(self.opts.retry_for_s), before_sleep=before_sleep):
             with attempt:
                 return fn()

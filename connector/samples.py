@@ -94,6 +94,12 @@ class SampleGenerator:
         self.rng = random.Random(seed)
         self.start = start
         self.ids: dict[SampleTable, int] = {t: 0 for t in TABLES}
+        self.lsn = 23_000_000 + seed * 1_000_000_000
+
+    def next_lsn(self) -> int:
+        """Source log positions, deterministic per generator (same seed → same LSNs → same voucher keys)."""
+        self.lsn += 136
+        return self.lsn
 
     def _next_id(self, t: SampleTable) -> int:
         self.ids[t] += 1
@@ -160,7 +166,7 @@ class SampleGenerator:
 
 
 # --------------------------------------------------------------------------- envelopes
-_LSN = [23_000_000]
+_LSN = [23_000_000]  # for envelopes built without a generator
 
 
 def envelope(t: SampleTable, op: str, *, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
@@ -304,7 +310,7 @@ def change_stream(gen: SampleGenerator, t: SampleTable, n: int, *, update_every:
     while produced < n:
         tx += 1
         row = gen.row(t)
-        yield {"id": row["id"]}, envelope(t, "c", before=None, after=row, tx_id=tx)
+        yield {"id": row["id"]}, envelope(t, "c", before=None, after=row, tx_id=tx, lsn=gen.next_lsn())
         produced += 1
         if update_every and produced < n and row["id"] % update_every == 0:
             changed = dict(row)
@@ -317,10 +323,10 @@ def change_stream(gen: SampleGenerator, t: SampleTable, n: int, *, update_every:
                 changed["net_pay"] = changed["gross_salary"] - changed["social_insurance_employee"] - \
                     changed["income_tax"]
             tx += 1
-            yield {"id": row["id"]}, envelope(t, "u", before=row, after=changed, tx_id=tx)
+            yield {"id": row["id"]}, envelope(t, "u", before=row, after=changed, tx_id=tx, lsn=gen.next_lsn())
             produced += 1
             row = changed
         if delete_every and produced < n and row["id"] % delete_every == 0:
             tx += 1
-            yield {"id": row["id"]}, envelope(t, "d", before=row, after=None, tx_id=tx)
+            yield {"id": row["id"]}, envelope(t, "d", before=row, after=None, tx_id=tx, lsn=gen.next_lsn())
             produced += 1

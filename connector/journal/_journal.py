@@ -33,7 +33,7 @@ from psycopg import sql
 from connector.errors import ConnectorError, InfraError
 from connector.events import ChangeEvent, DecodeFailure, KafkaCoordinates
 from connector.journal._migrate import migrate
-from connector.ledger import Rejection, RowRef, Voucher, VoucherKind, voucher_from_json, voucher_to_json
+from connector.ledger import Rejection, canonical_pk, RowRef, Voucher, VoucherKind, voucher_from_json, voucher_to_json
 from connector.mapping import InMemoryLedger
 
 
@@ -65,6 +65,7 @@ class EventRecord:
     rejections: tuple[Rejection, ...] = ()
     failure: DecodeFailure | None = None
     detail: str | None = None
+    duplicate_of: tuple[str, ...] = ()  #: keys of the vouchers this change already produced (replays)
     raw_key: bytes | None = None
     raw_value: bytes | None = None
     headers: tuple[tuple[str, bytes | None], ...] = ()
@@ -152,6 +153,21 @@ class Journal:
         ledger.seed(voucher_from_json(bytes(r[0])) for r in cur.fetchall())
         return ledger
 
+    def journaled_changes(self, changes: Iterable[tuple[str, str, str, str, str]]) -> dict[tuple[str, ...], list[str]]:
+        """Source changes (system, table, pk, position, op) that already produced vouchers, with their keys."""
+        wanted = list(set(changes))
+        if not wanted:
+            return {}
+        cur = self.conn.execute(self.q(
+            "SELECT source_system, source_table, source_pk, source_position, source_op, key FROM {s}.vouchers "
+            "WHERE (source_system, source_table, source_pk, source_position, source_op) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])) ORDER BY key"),
+            tuple([w[i] for w in wanted] for i in range(5)))
+        found: dict[tuple[str, ...], list[str]] = {}
+        for r in cur.fetchall():
+            found.setdefault(tuple(r[:5]), []).append(r[5])
+        return found
+
     # ------------------------------------------------------------------ the batch transaction
     def write_batch(self, records: Sequence[EventRecord], positions: Mapping[tuple[str, int], tuple[int, int]]
                     ) -> BatchResult:
@@ -234,13 +250,13 @@ class Journal:
             k = rec.kafka
             ev = rec.event
             outcome = rec.outcome
-            keys = [v.key for v in rec.vouchers]
+            keys = [v.key for v in rec.vouchers] or list(rec.duplicate_of)
             if outcome is Outcome.VOUCHERED and keys and not any(key in inserted for key in keys):
                 outcome = Outcome.DUPLICATE
             result.outcomes[outcome.value] = result.outcomes.get(outcome.value, 0) + 1
             src = ev.source if ev is not None else None
             pk = rec.vouchers[0].source.row.pk if rec.vouchers else (
-                json.dumps(dict(ev.key), sort_keys=True, default=str) if ev is not None and ev.key else None)
+                canonical_pk(ev.key) if ev is not None and ev.key else None)
             log_rows.append((group, k.topic, k.partition, k.offset, outcome.value, src.name if src else None,
                              src.table_id if src else None, pk, src.position if src else None,
                              ev.op.value if ev else None, keys, rec.detail, k.timestamp_ms))
@@ -260,6 +276,7 @@ class Journal:
                         {**base, "voucher_key": v.key, "kind": v.kind.value, "reverses": v.reverses,
                          "status": "JOURNALED"}, ensure_ascii=False)))
             elif outcome is Outcome.DUPLICATE:
+                result.vouchers_duplicate += len(rec.duplicate_of)
                 audit_rows.append(("pipeline", "DUPLICATE_SKIPPED", keys[0], json.dumps({"keys": keys, **coords})))
             elif outcome is Outcome.REJECTED:
                 result.rejected += 1

@@ -88,4 +88,4 @@ def make_pipeline(bootstrap: str, dsn: str, topics: list[str], *, group: str | N
 
 def rows(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(query, args).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query, args).fetchall()

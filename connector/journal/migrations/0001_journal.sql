@@ -39,6 +39,9 @@ CREATE TABLE {schema}.vouchers (
 );
 CREATE INDEX vouchers_row ON {schema}.vouchers (source_system, source_table, source_pk, rule_id)
     WHERE kind <> 'reversal' AND reversed_by IS NULL;
+-- A source change already journaled (replayed from any topic) is recognised before it is mapped again.
+CREATE INDEX vouchers_source_change ON {schema}.vouchers (source_system, source_table, source_pk, source_position,
+    source_op);
 CREATE INDEX vouchers_pending ON {schema}.vouchers (journaled_at) WHERE status IN ('JOURNALED', 'POSTING');
 CREATE INDEX vouchers_period ON {schema}.vouchers (book, voucher_date);
 
