@@ -126,6 +126,75 @@ def journal_migrate(config: ConfigOpt = None) -> None:
     typer.echo(f"applied migrations {applied}" if applied else "journal is up to date")
 
 
+# --------------------------------------------------------------------------- dead letters
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and requeue dead letters.")
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(config: ConfigOpt = None,
+             status: Annotated[str, typer.Option(help="NEW, REQUEUED, RESOLVED or ALL")] = "NEW",
+             stage: Annotated[Optional[str], typer.Option(help="e.g. TASK_PUT (rejected by rules), schema, json")] = None,
+             limit: int = 100) -> None:
+    """List dead letters of the configured consumer group."""
+    from connector.config import load_settings
+    from connector.dlq import list_dead_letters
+    from connector.service import build_journal
+
+    journal = build_journal(load_settings(config))
+    letters = list_dead_letters(journal, status=None if status == "ALL" else status, stage=stage, limit=limit)
+    for d in letters:
+        typer.echo(f"{d.id:>8}  {d.where:<40} {d.stage:<10} {d.status:<9} {d.reason[:90]}")
+    typer.echo(f"{len(letters)} dead letter(s)")
+
+
+@dlq_app.command("show")
+def dlq_show(dl_id: int, config: ConfigOpt = None) -> None:
+    """Show one dead letter: reason, headers and the record as the decoder sees it now."""
+    from connector.config import load_settings
+    from connector.dlq import get_dead_letter
+    from connector.events import Decoder, KafkaCoordinates, RegistrySchemas, event_to_json
+    from connector.service import build_journal, registry_client
+
+    settings = load_settings(config)
+    d = get_dead_letter(build_journal(settings), dl_id)
+    if d is None:
+        _fail(f"no dead letter with id {dl_id}")
+        return
+    client = registry_client(settings)
+    decoded = Decoder(RegistrySchemas(client) if client else None).decode(
+        d.raw_value, key=d.raw_key, kafka=KafkaCoordinates(topic=d.topic, partition=d.partition, offset=d.offset))
+    typer.echo(json.dumps({"id": d.id, "where": d.where, "stage": d.stage, "reason": d.reason, "status": d.status,
+                           "created_at": d.created_at.isoformat(), "key": (d.raw_key or b"").decode("utf-8", "replace"),
+                           "value_bytes": len(d.raw_value or b""),
+                           "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in d.headers},
+                           "decoded_now": event_to_json(decoded)}, ensure_ascii=False, indent=2))
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(ids: Annotated[Optional[list[int]], typer.Argument(help="dead letter ids (default: all NEW)")] = None,
+                config: ConfigOpt = None,
+                stage: Annotated[Optional[str], typer.Option(help="only this stage, e.g. TASK_PUT")] = None,
+                to: Annotated[Optional[str], typer.Option("--to", help="topic to send to (default: the original)")] = None,
+                dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
+    """Send dead letters back through the pipeline (after a rule fix). Replays never duplicate vouchers."""
+    from connector.config import load_settings
+    from connector.dlq import get_dead_letter, list_dead_letters, requeue
+    from connector.service import build_journal
+
+    settings = load_settings(config)
+    journal = build_journal(settings)
+    if ids:
+        letters = [d for i in ids if (d := get_dead_letter(journal, i)) is not None]
+    else:
+        letters = list_dead_letters(journal, status="NEW", stage=stage, limit=100_000)
+    for d in letters:
+        typer.echo(f"{'would requeue' if dry_run else 'requeue'} {d.id} {d.where} {d.reason[:80]}")
+    if not dry_run:
+        n = requeue(journal, letters, producer_conf=settings.kafka.librdkafka(), to_topic=to)
+        typer.echo(f"requeued {n} dead letter(s)")
+
+
 # --------------------------------------------------------------------------- mapping
 RulesDir = Annotated[Path, typer.Argument(help="directory of rule files (rule, lookups, ledger, golden)")]
 

@@ -158,6 +158,8 @@ class Processor:
                 elif result.vouchers:
                     out.append(EventRecord(outcome=Outcome.VOUCHERED, event=d, vouchers=result.vouchers,
                                            kafka=kafka))
+                    if i in changes:  # the same change again later in this batch is a duplicate too
+                        done[changes[i]] = [v.key for v in result.vouchers]
                 else:
                     out.append(EventRecord(outcome=Outcome.SKIPPED, event=d, detail=result.skipped, kafka=kafka))
         return out
@@ -330,9 +332,17 @@ class Pipeline:
             log.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
             self.journal.reset()
 
+        def stop(state: RetryCallState) -> bool:
+            # A unique violation is only expected from a concurrent replay of the same change: one retry
+            # resolves it. Repeated violations mean a bug; fail fast instead of looping for minutes.
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, psycopg.errors.UniqueViolation) and state.attempt_number >= 3:
+                return True
+            return bool(stop_after_delay(self.opts.retry_for_s)(state))
+
         for attempt in Retrying(retry=retry_if_exception_type(_TRANSIENT), reraise=True,
-                                wait=wait_exponential_jitter(multiplier=0.2, max=10),
-                                stop=stop_after_delay(self.opts.retry_for_s), before_sleep=before_sleep):
+                                wait=wait_exponential_jitter(multiplier=0.2, max=10), stop=stop,
+                                before_sleep=before_sleep):
             with attempt:
                 return fn()
         raise ConnectorError("unreachable")  # pragma: no cover

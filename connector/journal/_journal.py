@@ -193,11 +193,11 @@ class Journal:
             #    which retries the whole batch; the retry then finds the key and skips it.
             vouchers = [(rec, v) for rec in records for v in rec.vouchers]
             inserted: set[str] = set()
+            new: list[tuple[EventRecord, Voucher]] = []
             if vouchers:
                 keys = [v.key for _, v in vouchers]
                 existing = {r[0] for r in conn.execute(self.q("SELECT key FROM {s}.vouchers WHERE key = ANY(%s)"),
                                                        (keys,)).fetchall()}
-                new = []
                 for rec, v in vouchers:
                     if v.key not in existing and v.key not in inserted:
                         inserted.add(v.key)
@@ -226,15 +226,14 @@ class Journal:
             result.vouchers_duplicate = len(vouchers) - len(inserted)
             # 3. everything else, by COPY
             with conn.cursor() as cur:
-                if inserted:
+                if new:
                     with cur.copy(self.q("COPY {s}.entries (voucher_key, seq, account, side, amount, currency, rate, "
                                          "amount_for, dimensions, explanation) FROM STDIN")) as copy:
-                        for _, v in vouchers:
-                            if v.key in inserted:
-                                for i, e in enumerate(v.entries, 1):
-                                    copy.write_row((v.key, i, e.account, e.side.value, e.amount, e.currency, e.rate,
-                                                    e.amount_for, json.dumps(dict(e.dimensions), ensure_ascii=False),
-                                                    e.explanation))
+                        for _, v in new:
+                            for i, e in enumerate(v.entries, 1):
+                                copy.write_row((v.key, i, e.account, e.side.value, e.amount, e.currency, e.rate,
+                                                e.amount_for, json.dumps(dict(e.dimensions), ensure_ascii=False),
+                                                e.explanation))
                 self._copy_outcomes(cur, records, inserted, result)
         return result
 

@@ -77,10 +77,10 @@ def produce(bootstrap: str, topic: str, n: int, *, wire: str = "json", registry:
 
 
 def make_pipeline(bootstrap: str, dsn: str, topics: list[str], *, group: str | None = None, registry: Any = None,
-                  dlq: str = "", tolerance: str = "all", batch_size: int = 500) -> Pipeline:
+                  dlq: str = "", tolerance: str = "all", batch_size: int = 500, rules: Path = RULES) -> Pipeline:
     journal = Journal(dsn, group=group or f"g-{uuid.uuid4().hex[:8]}")
     processor = Processor(Decoder(RegistrySchemas(registry) if registry is not None else None),
-                          Mapper(load_rules(RULES)))
+                          Mapper(load_rules(rules)))
     return Pipeline(consumer_conf={"bootstrap.servers": bootstrap, "group.id": journal.group, "log_level": "3"},
                     topics=topics, journal=journal, processor=processor,
                     options=PipelineOptions(dead_letter_topic=dlq, tolerance=tolerance, batch_size=batch_size))

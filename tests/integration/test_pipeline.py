@@ -110,3 +110,37 @@ def test_the_audit_log_and_posted_vouchers_are_append_only(
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot be changed"):
             conn.execute("UPDATE kdcdc.vouchers SET debit_total = 0 WHERE key = %s", (key,))
         conn.execute("UPDATE kdcdc.vouchers SET status = 'REVERSED' WHERE key = %s", (key,))  # allowed
+
+
+def test_dlq_requeue_after_a_rule_fix_posts_once(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str, tmp_path: Any) -> None:
+    import shutil
+
+    from connector.dlq import list_dead_letters, requeue
+    from tests.integration.helpers import RULES
+
+    topic = topic_factory("requeue")
+    produce(kafka_bootstrap, topic, 500, seed=6)
+    # Day 1: the bank rules are missing, so bank events are rejected (NO_RULE) and dead-lettered.
+    partial = tmp_path / "rules"
+    shutil.copytree(RULES, partial, ignore=shutil.ignore_patterns("golden", "bank*.yaml"))
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group, rules=partial).run(max_idle_s=3)
+    pipe = make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group)
+    letters = list_dead_letters(pipe.journal, stage="TASK_PUT", limit=10_000)
+    no_rule = rows(pg_dsn, "SELECT count(*) FROM kdcdc.rejections WHERE code = 'NO_RULE'")[0][0]
+    assert len(letters) >= no_rule > 50
+    before = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0]
+    # Day 2: the rules are fixed; requeue twice (an operator double-click) and run.
+    requeue(pipe.journal, letters, producer_conf={"bootstrap.servers": kafka_bootstrap})
+    requeue(pipe.journal, letters, producer_conf={"bootstrap.servers": kafka_bootstrap})
+    stats = pipe.run(max_idle_s=3)
+    bank = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE source_system = 'bank'")[0][0]
+    assert bank > 0 and rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0] == before + bank
+    assert stats.records == 2 * len(letters) and stats.duplicates >= bank  # the second copy changed nothing
+    assert list_dead_letters(pipe.journal, status="NEW", stage="TASK_PUT", limit=10_000) == [] or all(
+        d.reason.startswith("MISSING_DIMENSION") for d in list_dead_letters(pipe.journal, status="NEW",
+                                                                             stage="TASK_PUT", limit=10_000))
+    audited = rows(pg_dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'DLQ_REQUEUED'")[0][0]
+    pipe.journal.close()
+    assert audited == 2 * len(letters)
