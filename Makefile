@@ -21,7 +21,7 @@ $(JARS): deploy/kafka/pom.xml $(STAMP)
 
 # The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
 test: setup
-	$(PY) -m mypy connector tests
+	$(PY) -m mypy connector tests bench
 	$(PY) -m pytest
 
 unit: setup
@@ -31,7 +31,7 @@ integration: setup
 	$(PY) -m pytest tests/integration
 
 typecheck: setup
-	$(PY) -m mypy connector tests
+	$(PY) -m mypy connector tests bench
 
 demo: setup
 	$(VENV)/bin/kingdee-cdc demo

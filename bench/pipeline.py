@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from connector import samples
 from connector.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
@@ -144,7 +144,7 @@ def naive(bootstrap: str, dsn: str, n: int) -> dict[str, Any]:
                         conn.execute("INSERT INTO naive_entries VALUES (%s, %s, %s, %s)", (v.key, i, e.account,
                                                                                           e.amount))
             conn.execute("INSERT INTO naive_offsets VALUES (%s, %s) ON CONFLICT (p) DO UPDATE SET o = EXCLUDED.o",
-                         (m.partition(), m.offset() + 1))
+                         (m.partition(), (m.offset() or 0) + 1))
             conn.commit()
             done += 1
     c.close()
