@@ -7,7 +7,8 @@ CREATE TABLE {schema}.vouchers (
     reverses        text,                         -- key of the voucher this one reverses / adjusts
     reversed_by     text,                         -- set when a later change reverses this voucher
     status          text NOT NULL DEFAULT 'JOURNALED'
-                    CHECK (status IN ('JOURNALED', 'POSTING', 'POSTED', 'REJECTED_BY_KINGDEE', 'REVERSED')),
+                    CHECK (status IN ('JOURNALED', 'POSTING', 'POSTED', 'REJECTED_BY_KINGDEE', 'REVERSED',
+                                      'NEEDS_ATTENTION')),  -- NEEDS_ATTENTION: several Kingdee vouchers carry the key
     book            text NOT NULL,
     data_centre     text,
     voucher_date    date NOT NULL,
