@@ -36,6 +36,7 @@ from connector.kingdee._auth import app_data, client_secret, encoded_path, hmac_
 from connector.kingdee._filter import FilterError, compile_filter
 from connector.ledger import Account, Book, kingdee_json
 from connector.ledger._checks import DIMENSION_LABELS
+from connector.ledger._serde import slot_of
 
 SESSION_LOST = "会话信息已丢失，请重新登录"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "sandbox.yaml"
@@ -166,7 +167,7 @@ class SandboxState:
             if not isinstance(detail, Mapping):
                 errs.append(("FDetailID", '无法将类型为"Kingdee.BOS.JSON.JSONArray"的对象强制转换为类型"Dictionary"'))
                 detail = {}
-            have = {k.split("__", 1)[1].upper(): _num(v) for k, v in detail.items() if "__" in k}
+            have = {slot_of(k): _num(v) for k, v in detail.items() if "__" in k}
             missing = [s for s in sorted(acct.required_dimensions)
                        if not have.get(s) or (s in cfg.dimension_values and have[s] not in cfg.dimension_values[s])]
             if missing:
@@ -226,7 +227,7 @@ class SandboxState:
                             "fcurrencyid.fnumber": _num(e.get("FCURRENCYID")),
                             "fexchangerate": _dec(e.get("FEXCHANGERATE"))})
                 for dk, dv in (e.get("FDetailID") or {}).items():
-                    row[f"fdetailid.{dk.split('__', 1)[-1].lower()}.fnumber"] = _num(dv)
+                    row[f"fdetailid.{dk.lower()}.fnumber"] = _num(dv)
                 per_entry.append(row)
             if entry_level:
                 out.extend(per_entry)

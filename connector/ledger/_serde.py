@@ -27,6 +27,17 @@ SCHEMA_PATH: Final = Path(__file__).resolve().parents[1] / "schemas" / "ledger.v
 MARKER_PREFIX: Final = "[kdcdc:"
 
 
+def detail_key(slot: str) -> str:
+    """Slot → ``FDetailID`` key: standard slots are ``FDETAILID__FFLEX4`` …, custom ones ``FDETAILID__FF100002``."""
+    return f"FDETAILID__F{slot}" if slot.startswith("FLEX") else f"FDETAILID__{slot}"
+
+
+def slot_of(detail_key_name: str) -> str:
+    """``FDETAILID__FFLEX6`` → ``FLEX6``; ``FDETAILID__FF100002`` → ``FF100002`` (inverse of ``detail_key``)."""
+    name = detail_key_name.split("__", 1)[-1].upper()
+    return name[1:] if name.startswith("FFLEX") else name
+
+
 def key_marker(key: str) -> str:
     return f"{MARKER_PREFIX}{key}]"
 
@@ -54,7 +65,7 @@ def to_kingdee(v: Voucher, book: Book | None = None, *, key_field: str | None = 
             "FDC": e.side.fdc,
         }
         if e.dimensions:
-            ent["FDetailID"] = {f"FDETAILID__{slot}": {"FNumber": val} for slot, val in sorted(e.dimensions.items())}
+            ent["FDetailID"] = {detail_key(slot): {"FNumber": val} for slot, val in sorted(e.dimensions.items())}
         if e.quantity is not None:
             ent["FQty"] = e.quantity
         if e.price is not None:
