@@ -141,6 +141,12 @@ class KingdeeClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> KingdeeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ transport
     def _url(self, service: str) -> str:
         return f"{self.base}{service}.common.kdsvc"
