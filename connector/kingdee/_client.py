@@ -178,6 +178,9 @@ class KingdeeClient:
         sid = resp.cookies.get(SESSION_COOKIE)
         if sid:
             self._session = sid
+        # The session travels in the kdservice-sessionid header (as the SDK does), never via httpx's cookie jar:
+        # a jar would keep sending a lost session after we dropped it.
+        self._http.cookies.clear()
         if resp.status_code >= 500:
             cls = KingdeeAmbiguous if write else KingdeeRetryable
             raise cls(f"Kingdee HTTP {resp.status_code}: {resp.text[:300]}", operation=service)

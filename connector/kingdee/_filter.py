@@ -53,11 +53,6 @@ def _compare(op: str, a: Any, b: Any) -> bool:
     return bool({"=": a == b, "<>": a != b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op])
 
 
-def _like(value: Any, pattern: str) -> bool:
-    rx = "^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern) + "$"
-    return value is not None and re.match(rx, str(value), re.S | re.I) is not None
-
-
 def compile_filter(text: str) -> Pred:
     """Compile a FilterString into a predicate over a row whose keys are field names (case-insensitive)."""
     if not text or not text.strip():
@@ -103,8 +98,14 @@ def compile_filter(text: str) -> Pred:
         key = name.lower()
         nxt = take()
         if nxt[0] == "word" and nxt[1].upper() == "LIKE":
-            pattern = literal()
-            return lambda r: _like(r.get(key), str(pattern))
+            pattern = str(literal())
+            middle = pattern[1:-1]
+            if len(pattern) >= 2 and pattern[0] == pattern[-1] == "%" and not any(c in middle for c in "%_"):
+                needle = middle.lower()  # the common '%text%' case: a substring test, no regex
+                return lambda r: (v := r.get(key)) is not None and needle in str(v).lower()
+            rx = re.compile("^" + "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+                            + "$", re.S | re.I)
+            return lambda r: (v := r.get(key)) is not None and rx.match(str(v)) is not None
         if nxt[0] == "word" and nxt[1].upper() == "IN":
             if take() != ("op", "("):
                 raise FilterError("IN needs (")

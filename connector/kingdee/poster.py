@@ -137,8 +137,10 @@ class Poster:
         if not claimed:
             return stats
         chunks = [claimed[i:i + self.opts.batch_size] for i in range(0, len(claimed), self.opts.batch_size)]
+        # Journal access stays on this thread (one connection); worker threads only talk to Kingdee.
+        rejected_originals = self._originals_rejected([c.voucher for c in claimed])
         with ThreadPoolExecutor(max_workers=self.opts.concurrency) as pool:
-            for outcomes, chunk_stats in pool.map(self._post_chunk, chunks):
+            for outcomes, chunk_stats in pool.map(lambda ch: self._post_chunk(ch, rejected_originals), chunks):
                 stats.add(chunk_stats)
                 if outcomes:
                     self._record(outcomes, {c.voucher.key: c for c in claimed})
@@ -163,16 +165,16 @@ class Poster:
         return [_Claimed(voucher_from_json(bytes(r[0])), int(r[1]), r[2], r[3]) for r in rows]
 
     # ------------------------------------------------------------------ post one chunk
-    def _post_chunk(self, chunk: list[_Claimed]) -> tuple[list[_Outcome], PostStats]:
+    def _post_chunk(self, chunk: list[_Claimed], originals_rejected: set[str]) -> tuple[list[_Outcome], PostStats]:
         stats = PostStats()
         outcomes: list[_Outcome] = []
         pending = list(chunk)
-        originals_rejected = self._originals_rejected([c.voucher for c in pending])
         for c in list(pending):
             if c.voucher.reverses in originals_rejected:
                 outcomes.append(_Outcome(c.voucher.key, "REJECTED_BY_KINGDEE",
                                          messages=("the voucher it reverses was rejected by Kingdee: nothing to "
                                                    "reverse",)))
+                stats.rejected += 1
                 pending.remove(c)
         must_look = {c.voucher.key for c in pending if c.attempts > 1}
         for _ in range(self.opts.max_rounds):

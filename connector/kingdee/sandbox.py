@@ -199,42 +199,48 @@ class SandboxState:
                    "FVOUCHERGROUPNO": str(no), "FDocumentStatus": status if status in ("Z", "A") else "A",
                    "FDate": day.isoformat(), "FYEAR": day.year, "FPERIOD": day.month, "book": book, "group": group,
                    "model": json.loads(json.dumps(model, default=str)), "FInvalid": 0}
+            self._index(rec)
             self.vouchers[vid] = rec
         return rec
 
     def rows(self, entry_level: bool) -> list[dict[str, Any]]:
         """Flattened, lower-cased field views for queries (one per entry, or one per voucher)."""
-        out = []
         with self.lock:
             vouchers = list(self.vouchers.values())
+        out: list[dict[str, Any]] = []
         for v in vouchers:
-            m = v["model"]
-            head = {"fvoucherid": v["FVOUCHERID"], "fbillno": v["FBillNo"], "fvouchergroupno": v["FVOUCHERGROUPNO"],
-                    "fdate": v["FDate"], "fyear": v["FYEAR"], "fperiod": v["FPERIOD"],
-                    "fdocumentstatus": v["FDocumentStatus"], "faccountbookid.fnumber": v["book"],
-                    "faccountbookid": v["book"], "fvouchergroupid.fnumber": v["group"], "finvalid": v["FInvalid"]}
-            for k, val in m.items():
-                if k.upper().startswith("F_"):
-                    head[k.lower()] = val
-            entries = m.get("FEntity") or []
-            per_entry = []
-            for seq, e in enumerate(entries, 1):
-                row = dict(head)
-                row.update({"fentity_fentryid": v["FVOUCHERID"] * 1000 + seq, "fentity_fseq": seq,
-                            "fexplanation": e.get("FEXPLANATION"), "faccountid.fnumber": _num(e.get("FACCOUNTID")),
-                            "fdebit": _dec(e.get("FDEBIT")), "fcredit": _dec(e.get("FCREDIT")),
-                            "famountfor": _dec(e.get("FAMOUNTFOR")), "fdc": e.get("FDC"),
-                            "fcurrencyid.fnumber": _num(e.get("FCURRENCYID")),
-                            "fexchangerate": _dec(e.get("FEXCHANGERATE"))})
-                for dk, dv in (e.get("FDetailID") or {}).items():
-                    row[f"fdetailid.{dk.lower()}.fnumber"] = _num(dv)
-                per_entry.append(row)
             if entry_level:
-                out.extend(per_entry)
+                out.extend(v["_rows"])
             else:
-                head["_entries"] = per_entry
-                out.append(head)
+                out.append(v["_head"])
         return out
+
+    @staticmethod
+    def _index(v: dict[str, Any]) -> None:
+        """Precompute the query views of a stored voucher (queries run often, stores once)."""
+        m = v["model"]
+        head: dict[str, Any] = {
+            "fvoucherid": v["FVOUCHERID"], "fbillno": v["FBillNo"], "fvouchergroupno": v["FVOUCHERGROUPNO"],
+            "fdate": v["FDate"], "fyear": v["FYEAR"], "fperiod": v["FPERIOD"], "fdocumentstatus": v["FDocumentStatus"],
+            "faccountbookid.fnumber": v["book"], "faccountbookid": v["book"], "fvouchergroupid.fnumber": v["group"],
+            "finvalid": v["FInvalid"]}
+        for k, val in m.items():
+            if k.upper().startswith("F_"):
+                head[k.lower()] = val
+        per_entry = []
+        for seq, e in enumerate(m.get("FEntity") or [], 1):
+            row = dict(head)
+            row.update({"fentity_fentryid": v["FVOUCHERID"] * 1000 + seq, "fentity_fseq": seq,
+                        "fexplanation": e.get("FEXPLANATION"), "faccountid.fnumber": _num(e.get("FACCOUNTID")),
+                        "fdebit": _dec(e.get("FDEBIT")), "fcredit": _dec(e.get("FCREDIT")),
+                        "famountfor": _dec(e.get("FAMOUNTFOR")), "fdc": e.get("FDC"),
+                        "fcurrencyid.fnumber": _num(e.get("FCURRENCYID")),
+                        "fexchangerate": _dec(e.get("FEXCHANGERATE"))})
+            for dk, dv in (e.get("FDetailID") or {}).items():
+                row[f"fdetailid.{dk.lower()}.fnumber"] = _num(dv)
+            per_entry.append(row)
+        head["_entries"] = per_entry
+        v["_head"], v["_rows"] = head, per_entry
 
 
 def _num(ref: Any) -> str | None:
@@ -276,7 +282,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/sandbox/admin/vouchers"):
             with self.server.state.lock:
-                body = [{k: v for k, v in rec.items()} for rec in self.server.state.vouchers.values()]
+                body = [{k: v for k, v in rec.items() if not k.startswith("_")}
+                        for rec in self.server.state.vouchers.values()]
             self._reply(200, body)
         elif self.path.startswith("/sandbox/health"):
             self._reply(200, {"ok": True})
@@ -522,6 +529,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
                     del state.vouchers[v["FVOUCHERID"]]
                 else:
                     v["FDocumentStatus"] = allowed[1]
+                    for view in (v["_head"], *v["_rows"]):
+                        view["fdocumentstatus"] = allowed[1]
                 success.append({"Id": str(v["FVOUCHERID"]), "Number": v["FBillNo"], "DIndex": i})
         return envelope(not errors, errors=errors, success=success, msg_code=0 if not errors else 12)
 

@@ -87,11 +87,11 @@ def test_our_client_talks_to_the_sandbox_with_every_login_mode(sandbox: RunningS
 
     cfg = sandbox.server.state.config
     app_id = next(iter(cfg.apps))
-    for auth, extra in (("signed", {}), ("login_by_sign", {}), ("login_by_app_secret", {}),
-                        ("password", {"password": "demo-password"})):
+    for auth, password in (("signed", ""), ("login_by_sign", ""), ("login_by_app_secret", ""),
+                           ("password", "demo-password")):
         client = KingdeeClient(KingdeeCredentials(server_url=sandbox.url, acct_id=cfg.data_centre, username="demo",
                                                   app_id=app_id, app_secret=cfg.apps[app_id]["secret"], auth=auth,
-                                                  **extra))
+                                                  password=password))
         with client:
             r = client.save("GL_VOUCHER", _model())
             assert r.ok and r.id and r.number, auth
