@@ -115,6 +115,49 @@ def run(
                f"letters, {stats.skipped} skipped, {stats.retries} retries, {stats.fenced} fenced batches")
 
 
+@app.command()
+def post(config: ConfigOpt = None,
+         exit_when_idle: Annotated[bool, typer.Option(help="stop when nothing is left to post")] = False) -> None:
+    """Post journaled vouchers to Kingdee (idempotent; several posters may run side by side)."""
+    import signal
+
+    from connector.config import load_settings
+    from connector.service import build_poster
+
+    settings = load_settings(config)
+    _setup_logging(settings)
+    poster = build_poster(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: poster.stop())
+    stats = poster.run(exit_when_idle=exit_when_idle)
+    typer.echo(f"posted {stats.posted}, found after timeouts {stats.found_after_timeout}, rejected by Kingdee "
+               f"{stats.rejected}, needs attention {stats.needs_attention}, ambiguous calls {stats.ambiguous_calls}")
+
+
+@app.command()
+def sandbox(
+    sandbox_config: Annotated[Optional[Path], typer.Option("--sandbox-config", exists=True, dir_okay=False,
+                                                           help="sandbox YAML (default: the built-in one)")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8090,
+) -> None:
+    """Run the Kingdee-compatible sandbox server in the foreground (Ctrl-C stops it)."""
+    from connector.kingdee.sandbox import DEFAULT_CONFIG, SandboxConfig, SandboxServer
+
+    cfg = SandboxConfig.load(sandbox_config or DEFAULT_CONFIG)
+    server = SandboxServer((host, port), cfg)
+    app_id = next(iter(cfg.apps), "")
+    typer.echo(f"Kingdee sandbox on {server.url}  data centre {cfg.data_centre}  app {app_id}\n"
+               f"admin: POST {server.url.replace('/k3cloud/', '')}/sandbox/admin/faults "
+               f"{{\"latency_ms\": 20, \"http_5xx_rate\": 0.02}}; GET …/sandbox/admin/vouchers")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @journal_app.command("migrate")
 def journal_migrate(config: ConfigOpt = None) -> None:
     """Apply pending journal migrations."""

@@ -121,9 +121,13 @@ class KingdeeSettings(_Section):
     password: SecretStr | None = None
     lcid: int = 2052
     verify_tls: bool = True
+    auth: Literal["signed", "login_by_sign", "login_by_app_secret", "password"] = "signed"
     timeout_s: float = Field(30.0, gt=0)
     max_concurrency: int = Field(4, ge=1, le=64)
     rate_limit_per_s: float = Field(50.0, gt=0)
+    #: custom GL_VOUCHER header field holding the voucher key (e.g. F_KDCDC_KEY); none = explanation marker only
+    key_field: str | None = None
+    batch_size: int = Field(100, ge=1, le=1000)
 
     _secret = field_validator("app_secret", "password", mode="before")(_resolve_secret)
 

@@ -184,7 +184,8 @@ class Pipeline:
                 "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
                 "auto.offset.reset": options.start_from, "enable.partition.eof": "false"}
         self.consumer = Consumer(conf)
-        self.producer = Producer({**(producer_conf or {"bootstrap.servers": conf["bootstrap.servers"]}),
+        base = producer_conf or {k: v for k, v in conf.items() if k in ("bootstrap.servers", "log_level")}
+        self.producer = Producer({**base,
                                   "enable.idempotence": "true", "linger.ms": "5"}) \
             if options.dead_letter_topic else None
 

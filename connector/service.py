@@ -55,3 +55,29 @@ def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:
         options=PipelineOptions(tolerance=settings.errors.tolerance, start_from=settings.kafka.start_from,
                                 dead_letter_topic=settings.kafka.dead_letter_topic,
                                 batch_size=settings.kafka.batch_size), **kwargs)
+
+
+def build_kingdee_client(settings: Settings) -> Any:
+    from connector.kingdee import KingdeeClient, KingdeeCredentials
+
+    k = settings.kingdee
+    missing = [name for name in ("server_url", "acct_id", "username") if not getattr(k, name)]
+    if missing:
+        raise ConfigError(f"kingdee.{', kingdee.'.join(missing)} must be set to post vouchers "
+                          "(or run `kingdee-cdc sandbox` and point kingdee.server_url at it)")
+    creds = KingdeeCredentials(
+        server_url=str(k.server_url), acct_id=str(k.acct_id), username=str(k.username), app_id=k.app_id or "",
+        app_secret=k.app_secret.get_secret_value() if k.app_secret else "",
+        password=k.password.get_secret_value() if k.password else "", lcid=k.lcid, auth=k.auth)
+    return KingdeeClient(creds, timeout_s=k.timeout_s, verify_tls=k.verify_tls, max_concurrency=k.max_concurrency,
+                         rate_limit_per_s=k.rate_limit_per_s)
+
+
+def build_poster(settings: Settings) -> Any:
+    from connector.kingdee.poster import Poster, PosterOptions
+
+    rules = load_rules(settings.mapping.rules_dir)
+    k = settings.kingdee
+    return Poster(build_journal(settings), build_kingdee_client(settings), books=rules.ledger.books,
+                  options=PosterOptions(batch_size=k.batch_size, concurrency=k.max_concurrency,
+                                        key_field=k.key_field))

@@ -25,6 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import psycopg
+
+from connector.errors import InfraError
 from connector.journal import Journal
 from connector.kingdee._client import (
     KingdeeAmbiguous,
@@ -115,9 +118,20 @@ class Poster:
 
     # ------------------------------------------------------------------ public
     def run(self, *, idle_sleep_s: float = 1.0, exit_when_idle: bool = False) -> PostStats:
+        """Post until stopped. Infrastructure failures (journal or Kingdee unreachable) pause with backoff."""
         total = PostStats()
+        self.journal.migrate()
+        backoff = idle_sleep_s
         while not self._stop.is_set():
-            stats = self.run_once()
+            try:
+                stats = self.run_once()
+            except (InfraError, psycopg.OperationalError) as e:
+                log.warning("poster paused %.1fs: %s", backoff, e)
+                self.journal.reset()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = idle_sleep_s
             total.add(stats)
             if stats.claimed == 0:
                 if exit_when_idle and self.pending() == 0:
