@@ -300,6 +300,24 @@ class KingdeeClient:
                 out.append(ItemResult(index=i, ok=False, messages=tuple(errs.get(i, ["no result for this item"]))))
         return out
 
+    def batch_save_async(self, form_id: str, models: Sequence[Mapping[str, Any]], *, poll_s: float = 1.0,
+                         timeout_s: float = 300.0, **options: Any) -> list[ItemResult]:
+        """BatchSave in the server's async mode (``BeginQueryImpl``), polling ``QueryAsyncResult`` until done."""
+        body = {"formid": form_id, "data": {"Model": list(models), **options},
+                "beginmethod": "BeginQueryImpl", "querymethod": "QueryAsyncResult"}
+        res = self.call(f"{FORM_SERVICE}.BatchSave", body, write=True)
+        deadline = time.monotonic() + timeout_s
+        while isinstance(res, Mapping) and res.get("Status") in (0, 1):
+            if time.monotonic() > deadline:
+                raise KingdeeAmbiguous(f"async BatchSave task {res.get('TaskId')} not complete after {timeout_s}s",
+                                       operation="BatchSave")
+            time.sleep(poll_s)
+            res = self.call(f"{FORM_SERVICE}.QueryAsyncResult",
+                            {"queryInfo": json.dumps({"TaskId": res.get("TaskId"), "Cancelled": False})})
+        result = res.get("Result") if isinstance(res, Mapping) and "Status" in res else res
+        self._raise_for_status(result, "BatchSave")
+        return self._items(result, len(models))
+
     def submit(self, form_id: str, *, ids: Sequence[str] = (), numbers: Sequence[str] = ()) -> Any:
         return self._form("Submit", form_id, _targets(ids, numbers), write=True)
 

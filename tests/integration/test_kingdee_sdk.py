@@ -99,3 +99,15 @@ def test_our_client_talks_to_the_sandbox_with_every_login_mode(sandbox: RunningS
             assert not bad.ok and "借贷不平衡" in bad.messages[0]
             with pytest.raises(KingdeeBusinessError, match="表单不存在"):  # call-level errors raise
                 client.execute_bill_query("NOPE", ["FBillNo"])
+
+
+def test_async_batch_save_mode(sandbox: RunningSandbox) -> None:
+    from connector.kingdee import KingdeeClient, KingdeeCredentials
+
+    cfg = sandbox.server.state.config
+    app_id = next(iter(cfg.apps))
+    with KingdeeClient(KingdeeCredentials(server_url=sandbox.url, acct_id=cfg.data_centre, username="demo",
+                                          app_id=app_id, app_secret=cfg.apps[app_id]["secret"])) as client:
+        results = client.batch_save_async("GL_VOUCHER", [_model(), _model(FCREDIT=3), _model()], poll_s=0.01)
+    assert [r.ok for r in results] == [True, False, True] and results[0].number != results[2].number
+    assert "借贷不平衡" in results[1].messages[0]

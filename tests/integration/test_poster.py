@@ -112,15 +112,32 @@ def test_kingdee_rejections_reach_the_journal_and_feedback(pg_dsn: str) -> None:
     cfg = SandboxConfig.load(Path(__file__).resolve().parents[2] / "connector" / "kingdee" / "sandbox.yaml")
     # Kingdee's side differs from the rules' view: a closed period, a non-leaf account, a required dimension.
     b = cfg.books["002"]
-    from dataclasses import replace
+    from dataclasses import replace as dc_replace
 
-    cfg.books["002"] = replace(b, closed_periods=b.closed_periods | {"2026-11"})
-    cfg.accounts["6001.02"] = replace(cfg.accounts["6001.02"], leaf=False)
-    cfg.accounts["1001"] = replace(cfg.accounts["1001"], required_dimensions=frozenset({"FLEX5"}))
+    cfg.books["002"] = dc_replace(b, closed_periods=b.closed_periods | {"2026-11"})
+    cfg.accounts["6001.02"] = dc_replace(cfg.accounts["6001.02"], leaf=False)
+    cfg.accounts["1001"] = dc_replace(cfg.accounts["1001"], required_dimensions=frozenset({"FLEX5"}))
     sb = start_sandbox(cfg, seed=3)
     try:
         journal = Journal(pg_dsn, group="rejections")
         n = journal_vouchers(journal, 600, seed=8)
+        # A voucher the mapping checks would never let through: one cent out of balance, written straight into
+        # the journal to prove that Kingdee's own balance check is reported, not only ours.
+        from dataclasses import replace
+        from decimal import Decimal
+
+        from connector.ledger import voucher_from_json
+
+        (payload,) = rows(pg_dsn, "SELECT payload FROM kdcdc.vouchers WHERE book = '001' AND kind = 'original' "
+                                  "ORDER BY key LIMIT 1")[0]
+        good = voucher_from_json(bytes(payload))
+        last = good.entries[-1]
+        bad = replace(good, key="unbalanced-by-one-cent", entries=(*good.entries[:-1],
+                                                                    last._replace(amount=last.amount + Decimal("0.01"))))
+        journal.write_batch([EventRecord(kafka=KafkaCoordinates(topic="journal-only", partition=1, offset=0),
+                                         outcome=Outcome.VOUCHERED, vouchers=(bad,))],
+                            {("journal-only", 1): (0, 1)})
+        n += 1
         with client_for(sb) as client:
             stats = Poster(journal, client, books=load_rules(RULES).ledger.books).run(exit_when_idle=True)
         msgs = rows(pg_dsn, "SELECT book, kingdee_messages FROM kdcdc.vouchers WHERE status = 'REJECTED_BY_KINGDEE'")
@@ -129,6 +146,8 @@ def test_kingdee_rejections_reach_the_journal_and_feedback(pg_dsn: str) -> None:
         assert "已结账" in text and all(book == "002" for book, m in msgs if "已结账" in m)
         assert "不是明细科目" in text
         assert "设置的下列必录维度未录入或不可用：部门" in text
+        assert "借贷不平衡" in dict(rows(pg_dsn, "SELECT key, kingdee_messages FROM kdcdc.vouchers WHERE "
+                                             "key = 'unbalanced-by-one-cent'"))["unbalanced-by-one-cent"]
         fb = rows(pg_dsn, "SELECT payload FROM kdcdc.outbox WHERE status = 'REJECTED_BY_KINGDEE'")
         assert len(fb) == len(msgs) and all(p["reasons"][0]["message"] for (p,) in fb)
         assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'REJECTED_BY_KINGDEE'")[0][0] == len(msgs)
