@@ -89,3 +89,20 @@ def make_pipeline(bootstrap: str, dsn: str, topics: list[str], *, group: str | N
 def rows(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(query, args).fetchall()
+
+
+def consume_all(bootstrap: str, topic: str, n: int, timeout_s: float = 60) -> list[Any]:
+    """Read up to ``n`` records of ``topic`` from the beginning with a throwaway consumer group."""
+    import time
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": "false", "log_level": "3"})
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        out += [m for m in consumer.consume(500, 0.5) if m.error() is None]
+    consumer.close()
+    return out

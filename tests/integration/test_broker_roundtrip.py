@@ -8,29 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from connector import samples
 from connector.events import ChangeEvent, DecodeFailure, Decoder, RegistrySchemas
-
-
-def _consume_all(bootstrap: str, topic: str, n: int, timeout_s: float = 60) -> list[Any]:
-    import time
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": "false"})
-    consumer.subscribe([topic])
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n and time.monotonic() < deadline:
-        for m in consumer.consume(500, 0.5):
-            if m.error() is None:
-                out.append(m)
-    consumer.close()
-    return out
+from tests.integration.helpers import consume_all
 
 
 def test_avro_roundtrip_through_real_broker(kafka_bootstrap: str, topic_factory: Callable[..., str]) -> None:
@@ -55,7 +40,7 @@ def test_avro_roundtrip_through_real_broker(kafka_bootstrap: str, topic_factory:
     producer.produce(topic, key=b"poison", value=b"\x00\x00\x01\x86\xa0not-avro")  # unknown schema id 100000
     assert producer.flush(30) == 0
 
-    msgs = _consume_all(kafka_bootstrap, topic, len(sent) + 1)
+    msgs = consume_all(kafka_bootstrap, topic, len(sent) + 1)
     assert len(msgs) == len(sent) + 1
     decoder = Decoder(RegistrySchemas(registry))
     seen = 0
@@ -87,7 +72,7 @@ def test_json_with_and_without_schemas_through_real_broker(kafka_bootstrap: str,
                          value=samples.encode_json(samples.PURCHASING, env, schemas=i % 2 == 0))
         sent.append(env)
     producer.flush(30)
-    msgs = _consume_all(kafka_bootstrap, topic, len(sent))
+    msgs = consume_all(kafka_bootstrap, topic, len(sent))
     decoder = Decoder()
     for m, env in zip(sorted(msgs, key=lambda m: m.offset()), sent):
         d = decoder.decode_message(m)

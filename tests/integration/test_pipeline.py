@@ -8,25 +8,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connector.pipeline import DLQ_PREFIX
-from tests.integration.helpers import make_pipeline, produce, rows
-
-
-def _read_all(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[Any]:
-    import time
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "log_level": "3"})
-    c.subscribe([topic])
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        out += [m for m in c.consume(500, 0.5) if m.error() is None]
-    c.close()
-    return out
+from tests.integration.helpers import consume_all, make_pipeline, produce, rows
 
 
 def test_poison_records_are_dead_lettered_with_connect_headers_and_the_line_never_stops(
@@ -50,7 +35,7 @@ def test_poison_records_are_dead_lettered_with_connect_headers_and_the_line_neve
     stages = dict(rows(pg_dsn, "SELECT stage, count(*) FROM kdcdc.dead_letters GROUP BY 1"))
     assert stages.get("schema") and stages.get("envelope") and stages.get("wire") and stages.get("TASK_PUT")
     # The DLQ topic has every bad record, original bytes and Kafka Connect headers.
-    letters = _read_all(kafka_bootstrap, dlq, bad)
+    letters = consume_all(kafka_bootstrap, dlq, bad)
     assert len(letters) == bad
     by_offset = {}
     for m in letters:
