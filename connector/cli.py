@@ -169,6 +169,53 @@ def journal_migrate(config: ConfigOpt = None) -> None:
     typer.echo(f"applied migrations {applied}" if applied else "journal is up to date")
 
 
+# --------------------------------------------------------------------------- feedback
+feedback_app = typer.Typer(no_args_is_help=True, help="Feedback to the upstream systems.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("relay")
+def feedback_relay(config: ConfigOpt = None,
+                   exit_when_idle: Annotated[bool, typer.Option(help="stop when the outbox is empty")] = False,
+                   prefix: Annotated[str, typer.Option(help="topic prefix; topic = PREFIX.<source system>")]
+                   = "kingdee-cdc.feedback") -> None:
+    """Relay the journal's feedback outbox to Kafka (one relay per journal)."""
+    import signal
+
+    from connector.config import load_settings
+    from connector.feedback import FeedbackRelay
+    from connector.service import build_journal
+
+    settings = load_settings(config)
+    _setup_logging(settings)
+    relay = FeedbackRelay(build_journal(settings), settings.kafka.librdkafka(), topic_prefix=prefix)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: relay.stop())
+    stats = relay.run(exit_when_idle=exit_when_idle)
+    typer.echo(f"relayed {stats.sent} feedback events ({stats.failed} to retry)")
+
+
+@feedback_app.command("tail")
+def feedback_tail(source: Annotated[str, typer.Option("--source", help="source system, e.g. pos")],
+                  config: ConfigOpt = None,
+                  prefix: str = "kingdee-cdc.feedback",
+                  follow: Annotated[bool, typer.Option(help="keep waiting for new events")] = False) -> None:
+    """Print the posting statuses sent to one source system (a reference consumer for upstream teams)."""
+    from connector.config import load_settings
+    from connector.feedback import tail
+
+    settings = load_settings(config)
+
+    def show(e: dict[str, Any]) -> None:
+        k = e.get("kingdee") or {}
+        reasons = "; ".join(r.get("message", "") for r in e.get("reasons") or [])
+        src = e.get("source") or {}
+        typer.echo(f"{e['status']:<20} {src.get('table')} {src.get('pk')} {e.get('voucher_key') or ''} "
+                   f"{k.get('number') or ''} {reasons}".rstrip())
+
+    tail(settings.kafka.bootstrap_servers, f"{prefix}.{source}", timeout_s=10**9 if follow else 5.0, printer=show)
+
+
 # --------------------------------------------------------------------------- dead letters
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and requeue dead letters.")
 app.add_typer(dlq_app, name="dlq")

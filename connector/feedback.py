@@ -1,0 +1,151 @@
+"""Feedback relay: the journal's outbox → Kafka feedback topics, so every upstream system learns what
+happened to each of its changes (JOURNALED, POSTED with the voucher number, REJECTED with reasons, …).
+
+Protocol (at least once, never lost, ordered per business document):
+
+1. Take the relay lock (a PostgreSQL advisory lock): one active relay per journal keeps per-key order.
+2. Read the oldest unsent outbox rows, in id order.
+3. Produce each to ``<prefix>.<source system>`` keyed by the source row's key, with the stable ``event_id``
+   as a header; the idempotent producer keeps per-partition order.
+4. Flush; mark as sent only the rows up to the first one the broker did not acknowledge. A crash before
+   this step re-sends those rows later with the same ``event_id`` (consumers de-duplicate on it).
+
+If the broker is down the journal keeps working; the backlog is ``pending()`` and drains on recovery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from connector.journal import Journal
+
+log = logging.getLogger("kingdee_cdc.feedback")
+_LOCK_ID: Final = 0x6B64_6662  # "kdfb"
+
+
+@dataclass(slots=True)
+class RelayStats:
+    sent: int = 0
+    failed: int = 0
+    rounds: int = 0
+
+
+class FeedbackRelay:
+    def __init__(self, journal: Journal, producer_conf: dict[str, str], *, topic_prefix: str = "kingdee-cdc.feedback",
+                 batch: int = 1000) -> None:
+        self.journal = journal
+        self.prefix = topic_prefix
+        self.batch = batch
+        self.producer = Producer({**producer_conf, "enable.idempotence": "true", "acks": "all", "linger.ms": "5"})
+        self._stop = threading.Event()
+        #: test hook: called after the broker acknowledged a round, before it is marked sent
+        self.before_mark: Callable[[list[int]], None] | None = None
+
+    def topic_for(self, system: str) -> str:
+        return f"{self.prefix}.{system}"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def pending(self) -> int:
+        row = self.journal.conn.execute(self.journal.q("SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL")
+                                        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def run(self, *, idle_sleep_s: float = 0.5, exit_when_idle: bool = False) -> RelayStats:
+        stats = RelayStats()
+        self.journal.migrate()
+        conn = self.journal.conn
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,)).fetchone()
+        if not got or not got[0]:
+            raise RuntimeError("another feedback relay holds the relay lock for this journal")
+        try:
+            while not self._stop.is_set():
+                n = self.relay_once(stats)
+                if n == 0:
+                    if exit_when_idle:
+                        break
+                    self._stop.wait(idle_sleep_s)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+            self.producer.flush(10)
+        return stats
+
+    def relay_once(self, stats: RelayStats | None = None) -> int:
+        stats = stats or RelayStats()
+        j = self.journal
+        rows = j.conn.execute(j.q("SELECT id, event_id, source_system, message_key, status, payload, created_at "
+                                  "FROM {s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s"), (self.batch,)).fetchall()
+        if not rows:
+            return 0
+        results: dict[int, KafkaError | None] = {}
+
+        def delivered(row_id: int) -> Callable[[KafkaError | None, Message], None]:
+            def cb(err: KafkaError | None, msg: Message) -> None:
+                results[row_id] = err
+            return cb
+
+        for row_id, event_id, system, key, status, payload, created in rows:
+            value = {"event_id": event_id, "status": status, "ts_ms": int(created.timestamp() * 1000), **payload}
+            self.producer.produce(self.topic_for(system), key=str(key).encode(),
+                                  value=json.dumps(value, ensure_ascii=False, default=str).encode(),
+                                  headers=[("kdcdc.event_id", event_id.encode()), ("kdcdc.status", status.encode())],
+                                  on_delivery=delivered(row_id))
+            self.producer.poll(0)
+        self.producer.flush(30)
+        acked: list[int] = []
+        for row_id, *_ in rows:  # the prefix up to the first failure keeps per-key order
+            if results.get(row_id, KafkaError(KafkaError._TIMED_OUT)) is not None:
+                break
+            acked.append(row_id)
+        stats.rounds += 1
+        stats.failed += len(rows) - len(acked)
+        if self.before_mark is not None:
+            self.before_mark(acked)
+        if acked:
+            with j.transaction() as conn:
+                conn.execute(j.q("UPDATE {s}.outbox SET sent_at = now() WHERE id = ANY(%s)"), (acked,))
+        stats.sent += len(acked)
+        if len(acked) < len(rows):
+            log.warning("feedback: %d of %d not acknowledged by Kafka; will retry", len(rows) - len(acked), len(rows))
+        return len(acked)
+
+
+def tail(bootstrap: str, topic: str, *, from_beginning: bool = True, limit: int | None = None,
+         timeout_s: float = 5.0, printer: Callable[[dict[str, Any]], None] = print) -> int:
+    """Print feedback events (the reference consumer for upstream teams): one JSON object per line."""
+    import time
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"feedback-tail-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest" if from_beginning else "latest", "enable.auto.commit": "false"})
+    c.subscribe([topic])
+    seen: set[str] = set()
+    shown = 0
+    idle_since = time.monotonic()
+    try:
+        while limit is None or shown < limit:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                if time.monotonic() - idle_since > timeout_s:
+                    break
+                continue
+            idle_since = time.monotonic()
+            event = json.loads(m.value() or b"{}")
+            if event["event_id"] in seen:  # at-least-once delivery: de-duplicate on the stable id
+                continue
+            seen.add(event["event_id"])
+            printer(event)
+            shown += 1
+    finally:
+        c.close()
+    return shown
