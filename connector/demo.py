@@ -116,9 +116,13 @@ def run_demo(*, events: int = 5000, wire: str = "avro", workdir: Path | None = N
                                                   app_secret=cfg.apps[app_id]["secret"]), rate_limit_per_s=500)
         poster = Poster(Journal(dsn, group=group), client, books=rules.ledger.books,
                         options=PosterOptions(batch_size=100))
-        journal.migrate()  # before either thread starts: both read the journal
+        from connector.feedback import FeedbackRelay
+
+        relay = FeedbackRelay(Journal(dsn, group=group), {"bootstrap.servers": bootstrap, "log_level": "2"})
+        journal.migrate()  # before the threads start: they all read the journal
         threads = [threading.Thread(target=pipeline.run, name="pipeline", daemon=True),
-                   threading.Thread(target=lambda: poster.run(idle_sleep_s=0.3), name="poster", daemon=True)]
+                   threading.Thread(target=lambda: poster.run(idle_sleep_s=0.3), name="poster", daemon=True),
+                   threading.Thread(target=lambda: relay.run(idle_sleep_s=0.3), name="feedback", daemon=True)]
         for th in threads:
             th.start()
         t1 = time.monotonic()
@@ -133,17 +137,26 @@ def run_demo(*, events: int = 5000, wire: str = "avro", workdir: Path | None = N
                 stat = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
                 posted = stat.get("POSTED", 0) + stat.get("REVERSED", 0)
                 waiting = stat.get("JOURNALED", 0) + stat.get("POSTING", 0)
+                unsent = _q(dsn, "SELECT count(*) FROM kdcdc.outbox WHERE sent_at IS NULL")[0][0]
                 bar.n = done
                 bar.set_postfix_str(f"posted {posted:,} · waiting {waiting:,} · rejected by Kingdee "
                                     f"{stat.get('REJECTED_BY_KINGDEE', 0):,} · lag {total - done:,}")
-                if done >= total and waiting == 0:
+                if done >= total and waiting == 0 and unsent == 0:
                     break
         elapsed = time.monotonic() - t1
         pipeline.stop()
         poster.stop()
+        relay.stop()
         for th in threads:
             th.join(30)
         ok = _summary(dsn, group, total, elapsed, client, sandbox.url)
+        from connector.feedback import tail
+
+        print("\nfeedback the POS system receives (kingdee-cdc.feedback.pos, first 4 — "
+              "`kingdee-cdc feedback tail --source pos`):")
+        tail(bootstrap, "kingdee-cdc.feedback.pos", limit=4, timeout_s=5, printer=lambda e: print(
+            f"  {e['status']:<12} {e['source'].get('table')} pk={e['source'].get('pk')} "
+            f"{(e.get('kingdee') or {}).get('number') or ''}"))
         client.close()
         return 0 if ok else 1
     finally:
@@ -200,8 +213,9 @@ def _summary(dsn: str, group: str, total: int, elapsed: float, client: Any, sand
     for stage, n, reason in _q(dsn, "SELECT stage, count(*), min(reason) FROM kdcdc.dead_letters WHERE "
                                     "consumer_group = %s AND stage <> 'TASK_PUT' GROUP BY 1", group):
         print(f"  {stage:<10} {n:>5}  {reason[:100]}")
-    feedback = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.outbox GROUP BY 1"))
-    print("\nfeedback outbox for the source systems: " + "  ".join(f"{k} {v:,}" for k, v in sorted(feedback.items())))
+    feedback = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.outbox WHERE sent_at IS NOT NULL GROUP BY 1"))
+    print("\nfeedback relayed to kingdee-cdc.feedback.<system>: "
+          + "  ".join(f"{k} {v:,}" for k, v in sorted(feedback.items())))
     sample = _q(dsn, "SELECT key, kingdee_number, explanation FROM kdcdc.vouchers WHERE status = 'POSTED' "
                      "ORDER BY journaled_at LIMIT 1")
     if sample:
