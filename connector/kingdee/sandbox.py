@@ -75,6 +75,8 @@ class SandboxConfig:
     dimension_labels: dict[str, str] = field(default_factory=dict)
     key_fields: set[str] = field(default_factory=set)  # custom header fields accepted (e.g. F_KDCDC_KEY)
     faults: Faults = field(default_factory=Faults)
+    #: optional PostgreSQL DSN: vouchers survive sandbox restarts (table ``kdcdc_sandbox.vouchers``)
+    persist_dsn: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> SandboxConfig:
@@ -97,6 +99,7 @@ class SandboxConfig:
         cfg.rate_types |= set(raw.get("rate_types") or [])
         cfg.dimension_values = {str(k).upper(): set(map(str, v)) for k, v in (raw.get("dimension_values") or {}).items()}
         cfg.key_fields = set(raw.get("key_fields") or [])
+        cfg.persist_dsn = raw.get("persist_dsn") or None
         cfg.faults.update(raw.get("faults") or {})
         return cfg
 
@@ -113,6 +116,39 @@ class SandboxState:
         self.sessions: dict[str, float] = {}
         self.rng = random.Random(seed)
         self.calls: dict[str, int] = {}
+        self._db: Any = None
+        if config.persist_dsn:
+            self._load(config.persist_dsn)
+
+    # ------------------------------------------------------------------ optional persistence
+    def _load(self, dsn: str) -> None:
+        import psycopg
+
+        self._db = psycopg.connect(dsn, autocommit=True)
+        self._db.execute("CREATE SCHEMA IF NOT EXISTS kdcdc_sandbox")
+        self._db.execute("CREATE TABLE IF NOT EXISTS kdcdc_sandbox.vouchers (id bigint PRIMARY KEY, "
+                         "record jsonb NOT NULL)")
+        for (rec,) in self._db.execute("SELECT record FROM kdcdc_sandbox.vouchers ORDER BY id").fetchall():
+            self._index(rec)
+            self.vouchers[int(rec["FVOUCHERID"])] = rec
+            self.next_id = max(self.next_id, int(rec["FVOUCHERID"]) + 1)
+            k = (rec["book"], rec["FDate"][:7], rec["group"])
+            self.numbers[k] = max(self.numbers.get(k, 0), int(rec["FVOUCHERGROUPNO"]))
+
+    def persist(self, rec: dict[str, Any] | None = None, *, deleted: int | None = None) -> None:
+        """Write one voucher (or its deletion) through to PostgreSQL when persistence is on (caller holds the lock)."""
+        if self._db is None:
+            return
+        if deleted is not None:
+            self._db.execute("DELETE FROM kdcdc_sandbox.vouchers WHERE id = %s", (deleted,))
+        elif rec is not None:
+            body = json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, default=str)
+            self._db.execute("INSERT INTO kdcdc_sandbox.vouchers (id, record) VALUES (%s, %s) ON CONFLICT (id) DO "
+                             "UPDATE SET record = EXCLUDED.record", (rec["FVOUCHERID"], body))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
 
     # ------------------------------------------------------------------ sessions
     def new_session(self) -> str:
@@ -201,6 +237,7 @@ class SandboxState:
                    "model": json.loads(json.dumps(model, default=str)), "FInvalid": 0}
             self._index(rec)
             self.vouchers[vid] = rec
+            self.persist(rec)
         return rec
 
     def rows(self, entry_level: bool) -> list[dict[str, Any]]:
@@ -433,6 +470,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._reply(200, state.config.faults.__dict__)
         elif op == "reset":
             with state.lock:
+                for vid in list(state.vouchers):
+                    state.persist(deleted=vid)
                 state.vouchers.clear()
                 state.numbers.clear()
                 state.sessions.clear()
@@ -444,6 +483,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         elif op == "delete_voucher":  # for reconciliation drills: a voucher vanishes from Kingdee
             with state.lock:
                 removed = state.vouchers.pop(int(body["id"]), None)
+                if removed is not None:
+                    state.persist(deleted=int(body["id"]))
             self._reply(200, {"removed": removed is not None})
         else:
             self._reply(404, {"error": f"unknown admin operation {op}"})
@@ -527,10 +568,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
                     continue
                 if allowed[1] is None:
                     del state.vouchers[v["FVOUCHERID"]]
+                    state.persist(deleted=v["FVOUCHERID"])
                 else:
                     v["FDocumentStatus"] = allowed[1]
                     for view in (v["_head"], *v["_rows"]):
                         view["fdocumentstatus"] = allowed[1]
+                    state.persist(v)
                 success.append({"Id": str(v["FVOUCHERID"]), "Number": v["FBillNo"], "DIndex": i})
         return envelope(not errors, errors=errors, success=success, msg_code=0 if not errors else 12)
 
@@ -587,6 +630,7 @@ class RunningSandbox:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.server.state.close()
 
 
 def start_sandbox(config: SandboxConfig | str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,

@@ -111,3 +111,23 @@ def test_async_batch_save_mode(sandbox: RunningSandbox) -> None:
         results = client.batch_save_async("GL_VOUCHER", [_model(), _model(FCREDIT=3), _model()], poll_s=0.01)
     assert [r.ok for r in results] == [True, False, True] and results[0].number != results[2].number
     assert "借贷不平衡" in results[1].messages[0]
+
+
+def test_sandbox_persists_to_postgresql_across_restarts(pg_dsn: str) -> None:
+    from connector.kingdee.sandbox import DEFAULT_CONFIG, SandboxConfig
+
+    cfg = SandboxConfig.load(DEFAULT_CONFIG)
+    cfg.persist_dsn = pg_dsn
+    first = start_sandbox(cfg)
+    saved = json.loads(_sdk(first).Save("GL_VOUCHER", {"Model": _model()}))["Result"]
+    assert json.loads(_sdk(first).Submit("GL_VOUCHER", {"Ids": saved["Id"]}))["Result"]["ResponseStatus"]["IsSuccess"]
+    first.stop()
+    second = start_sandbox(cfg)  # a new process would do the same: state comes back from PostgreSQL
+    try:
+        sdk = _sdk(second)
+        view = json.loads(sdk.View("GL_VOUCHER", {"Id": saved["Id"]}))["Result"]["Result"]
+        assert view["BillNo"] == saved["Number"] and view["DocumentStatus"] == "B"
+        again = json.loads(sdk.Save("GL_VOUCHER", {"Model": _model()}))["Result"]
+        assert int(again["Id"]) == int(saved["Id"]) + 1 and again["Number"].endswith("00002")  # numbering continues
+    finally:
+        second.stop()
