@@ -173,7 +173,7 @@ class LedgerContext:
         return self.dimension_labels.get(slot) or DIMENSION_LABELS.get(slot, slot)
 
 
-Check = Callable[[Voucher, LedgerContext], Iterable[Rejection]]
+Check = Callable[[Voucher, LedgerContext], list[Rejection]]
 
 
 def _rej(v: Voucher, code: ReasonCode, message: str, field_: str | None = None, value: object = None) -> Rejection:
@@ -181,45 +181,53 @@ def _rej(v: Voucher, code: ReasonCode, message: str, field_: str | None = None, 
                      value=None if value is None else str(value), source=v.source, voucher_key=v.key)
 
 
-def check_entries_present(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_entries_present(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    out: list[Rejection] = []
     if len(v.entries) < 2:
-        yield _rej(v, ReasonCode.EMPTY_VOUCHER,
-                   f"a voucher needs at least one debit and one credit line, got {len(v.entries)}", "entries")
+        out.append(_rej(v, ReasonCode.EMPTY_VOUCHER,
+                   f"a voucher needs at least one debit and one credit line, got {len(v.entries)}", "entries"))
+    return out
 
 
-def check_book(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_book(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    out: list[Rejection] = []
     if ctx.books and v.book not in ctx.books:
-        yield _rej(v, ReasonCode.UNKNOWN_BOOK, f"account book {v.book!r} is not configured", "book", v.book)
+        out.append(_rej(v, ReasonCode.UNKNOWN_BOOK, f"account book {v.book!r} is not configured", "book", v.book))
+    return out
 
 
-def check_accounts(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_accounts(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    out: list[Rejection] = []
     if not ctx.accounts:
-        return
+        return out
     for i, e in enumerate(v.entries, 1):
         acct = ctx.accounts.get(e.account)
         where = f"entries[{i}].account"
         if acct is None:
-            yield _rej(v, ReasonCode.UNKNOWN_ACCOUNT, f"第{i}行分录：科目 {e.account} 不存在 (unknown account)",
-                       where, e.account)
+            out.append(_rej(v, ReasonCode.UNKNOWN_ACCOUNT, f"第{i}行分录：科目 {e.account} 不存在 (unknown account)",
+                       where, e.account))
             continue
         if not acct.leaf:
-            yield _rej(v, ReasonCode.NON_LEAF_ACCOUNT,
-                       f"第{i}行分录：科目（{acct.label}）不是明细科目 (not a leaf account)", where, e.account)
+            out.append(_rej(v, ReasonCode.NON_LEAF_ACCOUNT,
+                       f"第{i}行分录：科目（{acct.label}）不是明细科目 (not a leaf account)", where, e.account))
         if acct.frozen:
-            yield _rej(v, ReasonCode.FROZEN_ACCOUNT, f"第{i}行分录：科目（{acct.label}）已禁用 (frozen)", where,
-                       e.account)
-        missing = sorted(s for s in acct.required_dimensions if not e.dimensions.get(s))
+            out.append(_rej(v, ReasonCode.FROZEN_ACCOUNT, f"第{i}行分录：科目（{acct.label}）已禁用 (frozen)", where,
+                       e.account))
+        missing = sorted(s for s in acct.required_dimensions if not e.dimensions.get(s)) \
+            if acct.required_dimensions else None
         if missing:
             names = "、".join(ctx.label(s) for s in missing)
-            yield _rej(v, ReasonCode.MISSING_DIMENSION,
+            out.append(_rej(v, ReasonCode.MISSING_DIMENSION,
                        f"第{i}行分录：科目（{acct.label}）设置的下列必录维度未录入或不可用：{names}",
-                       f"entries[{i}].dimensions", ",".join(missing))
+                       f"entries[{i}].dimensions", ",".join(missing)))
         if acct.currencies is not None and e.currency not in acct.currencies:
-            yield _rej(v, ReasonCode.CURRENCY_NOT_ALLOWED,
-                       f"第{i}行分录：科目（{acct.label}）不核算币别 {e.currency}", f"entries[{i}].currency", e.currency)
+            out.append(_rej(v, ReasonCode.CURRENCY_NOT_ALLOWED,
+                       f"第{i}行分录：科目（{acct.label}）不核算币别 {e.currency}", f"entries[{i}].currency", e.currency))
+    return out
 
 
-def check_currency(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_currency(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    out: list[Rejection] = []
     book = ctx.books.get(v.book)
     local = book.local_currency if book else None
     for i, e in enumerate(v.entries, 1):
@@ -227,38 +235,44 @@ def check_currency(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
             continue  # the common local-currency line: nothing to reconcile
         expected = MONEY_CONTEXT.multiply(e.amount_for, e.rate)
         if abs(MONEY_CONTEXT.subtract(e.amount, expected)) > ctx.rate_tolerance:
-            yield _rej(v, ReasonCode.CURRENCY_INCONSISTENT,
+            out.append(_rej(v, ReasonCode.CURRENCY_INCONSISTENT,
                        f"entry {i}: local amount {e.amount} ≠ {e.amount_for} {e.currency} × rate {e.rate} "
-                       f"(= {expected})", f"entries[{i}].amount", e.amount)
+                       f"(= {expected})", f"entries[{i}].amount", e.amount))
         if local is not None and e.currency == local and e.rate != 1:
-            yield _rej(v, ReasonCode.CURRENCY_INCONSISTENT,
-                       f"entry {i}: local-currency line ({local}) with rate {e.rate}", f"entries[{i}].rate", e.rate)
+            out.append(_rej(v, ReasonCode.CURRENCY_INCONSISTENT,
+                       f"entry {i}: local-currency line ({local}) with rate {e.rate}", f"entries[{i}].rate", e.rate))
+    return out
 
 
-def check_period(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_period(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    out: list[Rejection] = []
     book = ctx.books.get(v.book)
     period = f"{v.date.year:04d}-{v.date.month:02d}"
     if book is not None and not book.period_open(period):
-        yield _rej(v, ReasonCode.CLOSED_PERIOD, f"accounting period {period} of book {v.book} is closed (期间已结账)",
-                   "date", v.date.isoformat())
+        out.append(_rej(v, ReasonCode.CLOSED_PERIOD, f"accounting period {period} of book {v.book} is closed (期间已结账)",
+                   "date", v.date.isoformat()))
+    return out
 
 
-def check_permissions(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_permissions(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    out: list[Rejection] = []
     perm = ctx.permissions.get(v.source.row.system)
     if perm is None:
-        return
+        return out
     if perm.books is not None and v.book not in perm.books:
-        yield _rej(v, ReasonCode.PERMISSION_DENIED,
-                   f"source system {perm.system!r} may not post to book {v.book}", "book", v.book)
+        out.append(_rej(v, ReasonCode.PERMISSION_DENIED,
+                   f"source system {perm.system!r} may not post to book {v.book}", "book", v.book))
     for i, e in enumerate(v.entries, 1):
         if not perm.allows_account(e.account):
-            yield _rej(v, ReasonCode.PERMISSION_DENIED,
+            out.append(_rej(v, ReasonCode.PERMISSION_DENIED,
                        f"source system {perm.system!r} may not post to account {e.account}",
-                       f"entries[{i}].account", e.account)
+                       f"entries[{i}].account", e.account))
+    return out
 
 
-def check_balance(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
+def check_balance(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     """Debits equal credits in local currency, to the cent. Always runs, always last."""
+    out: list[Rejection] = []
     debit = credit = ZERO
     for e in v.entries:
         if e.side is Side.DEBIT:
@@ -267,13 +281,14 @@ def check_balance(v: Voucher, ctx: LedgerContext) -> Iterable[Rejection]:
             credit = MONEY_CONTEXT.add(credit, e.amount)
     if debit != credit:
         diff = MONEY_CONTEXT.subtract(debit, credit)
-        yield _rej(v, ReasonCode.UNBALANCED,
+        out.append(_rej(v, ReasonCode.UNBALANCED,
                    f"debits {debit} ≠ credits {credit} (difference {diff}); add an explicit rounding rule if this "
-                   "is a rounding difference", "entries", diff)
+                   "is a rounding difference", "entries", diff))
     for i, e in enumerate(v.entries, 1):
         if e.amount != e.amount.quantize(CENT, context=MONEY_CONTEXT):
-            yield _rej(v, ReasonCode.INVALID_AMOUNT, f"entry {i}: amount {e.amount} has more than 2 decimals",
-                       f"entries[{i}].amount", e.amount)
+            out.append(_rej(v, ReasonCode.INVALID_AMOUNT, f"entry {i}: amount {e.amount} has more than 2 decimals",
+                       f"entries[{i}].amount", e.amount))
+    return out
 
 
 #: Ordered registry of rejecting checks (name, function). ``check_balance`` is not in it: it always runs last.
@@ -287,27 +302,31 @@ CHECKS: Final[tuple[tuple[str, Check], ...]] = (
 )
 
 
-def review_amount(v: Voucher, ctx: LedgerContext) -> Iterable[str]:
+def review_amount(v: Voucher, ctx: LedgerContext) -> list[str]:
+    out: list[str] = []
     lim = ctx.limits.get(v.source.row.system)
     if lim is not None and lim.review_above is not None and v.debit_total > lim.review_above:
-        yield f"amount {v.debit_total} above review threshold {lim.review_above}"
+        out.append(f"amount {v.debit_total} above review threshold {lim.review_above}")
+    return out
 
 
-def review_pattern(v: Voucher, ctx: LedgerContext) -> Iterable[str]:
+def review_pattern(v: Voucher, ctx: LedgerContext) -> list[str]:
+    out: list[str] = []
     lim = ctx.limits.get(v.source.row.system)
     if lim is None or lim.zscore is None:
-        return
+        return out
     counterparty = next((e.dimensions[lim.zscore_dimension] for e in v.entries
                          if e.dimensions.get(lim.zscore_dimension)), None)
     if counterparty is None:
-        return
+        return out
     z = ctx.history.zscore((v.source.row.system, counterparty), v.debit_total, window=lim.zscore_window,
                            min_samples=lim.zscore_min_samples)
     if z is not None and abs(z) > lim.zscore:
-        yield f"amount {v.debit_total} deviates from {counterparty}'s recent pattern (z={z:.1f})"
+        out.append(f"amount {v.debit_total} deviates from {counterparty}'s recent pattern (z={z:.1f})")
+    return out
 
 
-REVIEWS: Final[tuple[tuple[str, Callable[[Voucher, LedgerContext], Iterable[str]]], ...]] = (
+REVIEWS: Final[tuple[tuple[str, Callable[[Voucher, LedgerContext], list[str]]], ...]] = (
     ("review_amount", review_amount),
     ("review_pattern", review_pattern),
 )
@@ -328,14 +347,16 @@ def check_voucher(v: Voucher, ctx: LedgerContext, *, skip: Iterable[str] = ()) -
     found: list[Rejection] = []
     for name, check in CHECKS:
         if name not in skipped:
-            found.extend(check(v, ctx))
+            problems = check(v, ctx)
+            if problems:
+                found.extend(problems)
     found.extend(check_balance(v, ctx))
     if found:
         return tuple(found)
     if v.kind is VoucherKind.REVERSAL:
         return v  # undoing a posted voucher is never held back for review
     reasons = [r for name, review in REVIEWS if name not in skipped for r in review(v, ctx)]
-    return replace(v, review_reasons=tuple(reasons)) if reasons else v
+    return v._replace(review_reasons=tuple(reasons)) if reasons else v
 
 
 def is_zero(amount: Decimal) -> bool:

@@ -12,13 +12,13 @@ import enum
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 import datetime as dt
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
-from connector.money import ZERO, money_sum
+from connector.money import MONEY_CONTEXT, ZERO
 
 KEY_VERSION: Final = "v1"
 
@@ -122,9 +122,12 @@ class Entry(NamedTuple):
                              quantity=-self.quantity if self.quantity is not None else None)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Voucher:
-    """A balanced general-ledger voucher for one account book."""
+class Voucher(NamedTuple):
+    """A balanced general-ledger voucher for one account book.
+
+    A ``NamedTuple`` (immutable; change with ``_replace``): one is built per change event on the hot path,
+    and a frozen dataclass of this size cost three times as much to construct (docs/benchmarks.md).
+    """
 
     key: str  #: deterministic idempotency key (see ``voucher_key``)
     book: str  #: 账簿 number (``FAccountBookID``)
@@ -145,11 +148,19 @@ class Voucher:
 
     @property
     def debit_total(self) -> Decimal:
-        return money_sum([e.debit for e in self.entries])
+        total = ZERO
+        for e in self.entries:
+            if e.side is Side.DEBIT:
+                total = MONEY_CONTEXT.add(total, e.amount)
+        return total
 
     @property
     def credit_total(self) -> Decimal:
-        return money_sum([e.credit for e in self.entries])
+        total = ZERO
+        for e in self.entries:
+            if e.side is Side.CREDIT:
+                total = MONEY_CONTEXT.add(total, e.amount)
+        return total
 
     @property
     def needs_review(self) -> bool:
@@ -158,8 +169,7 @@ class Voucher:
 
 def reverse(original: Voucher, *, by: SourceRef, on: dt.date | None = None) -> Voucher:
     """The red-ink reversal (红字冲销) of ``original`` caused by change ``by`` (an update or delete)."""
-    return replace(
-        original,
+    return original._replace(
         key=voucher_key(by, original.rule_id, f"reverse:{original.key}"),
         kind=VoucherKind.REVERSAL,
         reverses=original.key,

@@ -145,7 +145,8 @@ class Mapper:
             return MapResult(rejections=(Rejection(
                 code=ReasonCode.NO_RULE, message=f"no mapping rule for system {src.name!r} table "
                 f"{src.table_id!r}", value=src.table_id),))
-        applicable = [r for r in rules if event.op.value in r.spec.match.ops]
+        op = event.op.value
+        applicable = [r for r in rules if op in r.spec.match.ops]
         if not applicable:
             return MapResult(skipped=f"op {event.op.value} not mapped by {', '.join(r.id for r in rules)}")
         vouchers: list[Voucher] = []
@@ -259,7 +260,7 @@ class Mapper:
         lines = tuple(e for e in net.values() if e.amount != ZERO or e.amount_for != ZERO)
         if not lines:
             return None
-        return replace(new, key=voucher_key(src, rule.id, "delta"), kind=VoucherKind.DELTA, entries=lines,
+        return new._replace(key=voucher_key(src, rule.id, "delta"), kind=VoucherKind.DELTA, entries=lines,
                        reverses=olds[-1].key, explanation=f"调整 {new.explanation}"[:500])
 
     def _build(self, rule: Rule, s: Mapping[str, Any], src: SourceRef) -> Voucher:
@@ -280,22 +281,23 @@ class Mapper:
         tables = self.rules.tables
         rate = _money(rule.rate(s), "voucher.rate") if rule.rate else tables.rate(currency, day, rate_type, local)
         entries: list[Entry] = []
+        make = Entry._make  # positional tuple construction: the hot path builds several per event
         for ce in rule.entries:
-            path = f"entries[{ce.index}]"
             if ce.when is not None and not ce.when(s):
                 continue
-            amount_for = _money(ce.amount(s), f"{path}.amount")
+            p_amount, p_rate, p_local, p_qty, p_price = ce.paths
+            amount_for = _money(ce.amount(s), p_amount)
             if amount_for == ZERO and spec.skip_zero_lines:
                 continue
             cur = str(ce.currency(s)) if ce.currency else currency
             if ce.rate is not None:
-                r = _money(ce.rate(s), f"{path}.rate")
+                r = _money(ce.rate(s), p_rate)
             elif cur == currency:
                 r = rate
             else:
                 r = tables.rate(cur, day, rate_type, local)
             if ce.local_amount is not None:
-                amount = _money(ce.local_amount(s), f"{path}.local_amount")
+                amount = _money(ce.local_amount(s), p_local)
             elif cur == local and r == 1:
                 amount = amount_for
             else:
@@ -305,14 +307,11 @@ class Mapper:
                 v = c(s)
                 if v is not None and v != "":
                     dims[slot] = str(v)
-            qty = _optional_money(ce.quantity, s, f"{path}.quantity")
-            price = _optional_money(ce.price, s, f"{path}.price")
-            entries.append(Entry(
-                account=ce.account(s), side=ce.side, amount=amount, amount_for=amount_for, currency=cur, rate=r,
-                rate_type=rate_type, explanation=(ce.explanation(s) if ce.explanation else explanation)[:500],
-                dimensions=dims, quantity=qty, price=price, unit=ce.unit(s) if ce.unit else None,
-                settle_type=ce.settle_type(s) if ce.settle_type else None,
-                settle_no=ce.settle_no(s) if ce.settle_no else None))
+            entries.append(make((
+                ce.account(s), ce.side, amount, (ce.explanation(s) if ce.explanation else explanation)[:500], cur,
+                rate_type, r, amount_for, _optional_money(ce.quantity, s, p_qty),
+                _optional_money(ce.price, s, p_price), ce.unit(s) if ce.unit else None,
+                ce.settle_type(s) if ce.settle_type else None, ce.settle_no(s) if ce.settle_no else None, dims)))
         if spec.rounding is not None:
             entries = self._rounding(spec.rounding, entries, local)
         return Voucher(

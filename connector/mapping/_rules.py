@@ -292,6 +292,8 @@ class CompiledEntry:
     unit: Compiled | None
     settle_type: Compiled | None
     settle_no: Compiled | None
+    #: field paths for messages, built once: amount, rate, local_amount, quantity, price
+    paths: tuple[str, str, str, str, str] = ("", "", "", "", "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -434,7 +436,9 @@ def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, 
             dimensions=dims, quantity=expr(e.quantity, "entries", i, "quantity"),
             price=expr(e.price, "entries", i, "price"), unit=tmpl(e.unit, "entries", i, "unit"),
             settle_type=tmpl(e.settle_type, "entries", i, "settle_type"),
-            settle_no=tmpl(e.settle_no, "entries", i, "settle_no")))
+            settle_no=tmpl(e.settle_no, "entries", i, "settle_no"),
+            paths=tuple(f"entries[{i}].{f}" for f in ("amount", "rate", "local_amount", "quantity",  # type: ignore[arg-type]
+                                                       "price"))))
     v = spec.voucher
     book, date_, group, expl = (tmpl(v.book, "voucher", "book"), expr(v.date, "voucher", "date"),
                                 tmpl(v.group, "voucher", "group"), tmpl(v.explanation, "voucher", "explanation"))

@@ -123,7 +123,6 @@ def test_kingdee_rejections_reach_the_journal_and_feedback(pg_dsn: str) -> None:
         n = journal_vouchers(journal, 600, seed=8)
         # A voucher the mapping checks would never let through: one cent out of balance, written straight into
         # the journal to prove that Kingdee's own balance check is reported, not only ours.
-        from dataclasses import replace
         from decimal import Decimal
 
         from connector.ledger import voucher_from_json
@@ -132,7 +131,7 @@ def test_kingdee_rejections_reach_the_journal_and_feedback(pg_dsn: str) -> None:
                                   "ORDER BY key LIMIT 1")[0]
         good = voucher_from_json(bytes(payload))
         last = good.entries[-1]
-        bad = replace(good, key="unbalanced-by-one-cent", entries=(*good.entries[:-1],
+        bad = good._replace(key="unbalanced-by-one-cent", entries=(*good.entries[:-1],
                                                                     last._replace(amount=last.amount + Decimal("0.01"))))
         journal.write_batch([EventRecord(kafka=KafkaCoordinates(topic="journal-only", partition=1, offset=0),
                                          outcome=Outcome.VOUCHERED, vouchers=(bad,))],
