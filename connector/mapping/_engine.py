@@ -188,8 +188,7 @@ class Mapper:
             raise EvalError("NO_PRIMARY_KEY", "the event has no Kafka key and the rule names no key_columns",
                             "key_columns")
         src = event.source
-        return SourceRef(row=RowRef(system=src.name, table=src.table_id, pk=pk), position=src.position,
-                         op=event.op.value, ts_ms=src.ts_ms)
+        return SourceRef(RowRef(src.name, src.table_id, pk), src.position, event.op.value, src.ts_ms)
 
     def _scope(self, rule: Rule, event: ChangeEvent, row: Mapping[str, Any] | None) -> dict[str, Any]:
         before, after = event.before, event.after
