@@ -61,13 +61,14 @@ def _expected_keys(records: list[tuple[bytes, bytes]]) -> tuple[set[str], int]:
     return {v.key for v in ledger.posted}, entries
 
 
-def _config(tmp: Path, bootstrap: str, dsn: str, topic: str, group: str, instance: str = "1") -> Path:
+def _config(tmp: Path, bootstrap: str, dsn: str, topic: str, group: str, instance: str = "1",
+            batch_size: int = 250) -> Path:
     """Static membership (``group.instance.id``) as on Kubernetes StatefulSets: a restarted instance takes its
     partitions back at once instead of waiting for the dead member's session to time out."""
     cfg = tmp / f"{group}-{instance}.yaml"
     cfg.write_text(yaml.safe_dump({
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "topics": [topic],
-                  "dead_letter_topic": f"{topic}.dlq", "batch_size": 500,
+                  "dead_letter_topic": f"{topic}.dlq", "batch_size": batch_size,
                   "client": {"log_level": "3", "group.instance.id": f"{group}-{instance}",
                              "session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}},
         "journal": {"dsn": dsn}, "mapping": {"rules_dir": str(RULES)}, "log_level": "WARNING"}))
@@ -123,7 +124,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         capsys: pytest.CaptureFixture[str]) -> None:
     partitions = 4
     topic = topic_factory("bank-crash", partitions=partitions)
-    records, total = _produce_bank(kafka_bootstrap, topic, 50_000)
+    records, total = _produce_bank(kafka_bootstrap, topic, 60_000)
     expected, expected_entries = _expected_keys(records)
     group = f"crash-{uuid.uuid4().hex[:6]}"
     cfg = _config(tmp_path, kafka_bootstrap, pg_dsn, topic, group)
@@ -133,7 +134,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     progress: list[int] = []
     while sum(0 < p < total for p in progress) < 10 and kills < 40:
         proc = _start(cfg, log)
-        time.sleep(rng.uniform(1.0, 2.6))  # start-up + group join take ~1 s; kill anywhere after
+        time.sleep(rng.uniform(0.9, 2.0))  # start-up + group join take ~1 s; kill anywhere after
         if proc.poll() is not None:
             break  # finished everything before we could kill it
         proc.send_signal(signal.SIGKILL)
