@@ -62,11 +62,3 @@ def to_money(value: object, *, field: str = "", allow_float: bool = False) -> De
 def quantize(amount: Decimal, places: int = 2, *, rounding: str = decimal.ROUND_HALF_UP) -> Decimal:
     """Round ``amount`` to ``places`` decimals with an explicit rounding mode (default half-up, as on invoices)."""
     return amount.quantize(Decimal(1).scaleb(-places), rounding=rounding, context=MONEY_CONTEXT)
-
-
-def money_sum(amounts: "list[Decimal] | tuple[Decimal, ...]") -> Decimal:
-    """Exact sum in the money context (never rounded: 38 digits of precision)."""
-    total = ZERO
-    for a in amounts:
-        total = MONEY_CONTEXT.add(total, a)
-    return total

@@ -358,6 +358,3 @@ def check_voucher(v: Voucher, ctx: LedgerContext, *, skip: Iterable[str] = ()) -
     reasons = [r for name, review in REVIEWS if name not in skipped for r in review(v, ctx)]
     return v._replace(review_reasons=tuple(reasons)) if reasons else v
 
-
-def is_zero(amount: Decimal) -> bool:
-    return amount == ZERO

@@ -146,21 +146,21 @@ class Voucher(NamedTuple):
     #: Set by limit checks: post as a draft for a human instead of auto-submit/audit.
     review_reasons: tuple[str, ...] = ()
 
-    @property
-    def debit_total(self) -> Decimal:
+    def total(self, side: Side) -> Decimal:
+        """Exact local-currency total of one side (38-digit money context, never rounded)."""
         total = ZERO
         for e in self.entries:
-            if e.side is Side.DEBIT:
+            if e.side is side:
                 total = MONEY_CONTEXT.add(total, e.amount)
         return total
 
     @property
+    def debit_total(self) -> Decimal:
+        return self.total(Side.DEBIT)
+
+    @property
     def credit_total(self) -> Decimal:
-        total = ZERO
-        for e in self.entries:
-            if e.side is Side.CREDIT:
-                total = MONEY_CONTEXT.add(total, e.amount)
-        return total
+        return self.total(Side.CREDIT)
 
     @property
     def needs_review(self) -> bool:
