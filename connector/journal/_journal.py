@@ -231,9 +231,9 @@ class Journal:
                                          "amount_for, dimensions, explanation) FROM STDIN")) as copy:
                         for _, v in new:
                             for i, e in enumerate(v.entries, 1):
+                                dims = json.dumps(e.dimensions, ensure_ascii=False) if e.dimensions else "{}"
                                 copy.write_row((v.key, i, e.account, e.side.value, e.amount, e.currency, e.rate,
-                                                e.amount_for, json.dumps(dict(e.dimensions), ensure_ascii=False),
-                                                e.explanation))
+                                                e.amount_for, dims, e.explanation))
                 self._copy_outcomes(cur, records, inserted, result)
         return result
 
