@@ -216,6 +216,48 @@ def feedback_tail(source: Annotated[str, typer.Option("--source", help="source s
     tail(settings.kafka.bootstrap_servers, f"{prefix}.{source}", timeout_s=10**9 if follow else 5.0, printer=show)
 
 
+# --------------------------------------------------------------------------- offsets
+offsets_app = typer.Typer(no_args_is_help=True, help="Show or move the journal's stored offsets.")
+app.add_typer(offsets_app, name="offsets")
+
+
+@offsets_app.command("show")
+def offsets_show(topic: Annotated[str, typer.Option("--topic")], config: ConfigOpt = None,
+                 group: Annotated[Optional[str], typer.Option("--group")] = None) -> None:
+    """Stored next offset, log range and lag per partition."""
+    from connector.config import load_settings
+    from connector.offsets import show
+    from connector.service import build_journal
+
+    settings = load_settings(config)
+    journal = build_journal(settings)
+    if group:
+        journal.group = group
+    for o in show(journal, settings.kafka.librdkafka(), topic):
+        typer.echo(f"{o.topic}[{o.partition}]  stored {o.stored if o.stored is not None else '-':>10}  "
+                   f"log {o.low}..{o.high}  lag {o.lag if o.lag is not None else '-'}")
+
+
+@offsets_app.command("set")
+def offsets_set(topic: Annotated[str, typer.Option("--topic")],
+                to: Annotated[str, typer.Option("--to", help="earliest | latest | ISO time | offset")],
+                config: ConfigOpt = None, group: Annotated[Optional[str], typer.Option("--group")] = None,
+                partition: Annotated[Optional[list[int]], typer.Option("--partition")] = None) -> None:
+    """Move stored offsets (refused while the group has active members). Vouchers never duplicate: keys come
+    from the source identity, so moving back re-reads as DUPLICATE."""
+    from connector.config import load_settings
+    from connector.offsets import set_offsets
+    from connector.service import build_journal
+
+    settings = load_settings(config)
+    journal = build_journal(settings)
+    if group:
+        journal.group = group
+    moved = set_offsets(journal, settings.kafka.librdkafka(), topic, to, partitions=partition)
+    for p, off in sorted(moved.items()):
+        typer.echo(f"{topic}[{p}] → {off}")
+
+
 # --------------------------------------------------------------------------- dead letters
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and requeue dead letters.")
 app.add_typer(dlq_app, name="dlq")
