@@ -180,6 +180,8 @@ class Pipeline:
         self.on_batch = on_batch
         self._stop = threading.Event()
         self.assigned: set[tuple[str, int]] = set()
+        #: replay: records at or beyond these offsets are left unread (bounded runs)
+        self.stop_at: dict[tuple[str, int], int] = {}
         conf = {**consumer_conf, "enable.auto.commit": "false", "enable.auto.offset.store": "false",
                 "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
                 "auto.offset.reset": options.start_from, "enable.partition.eof": "false"}
@@ -242,7 +244,10 @@ class Pipeline:
     def _usable(self, m: Message) -> bool:
         err = m.error()
         if err is None:
-            return (m.topic(), m.partition()) not in self.stats.paused
+            tp = (m.topic() or "", m.partition() or 0)
+            if self.stop_at and (m.offset() or 0) >= self.stop_at.get(tp, 1 << 62):
+                return False
+            return tp not in self.stats.paused
         if err.code() == KafkaError._PARTITION_EOF:
             return False
         if err.fatal():
