@@ -246,6 +246,36 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
                f"{s.outcomes.get('DEAD_LETTERED', 0)} dead letters, {s.outcomes.get('SKIPPED', 0)} skipped")
 
 
+# --------------------------------------------------------------------------- reconcile
+@app.command()
+def reconcile(book: Annotated[str, typer.Option("--book")],
+              period: Annotated[str, typer.Option("--period", help="YYYY-MM")],
+              config: ConfigOpt = None,
+              csv_path: Annotated[Optional[Path], typer.Option("--csv", help="write the report as CSV")] = None) -> None:
+    """Compare, per account, what the journal posted with what Kingdee holds; exit 1 on unexplained differences."""
+    from connector.config import load_settings
+    from connector.reconcile import reconcile as run_reconcile
+    from connector.service import build_journal, build_kingdee_client
+
+    settings = load_settings(config)
+    with build_kingdee_client(settings) as client:
+        report = run_reconcile(build_journal(settings), client, book=book, period=period)
+    typer.echo(f"{'account':<12} {'journal':>16} {'Kingdee':>16} {'difference':>14}  status")
+    for a in report.accounts:
+        status = "ok" if a.difference == 0 else ("in flight" if a.explained else "FLAGGED")
+        typer.echo(f"{a.account:<12} {a.journal:>16,.2f} {a.kingdee:>16,.2f} {a.difference:>14,.2f}  {status}"
+                   + (f"  {' '.join(a.vouchers[:5])}" if a.difference else ""))
+    for title, items in (("missing in Kingdee", report.missing_in_kingdee),
+                         ("unknown to the journal", report.unknown_to_journal),
+                         ("different amounts", report.amount_mismatch)):
+        if items:
+            typer.echo(f"{title}: {', '.join(items[:20])}{' …' if len(items) > 20 else ''}")
+    if csv_path:
+        report.write_csv(csv_path)
+    if report.flagged:
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- offsets
 offsets_app = typer.Typer(no_args_is_help=True, help="Show or move the journal's stored offsets.")
 app.add_typer(offsets_app, name="offsets")
