@@ -223,12 +223,15 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
            from_offset: Annotated[Optional[int], typer.Option("--from-offset")] = None,
            from_time: Annotated[Optional[str], typer.Option("--from-time", help="ISO-8601")] = None,
            to_time: Annotated[Optional[str], typer.Option("--to-time", help="ISO-8601; default: the log end")] = None,
-           group: Annotated[Optional[str], typer.Option("--group", help="default: <group>-replay")] = None) -> None:
+           group: Annotated[Optional[str], typer.Option("--group", help="default: <group>-replay")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would happen, write nothing")]
+           = False) -> None:
     """Run a topic through the pipeline in its own consumer group; already-journaled changes create nothing."""
     from connector.config import load_settings
     from connector.events import Decoder, RegistrySchemas
     from connector.mapping import Mapper, load_rules
     from connector.pipeline import Processor
+    from connector.replay import dry_run as run_dry
     from connector.replay import replay as run_replay
     from connector.service import build_journal, registry_client
 
@@ -239,8 +242,9 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
     processor = Processor(Decoder(RegistrySchemas(client) if client else None),
                           Mapper(load_rules(settings.mapping.rules_dir)))
     start = str(from_offset) if from_offset is not None else (from_time or "earliest")
-    s = run_replay(journal=journal, processor=processor, kafka_conf=settings.kafka.librdkafka(), topic=topic,
-                   start=start, to_time=to_time)
+    run = run_dry if dry_run else run_replay
+    s = run(journal=journal, processor=processor, kafka_conf=settings.kafka.librdkafka(), topic=topic,
+            start=start, to_time=to_time)
     typer.echo(f"replayed {s.records} records in {s.seconds:.1f}s (group {s.group}): {s.new} new, "
                f"{s.already_present} already journaled, {s.outcomes.get('REJECTED', 0)} rejected, "
                f"{s.outcomes.get('DEAD_LETTERED', 0)} dead letters, {s.outcomes.get('SKIPPED', 0)} skipped")

@@ -9,7 +9,7 @@ from connector.events import Decoder
 from connector.journal import Journal
 from connector.mapping import Mapper, load_rules
 from connector.pipeline import Processor
-from connector.replay import replay
+from connector.replay import dry_run, replay
 from tests.integration.helpers import RULES, make_pipeline, produce, rows
 
 
@@ -23,6 +23,10 @@ def test_replaying_a_processed_stream_creates_zero_vouchers(kafka_bootstrap: str
     vouchered = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE outcome = 'VOUCHERED'")[0][0]
     vouchers = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0]
     journal = Journal(pg_dsn, group=f"{group}-replay")
+    preview = dry_run(journal=journal, processor=Processor(Decoder(), Mapper(load_rules(RULES))),
+                      kafka_conf={"bootstrap.servers": kafka_bootstrap, "log_level": "3"}, topic=again)
+    assert preview.records == produced.count and preview.new == 0 and preview.already_present == vouchered
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s", f"{group}-replay")[0][0] == 0
     summary = replay(journal=journal, processor=Processor(Decoder(), Mapper(load_rules(RULES))),
                      kafka_conf={"bootstrap.servers": kafka_bootstrap, "log_level": "3"}, topic=again,
                      progress=False)
