@@ -105,11 +105,30 @@ def run(
     from connector.config import load_settings
     from connector.service import build_pipeline
 
+    from connector.ops import Metrics, OpsServer
+    from connector.service import journal_dsn
+
     settings = load_settings(config)
     _setup_logging(settings)
-    pipeline = build_pipeline(settings)
+    metrics = Metrics()
+    pipeline = build_pipeline(settings, metrics=metrics)
     pipeline.install_signal_handlers()
-    stats = pipeline.run(max_idle_s=exit_when_idle)
+
+    def ready() -> tuple[bool, str]:
+        import psycopg
+
+        try:
+            with psycopg.connect(journal_dsn(settings), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as e:
+            return False, f"journal unreachable: {type(e).__name__}"
+        return True, f"ok; {len(pipeline.assigned)} partitions assigned"
+    token = settings.metrics.token.get_secret_value() if settings.metrics.token else None
+    ops = OpsServer(metrics, host=settings.metrics.host, port=settings.metrics.port, ready=ready, token=token).start()
+    try:
+        stats = pipeline.run(max_idle_s=exit_when_idle)
+    finally:
+        ops.stop()
     typer.echo(f"stopped: {stats.records} records in {stats.batches} batches; {stats.vouchers} vouchers, "
                f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} dead "
                f"letters, {stats.skipped} skipped, {stats.retries} retries, {stats.fenced} fenced batches")

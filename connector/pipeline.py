@@ -171,14 +171,16 @@ class Pipeline:
     def __init__(self, *, consumer_conf: dict[str, str], topics: Sequence[str], journal: Journal,
                  processor: Processor, options: PipelineOptions = PipelineOptions(),
                  producer_conf: dict[str, str] | None = None,
-                 on_batch: Callable[[BatchResult, float], None] | None = None) -> None:
+                 on_batch: Callable[[BatchResult, float], None] | None = None, metrics: Any = None) -> None:
         self.topics = list(topics)
         self.journal = journal
         self.processor = processor
         self.opts = options
         self.stats = PipelineStats()
         self.on_batch = on_batch
+        self.metrics = metrics  #: connector.ops.Metrics, optional
         self._stop = threading.Event()
+        self._lag_checked = 0.0
         self.assigned: set[tuple[str, int]] = set()
         #: replay: records at or beyond these offsets are left unread (bounded runs)
         self.stop_at: dict[tuple[str, int], int] = {}
@@ -230,6 +232,8 @@ class Pipeline:
                 msgs = self.consumer.consume(self.opts.batch_size, self.opts.batch_wait_s)
                 msgs = [m for m in msgs if self._usable(m)]
                 if not msgs:
+                    if self.metrics is not None and self.assigned:
+                        self._observe_lag()
                     if not self.assigned:  # idle only counts once we own partitions
                         idle_since = time.monotonic()
                     elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
@@ -278,8 +282,26 @@ class Pipeline:
         self.consumer.commit(offsets=[TopicPartition(t, p, nxt) for (t, p), (_, nxt) in positions.items()],
                              asynchronous=True)
         self._count(result)
+        elapsed = time.monotonic() - started
+        if self.metrics is not None:
+            self.metrics.batch_journaled(records, result, elapsed)
+            self._observe_lag()
         if self.on_batch is not None:
-            self.on_batch(result, time.monotonic() - started)
+            self.on_batch(result, elapsed)
+
+    def _observe_lag(self, every_s: float = 1.0) -> None:
+        """Consumer lag per partition (log end − position), from librdkafka's cached watermarks."""
+        now = time.monotonic()
+        if now - self._lag_checked < every_s:
+            return
+        self._lag_checked = now
+        try:
+            for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    self.metrics.lag_observed(tp.topic, tp.partition, high - tp.offset)
+        except Exception as e:  # lag is advisory; never let it break the batch loop
+            log.debug("lag observation failed: %s", e)
 
     def _apply_tolerance(self, records: list[EventRecord]) -> list[EventRecord]:
         if self.opts.tolerance != "none":
@@ -334,6 +356,8 @@ class Pipeline:
     def _retry(self, fn: Callable[[], Any]) -> Any:
         def before_sleep(state: RetryCallState) -> None:
             self.stats.retries += 1
+            if self.metrics is not None:
+                self.metrics.retries.inc()
             exc = state.outcome.exception() if state.outcome else None
             log.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
             self.journal.reset()
