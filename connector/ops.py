@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from connector import __version__
+from connector.errors import ConfigError
 
 
 class Metrics:
@@ -93,7 +94,11 @@ class OpsServer:
                 self.wfile.write(body)
 
         self.token = token
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {e.strerror}; set metrics.port "
+                              "(0 = any free port) or metrics.host") from None
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="ops-http", daemon=True)
 

@@ -71,7 +71,8 @@ def _config(tmp: Path, bootstrap: str, dsn: str, topic: str, group: str, instanc
                   "dead_letter_topic": f"{topic}.dlq", "batch_size": batch_size,
                   "client": {"log_level": "3", "group.instance.id": f"{group}-{instance}",
                              "session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}},
-        "journal": {"dsn": dsn}, "mapping": {"rules_dir": str(RULES)}, "log_level": "WARNING"}))
+        "journal": {"dsn": dsn}, "mapping": {"rules_dir": str(RULES)}, "log_level": "WARNING",
+        "metrics": {"port": 0}}))  # several instances on one host: any free port
     return cfg
 
 
