@@ -462,10 +462,9 @@ class Decoder:
         conv = self._json_schemas.get(cache_key)
         if conv is None:
             try:
-                root = from_connect_json(schema)
-            except (KeyError, TypeError) as e:
-                raise _Failed("schema", f"malformed JSON converter schema: {e!r}") from None
-            conv = compile_struct(_row_type(root), "")
+                conv = compile_struct(_row_type(from_connect_json(schema)), "")
+            except (KeyError, TypeError, ValueError) as e:  # ConversionError is a ValueError
+                raise _Failed("schema", f"malformed JSON converter schema: {e}") from None
             if len(self._json_schemas) < _MAX_SCHEMAS:
                 self._json_schemas[cache_key] = conv
         return conv

@@ -236,7 +236,10 @@ def compile_converter(t: FieldType, path: str) -> Converter | None:
     """A converter for values of type ``t`` at ``path``; ``None`` when values need no conversion."""
     name = t.name
     if name == CONNECT_DECIMAL:
-        return _decimal(int(t.params.get("scale", "0")), path)
+        scale = t.params.get("scale", "0")
+        if not scale.strip().lstrip("-").isdigit():
+            raise ConversionError(f"{path}: Decimal scale {scale!r} is not an integer")
+        return _decimal(int(scale), path)
     if name == VARIABLE_SCALE_DECIMAL:
         return _variable_scale(path)
     if name in _INT_SEMANTICS:
