@@ -12,7 +12,7 @@ Every problem is reported with file, line and key (``rules/pos.yaml:14 entries[1
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -356,23 +356,21 @@ def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, 
         line = loc.line(path)
         return f"{file}:{line} {_fmt_loc(path)}" if line else f"{file} {_fmt_loc(path)}"
 
-    def expr(text: str | None, *path: str | int) -> Compiled | None:
+    def compiled(how: Callable[[str], Compiled], text: str | None, path: tuple[str | int, ...]) -> Compiled | None:
+        """Compile ``text`` (None stays None); a bad one is recorded with file:line key instead of raising."""
         if text is None:
             return None
         try:
-            return compiler.expression(text)
+            return how(text)
         except ExprError as e:
             problems.append(f"{where(*path)}: {e}")
             return None
 
+    def expr(text: str | None, *path: str | int) -> Compiled | None:
+        return compiled(compiler.expression, text, path)
+
     def tmpl(text: str | None, *path: str | int) -> Compiled | None:
-        if text is None:
-            return None
-        try:
-            return compiler.template(text)
-        except ExprError as e:
-            problems.append(f"{where(*path)}: {e}")
-            return None
+        return compiled(compiler.template, text, path)
 
     def account(a: str | AccountSpec, i: int) -> Compiled | None:
         if isinstance(a, str):
