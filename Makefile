@@ -1,14 +1,15 @@
-# kingdee-cdc — every target bootstraps what it needs (.venv, Python deps, Kafka jars) and is a no-op
-# when already set up. Needs python3 (3.11+), Java 17+ and Maven on the machine.
+# kingdee-cdc — every target bootstraps what it needs (.venv, Python deps, Java jars) and is a no-op
+# when already set up (Kafka, Kafka Connect and Debezium jars come from Maven Central). Needs python3 (3.11+), Java 17+ and Maven on the machine.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := deploy/kafka/lib/.resolved
+CONNECT_JARS := deploy/connect/lib/.resolved
 
 .PHONY: setup test unit integration typecheck demo bench dev-up dev-down clean
 
-setup: $(STAMP) $(JARS)
+setup: $(STAMP) $(JARS) $(CONNECT_JARS)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ $(STAMP): pyproject.toml
 
 $(JARS): deploy/kafka/pom.xml $(STAMP)
 	$(PY) -c "from connector.devstack import ensure_kafka_jars; ensure_kafka_jars()"
+
+# Kafka Connect + the Debezium PostgreSQL connector, for the end-to-end test and the demo.
+$(CONNECT_JARS): deploy/connect/pom.xml deploy/debezium/pom.xml $(STAMP)
+	$(PY) -c "from connector.debezium import ensure_connect_jars; ensure_connect_jars()"
 
 # The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
 test: setup
@@ -46,4 +51,4 @@ dev-down: setup
 	$(VENV)/bin/kingdee-cdc dev down
 
 clean:
-	rm -rf $(VENV) deploy/kafka/lib .devstack .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis

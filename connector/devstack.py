@@ -83,25 +83,35 @@ def kafka_lib_dir() -> Path:
     return Path(os.environ.get("KDCDC_KAFKA_LIB", REPO_ROOT / "deploy" / "kafka" / "lib"))
 
 
-def ensure_kafka_jars() -> Path:
-    """Resolve the broker jars with Maven once; later calls return immediately."""
-    lib = kafka_lib_dir()
+def ensure_maven_jars(pom: Path, lib: Path, what: str) -> Path:
+    """Resolve the runtime dependencies of ``pom`` into ``lib`` with Maven once; later calls return at once.
+
+    ``lib/.resolved`` marks a completed resolution; editing the POM makes it stale.
+    """
     marker = lib / ".resolved"
-    if marker.exists() and (not KAFKA_POM.exists() or marker.stat().st_mtime >= KAFKA_POM.stat().st_mtime):
+    if marker.exists() and (not pom.exists() or marker.stat().st_mtime >= pom.stat().st_mtime):
         return lib
     if shutil.which("mvn") is None:
-        raise DevStackError("Maven (mvn) is needed once to fetch the Apache Kafka jars from Maven Central: "
-                            "apt-get install maven, or set KDCDC_KAFKA_LIB to a directory of Kafka jars")
-    print(f"kingdee-cdc: resolving Apache Kafka jars from Maven Central into {lib} …", file=sys.stderr)
+        raise DevStackError(f"Maven (mvn) is needed once to fetch the {what} jars from Maven Central: "
+                            "apt-get install maven")
+    print(f"kingdee-cdc: resolving {what} jars from Maven Central into {lib} …", file=sys.stderr)
     lib.mkdir(parents=True, exist_ok=True)
-    cmd = ["mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+    cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
            f"-DoutputDirectory={lib}", "-DincludeScope=runtime"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise DevStackError(f"Maven could not resolve the Kafka jars (exit {res.returncode}):\n"
+        raise DevStackError(f"Maven could not resolve the {what} jars (exit {res.returncode}):\n"
                             f"{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
     marker.touch()
     return lib
+
+
+def ensure_kafka_jars() -> Path:
+    """Resolve the broker jars (``deploy/kafka/pom.xml``) once, or use ``KDCDC_KAFKA_LIB``."""
+    lib = kafka_lib_dir()
+    if "KDCDC_KAFKA_LIB" in os.environ and not (lib / ".resolved").exists() and any(lib.glob("kafka_*.jar")):
+        return lib
+    return ensure_maven_jars(KAFKA_POM, lib, "Apache Kafka")
 
 
 _LOG4J2: Final = """Configuration:

@@ -331,7 +331,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(raw or b"{}", parse_float=Decimal)  # amounts stay exact, as in Kingdee
         except ValueError:
             self._reply(200, envelope(False, errors=[{"FieldName": "", "Message": "请求不是合法的JSON", "DIndex": 0}],
                                       msg_code=8))

@@ -142,6 +142,9 @@ class Mapper:
         if not rules:
             if event.op in (Op.TRUNCATE, Op.MESSAGE):
                 return MapResult(skipped=f"op {event.op.value} ignored (no rule asks for it)")
+            why = self.rules.ignored_reason(src.name, src.schema, src.table)
+            if why is not None:
+                return MapResult(skipped=f"table {src.table_id} ignored: {why}")
             return MapResult(rejections=(Rejection(
                 code=ReasonCode.NO_RULE, message=f"no mapping rule for system {src.name!r} table "
                 f"{src.table_id!r}", value=src.table_id),))

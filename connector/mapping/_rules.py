@@ -5,7 +5,8 @@ A rules directory holds YAML files, each with a ``kind``:
 * ``rule`` — which change events it matches and the voucher it builds (see docs/mapping.md);
 * ``lookups`` — lookup tables (``lookup('company_books', row.company_code)``) and exchange rates;
 * ``ledger`` — chart of accounts, account books and periods, per-source permissions and limits;
-* ``golden`` — sample events with the vouchers they must produce (``kingdee-cdc mapping test``).
+* ``golden`` — sample events with the vouchers they must produce (``kingdee-cdc mapping test``);
+* ``ignore`` — captured tables that deliberately post nothing (recorded as skipped, not rejected).
 
 Every problem is reported with file, line and key (``rules/pos.yaml:14 entries[1].amount: …``).
 """
@@ -193,6 +194,19 @@ class RuleSpec(_Model):
     rounding: RoundingSpec | None = None
 
 
+class IgnoredTableSpec(_Model):
+    system: str
+    table: str
+    reason: str = Field(min_length=1)
+
+
+class IgnoreSpec(_Model):
+    """Tables whose changes post nothing on purpose (e.g. order lines whose header carries the totals)."""
+
+    kind: Literal["ignore"]
+    tables: list[IgnoredTableSpec] = Field(min_length=1)
+
+
 class LookupsSpec(_Model):
     kind: Literal["lookups"]
     lookups: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -337,6 +351,8 @@ class RuleSet:
     ledger: LedgerContext
     golden: tuple[tuple[str, GoldenCase], ...] = ()
     files: tuple[str, ...] = field(default_factory=tuple)
+    #: (system, table) → why its changes post nothing; ``table`` may be ``schema.table``
+    ignored: Mapping[tuple[str, str], str] = field(default_factory=dict)
     _by_table: dict[tuple[str, str | None, str | None], tuple[Rule, ...]] = field(
         default_factory=dict, compare=False, repr=False)
 
@@ -348,6 +364,15 @@ class RuleSet:
             found = tuple(r for r in self.rules if r.matches_table(system, schema, table))
             if len(self._by_table) < 10_000:
                 self._by_table[k] = found
+        return found
+
+    def ignored_reason(self, system: str, schema: str | None, table: str | None) -> str | None:
+        """Why changes of this table are deliberately not posted (``None``: they are not ignored)."""
+        if table is None or not self.ignored:
+            return None
+        found = self.ignored.get((system, table))
+        if found is None and schema is not None:
+            found = self.ignored.get((system, f"{schema}.{table}"))
         return found
 
 
@@ -481,7 +506,7 @@ def _ledger_context(specs: list[LedgerSpec]) -> LedgerContext:
     return LedgerContext(accounts=accounts, books=books, permissions=perms, limits=limits, dimension_labels=labels)
 
 
-_KINDS: dict[str, type[_Model]] = {"rule": RuleSpec, "lookups": LookupsSpec, "ledger": LedgerSpec,
+_KINDS: dict[str, type[_Model]] = {"rule": RuleSpec, "ignore": IgnoreSpec, "lookups": LookupsSpec, "ledger": LedgerSpec,
                                    "golden": GoldenSpec}
 
 
@@ -559,7 +584,16 @@ def load_rules(directory: str | Path) -> RuleSet:
             if number not in ledger.accounts:
                 problems.append(f"{rule.file}:{loc.line(path_)} {_fmt_loc(path_)}: account {number!r} is not in the "
                                 "chart of accounts")
+    golden = tuple((name, case) for name, m, _ in parsed if isinstance(m, GoldenSpec) for case in m.cases)
+    ignored: dict[tuple[str, str], str] = {}
+    for name, model, loc in parsed:
+        if isinstance(model, IgnoreSpec):
+            for i, t in enumerate(model.tables):
+                if any(r.matches_table(t.system, None, t.table) for r in rules):
+                    problems.append(f"{name}:{loc.line(('tables', i))} tables[{i}]: {t.system}.{t.table} is both "
+                                    "ignored and mapped by a rule")
+                ignored[(t.system, t.table)] = t.reason
     if problems:
         raise RuleError(problems)
-    golden = tuple((name, case) for name, m, _ in parsed if isinstance(m, GoldenSpec) for case in m.cases)
-    return RuleSet(rules=tuple(rules), tables=tables, ledger=ledger, golden=golden, files=tuple(str(f) for f in files))
+    return RuleSet(rules=tuple(rules), tables=tables, ledger=ledger, golden=golden, files=tuple(str(f) for f in files),
+                   ignored=ignored)

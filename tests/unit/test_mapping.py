@@ -87,6 +87,21 @@ def test_truncate_without_rule_is_skipped(mapper: Mapper) -> None:
     assert r.skipped and not r.rejections
 
 
+def test_an_ignored_table_is_skipped_with_its_reason(mapper: Mapper) -> None:
+    r = mapper.map(event("pos", "sales_order_line", after={"id": 7, "order_id": 1}))
+    assert not r.rejections and not r.vouchers
+    assert r.skipped and "order header" in r.skipped
+    # another system's table of the same name is not covered by that entry
+    assert only_rejection(mapper.map(event("mes", "sales_order_line", after={"id": 7}))) is ReasonCode.NO_RULE
+
+
+def test_a_table_both_ignored_and_mapped_is_a_rule_error(tmp_path: Path) -> None:
+    d = rules_with(tmp_path, extra_ignore="kind: ignore\ntables:\n  - {system: pos, table: sales_order, reason: x}\n")
+    with pytest.raises(RuleError) as e:
+        load_rules(d)
+    assert "extra_ignore.yaml:3 tables[0]: pos.sales_order is both ignored and mapped" in str(e.value)
+
+
 def test_no_primary_key(mapper: Mapper) -> None:
     ev = event("pos", "sales_order", after=sale())
     from dataclasses import replace

@@ -1,0 +1,346 @@
+"""Real Debezium in the loop: business databases in PostgreSQL captured by Debezium into Kafka.
+
+* :class:`BusinessDatabases` creates the sample business databases (POS sales with lines, purchase
+  invoices, payroll) in a PostgreSQL server that runs with ``wal_level=logical`` and writes realistic
+  changes into them with plain SQL — exactly what the source applications would do.
+* :class:`KafkaConnect` runs a standalone Apache Kafka Connect worker (jars from Maven Central,
+  ``deploy/connect/pom.xml``) with the Debezium PostgreSQL connector plugin (``deploy/debezium/pom.xml``),
+  one connector per business database, JSON converters *with* schemas (no schema registry runs here), so
+  decimals arrive as Connect ``Decimal`` (base64 bytes) and dates as ``io.debezium.time.*``.
+
+Topic names follow Debezium: ``<system>.public.<table>`` where ``<system>`` is the connector's
+``topic.prefix`` — the source-system identity our rules match on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import psycopg
+
+from connector.devstack import REPO_ROOT, _stop_process, _tail, ensure_maven_jars, free_port
+from connector.errors import DevStackError
+from connector.samples import PAYROLL, POS, PURCHASING, SampleGenerator, SampleTable
+
+CONNECT_POM: Final = REPO_ROOT / "deploy" / "connect" / "pom.xml"
+DEBEZIUM_POM: Final = REPO_ROOT / "deploy" / "debezium" / "pom.xml"
+CONNECT_LIB: Final = REPO_ROOT / "deploy" / "connect" / "lib"
+PLUGIN_DIR: Final = REPO_ROOT / "deploy" / "debezium" / "plugins"
+
+
+def ensure_connect_jars() -> tuple[Path, Path]:
+    """The Connect worker's classpath directory and the plugin path (resolved with Maven once)."""
+    lib = ensure_maven_jars(CONNECT_POM, CONNECT_LIB, "Apache Kafka Connect")
+    ensure_maven_jars(DEBEZIUM_POM, PLUGIN_DIR / "debezium-postgres", "Debezium PostgreSQL connector")
+    return lib, PLUGIN_DIR
+
+
+# --------------------------------------------------------------------------- business databases
+#: DDL per source system: the tables a POS, a purchasing and a payroll application keep.
+DDL: Final[Mapping[str, str]] = {
+    "pos": """
+        CREATE TABLE sales_order (
+            id bigint PRIMARY KEY, order_no text NOT NULL, channel text NOT NULL, store_code text NOT NULL,
+            company_code text NOT NULL, customer_code text, order_date date NOT NULL, currency text NOT NULL,
+            net_amount numeric(18,2) NOT NULL, tax_amount numeric(18,2) NOT NULL,
+            gross_amount numeric(18,2) NOT NULL, points_deduction numeric(18,2) NOT NULL,
+            payment_method text NOT NULL, status text NOT NULL, created_at timestamp NOT NULL,
+            updated_at timestamptz);
+        CREATE TABLE sales_order_line (
+            id bigint PRIMARY KEY, order_id bigint NOT NULL REFERENCES sales_order(id) ON DELETE CASCADE,
+            line_no int NOT NULL, sku text NOT NULL, quantity numeric(18,4) NOT NULL,
+            amount numeric(18,2) NOT NULL);
+        ALTER TABLE sales_order REPLICA IDENTITY FULL;
+        ALTER TABLE sales_order_line REPLICA IDENTITY FULL;
+    """,
+    "purchasing": """
+        CREATE TABLE purchase_invoice (
+            id bigint PRIMARY KEY, invoice_no text NOT NULL, supplier_code text NOT NULL,
+            supplier_class text NOT NULL, region text NOT NULL, company_code text NOT NULL,
+            invoice_date date NOT NULL, category text NOT NULL, expense_item text, department_code text,
+            currency text NOT NULL, exchange_rate numeric(18,6) NOT NULL, net_amount numeric(18,2) NOT NULL,
+            tax_amount numeric(18,2) NOT NULL, gross_amount numeric(18,2) NOT NULL,
+            payment_terms text NOT NULL, created_at timestamp NOT NULL);
+        ALTER TABLE purchase_invoice REPLICA IDENTITY FULL;
+    """,
+    "payroll": """
+        CREATE TABLE payroll_line (
+            id bigint PRIMARY KEY, run_id text NOT NULL, period text NOT NULL, employee_code text NOT NULL,
+            department_code text NOT NULL, company_code text NOT NULL, pay_date date NOT NULL,
+            gross_salary numeric(18,2) NOT NULL, social_insurance_company numeric(18,2) NOT NULL,
+            social_insurance_employee numeric(18,2) NOT NULL, income_tax numeric(18,2) NOT NULL,
+            net_pay numeric(18,2) NOT NULL);
+        ALTER TABLE payroll_line REPLICA IDENTITY FULL;
+    """,
+}
+#: The table each system's rows go to, and every table Debezium captures for it.
+MAIN_TABLE: Final[Mapping[str, SampleTable]] = {"pos": POS, "purchasing": PURCHASING, "payroll": PAYROLL}
+CAPTURED: Final[Mapping[str, tuple[str, ...]]] = {
+    "pos": ("public.sales_order", "public.sales_order_line"),
+    "purchasing": ("public.purchase_invoice",),
+    "payroll": ("public.payroll_line",),
+}
+
+
+def database_name(system: str) -> str:
+    return f"{system}db"
+
+
+def _insert(conn: psycopg.Connection[Any], table: str, row: Mapping[str, Any]) -> None:
+    cols = list(row)
+    conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",  # noqa: S608
+                 [_sql_value(row[c]) for c in cols])
+
+
+def _sql_value(v: Any) -> Any:
+    # created_at is a "timestamp without time zone" column: store the UTC wall clock.
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v.replace(tzinfo=None)
+    return v
+
+
+@dataclass(slots=True)
+class BusinessChange:
+    """One change made in a business database, for checking what arrives downstream."""
+
+    system: str
+    table: str
+    op: str  # c | u | d
+    row_id: int
+    row: dict[str, Any] | None  # the row after the change (None for a delete)
+
+
+class BusinessDatabases:
+    """The sample business databases inside one PostgreSQL server (one database per source system)."""
+
+    def __init__(self, server_dsn: str, systems: Sequence[str] = ("pos", "purchasing", "payroll"),
+                 *, seed: int = 11, start: date = date(2026, 11, 2)) -> None:
+        self.server_dsn = server_dsn
+        self.systems = tuple(systems)
+        self.gen = SampleGenerator(seed=seed, start=start)
+        self.rows: dict[str, dict[int, dict[str, Any]]] = {s: {} for s in self.systems}
+        self.changes: list[BusinessChange] = []
+        self._line_id = 0
+
+    def dsn(self, system: str) -> str:
+        base, _, _ = self.server_dsn.rpartition("/")
+        return f"{base}/{database_name(system)}"
+
+    def create(self) -> BusinessDatabases:
+        with psycopg.connect(self.server_dsn, autocommit=True) as conn:
+            for system in self.systems:
+                db = database_name(system)
+                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{db}"')
+        for system in self.systems:
+            with psycopg.connect(self.dsn(system), autocommit=True) as conn:
+                conn.execute(DDL[system])  # trusted constant DDL
+        return self
+
+    # -- changes, each in its own source transaction (or several rows in one, like an application does)
+    def insert(self, system: str, *, lines: int = 0, **overrides: Any) -> BusinessChange:
+        """Insert one business row (a POS order with ``lines`` order lines in the same transaction)."""
+        table = MAIN_TABLE[system]
+        row = self.gen.row(table) | overrides
+        with psycopg.connect(self.dsn(system)) as conn:
+            _insert(conn, table.table, row)
+            for n in range(lines):
+                self._line_id += 1
+                amount = (row["gross_amount"] / lines).quantize(Decimal("0.01"))
+                _insert(conn, "sales_order_line", {"id": self._line_id, "order_id": row["id"], "line_no": n + 1,
+                                                   "sku": f"SKU{n + 1:03d}", "quantity": Decimal("1.0000"),
+                                                   "amount": amount})
+        self.rows[system][row["id"]] = row
+        change = BusinessChange(system, table.table, "c", row["id"], dict(row))
+        self.changes.append(change)
+        return change
+
+    def update(self, system: str, row_id: int, **values: Any) -> BusinessChange:
+        table = MAIN_TABLE[system]
+        row = self.rows[system][row_id] | values
+        sets = ", ".join(f"{k} = %s" for k in values)
+        with psycopg.connect(self.dsn(system)) as conn:
+            conn.execute(f"UPDATE {table.table} SET {sets} WHERE id = %s",  # noqa: S608
+                         [*(_sql_value(v) for v in values.values()), row_id])
+        self.rows[system][row_id] = row
+        change = BusinessChange(system, table.table, "u", row_id, dict(row))
+        self.changes.append(change)
+        return change
+
+    def delete(self, system: str, row_id: int) -> BusinessChange:
+        table = MAIN_TABLE[system]
+        with psycopg.connect(self.dsn(system)) as conn:
+            if system == "pos":
+                conn.execute("DELETE FROM sales_order_line WHERE order_id = %s", [row_id])
+            conn.execute(f"DELETE FROM {table.table} WHERE id = %s", [row_id])  # noqa: S608
+        del self.rows[system][row_id]
+        change = BusinessChange(system, table.table, "d", row_id, None)
+        self.changes.append(change)
+        return change
+
+    def topics(self) -> list[str]:
+        """Every topic Debezium writes for these systems (data tables; not the transaction topics)."""
+        return [f"{s}.{t}" for s in self.systems for t in CAPTURED[s]]
+
+
+# --------------------------------------------------------------------------- Kafka Connect + Debezium
+_CONNECT_LOG4J2: Final = """Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        Pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: io.debezium
+        level: INFO
+      - name: org.apache.kafka.connect.runtime.Worker
+        level: INFO
+"""
+
+
+def connector_config(system: str, pg_host: str, pg_port: int, *, user: str = "postgres",
+                     snapshot_mode: str = "initial", transaction_metadata: bool = True) -> dict[str, str]:
+    """The Debezium PostgreSQL connector configuration for one business database."""
+    return {
+        "name": f"kdcdc-{system}",
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "tasks.max": "1",
+        "database.hostname": pg_host,
+        "database.port": str(pg_port),
+        "database.user": user,
+        "database.password": "unused-trust-auth",
+        "database.dbname": database_name(system),
+        "topic.prefix": system,
+        "plugin.name": "pgoutput",
+        "slot.name": f"kdcdc_{system}",
+        "publication.name": f"kdcdc_{system}",
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": ",".join(CAPTURED[system]),
+        "snapshot.mode": snapshot_mode,
+        "decimal.handling.mode": "precise",
+        "provide.transaction.metadata": "true" if transaction_metadata else "false",
+        "tombstones.on.delete": "true",
+        "poll.interval.ms": "100",
+        "status.update.interval.ms": "1000",
+    }
+
+
+class KafkaConnect:
+    """A standalone Kafka Connect worker on loopback running Debezium PostgreSQL connectors."""
+
+    def __init__(self, workdir: Path, bootstrap: str, connectors: Iterable[Mapping[str, str]], *,
+                 heap: str = "512m") -> None:
+        self.workdir = Path(workdir)
+        self.bootstrap = bootstrap
+        self.connectors = [dict(c) for c in connectors]
+        self.heap = heap
+        self.rest_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "connect.log"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def _worker_properties(self, plugin_path: Path) -> str:
+        props = {
+            "bootstrap.servers": self.bootstrap,
+            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "key.converter.schemas.enable": "true",
+            "value.converter.schemas.enable": "true",
+            "offset.storage.file.filename": str(self.workdir / "connect.offsets"),
+            "offset.flush.interval.ms": "1000",
+            "plugin.path": str(plugin_path),
+            "plugin.discovery": "hybrid_warn",
+            "listeners": f"http://127.0.0.1:{self.rest_port}",
+            # Debezium's own producer: idempotent, every record acknowledged by the broker.
+            "producer.acks": "all",
+            "producer.linger.ms": "5",
+        }
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def start(self, timeout: float = 120.0) -> KafkaConnect:
+        java = shutil.which("java")
+        if java is None:
+            raise DevStackError("Java 17+ is needed to run Kafka Connect with Debezium "
+                                "(apt-get install openjdk-17-jre-headless)")
+        lib, plugins = ensure_connect_jars()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "worker.properties").write_text(self._worker_properties(plugins))
+        (self.workdir / "log4j2.yaml").write_text(_CONNECT_LOG4J2)
+        files = []
+        for c in self.connectors:
+            path = self.workdir / f"{c['name']}.json"
+            path.write_text(json.dumps(c))
+            files.append(str(path))
+        cmd = [java, f"-Xmx{self.heap}", "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+               "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
+               "-cp", f"{lib}/*", "org.apache.kafka.connect.cli.ConnectStandalone",
+               str(self.workdir / "worker.properties"), *files]
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        logf.close()
+        self.wait_running(timeout)
+        return self
+
+    def status(self) -> dict[str, Any]:
+        """Connector and task states from the worker's REST API (``{}`` while it is not serving)."""
+        out: dict[str, Any] = {}
+        with httpx.Client(base_url=self.rest_url, timeout=2.0) as http:
+            for c in self.connectors:
+                r = http.get(f"/connectors/{c['name']}/status")
+                if r.status_code == 200:
+                    out[c["name"]] = r.json()
+        return out
+
+    def wait_running(self, timeout: float) -> None:
+        """Until every connector and its task reports RUNNING; a FAILED task raises with its trace."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise DevStackError(f"Kafka Connect exited with {self.proc.returncode}:\n{_tail(self.log_path, 60)}")
+            try:
+                st = self.status()
+            except httpx.HTTPError:
+                st = {}
+            if len(st) == len(self.connectors):
+                failed = [t for s in st.values() for t in s.get("tasks", []) if t.get("state") == "FAILED"]
+                if failed:
+                    raise DevStackError(f"Debezium task failed: {failed[0].get('trace', '')[:3000]}")
+                if all(s["connector"]["state"] == "RUNNING" and s.get("tasks")
+                       and all(t["state"] == "RUNNING" for t in s["tasks"]) for s in st.values()):
+                    return
+            time.sleep(0.25)
+        self.stop()
+        raise DevStackError(f"Debezium connectors not running after {timeout:.0f}s:\n{_tail(self.log_path, 60)}")
+
+    def stop(self) -> None:
+        _stop_process(self.proc, None, signal.SIGTERM, 30)
+        self.proc = None
+
+    def __enter__(self) -> KafkaConnect:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
