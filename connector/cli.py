@@ -424,6 +424,29 @@ def mapping_check(rules: RulesDir) -> None:
                f"{len(rs.ledger.accounts)} accounts, {len(rs.ledger.books)} books, {len(rs.golden)} golden cases")
 
 
+@mapping_app.command("chart")
+def mapping_chart(config: ConfigOpt = None) -> None:
+    """Fetch the chart of accounts from Kingdee (BD_Account) and show how it differs from ledger.yaml."""
+    from connector.config import load_settings
+    from connector.kingdee.chart import fetch_accounts, merge_chart
+    from connector.mapping import load_rules
+    from connector.service import build_kingdee_client
+
+    settings = load_settings(config)
+    rs = load_rules(settings.mapping.rules_dir)
+    with build_kingdee_client(settings) as client:
+        fetched = fetch_accounts(client)
+    _, drift = merge_chart(rs.ledger, fetched)
+    for a in sorted(fetched.values(), key=lambda a: a.number):
+        typer.echo(f"{a.number:<14} {a.name:<16} {a.direction.value:<6} {'leaf' if a.leaf else 'parent':<6} "
+                   f"{'FROZEN' if a.frozen else ''}")
+    typer.echo(f"{len(fetched)} accounts in Kingdee; ledger.yaml: {len(rs.ledger.accounts)}")
+    for line in drift.lines():
+        typer.echo(f"drift: {line}")
+    if not drift.empty:
+        raise typer.Exit(1)
+
+
 @mapping_app.command("preview")
 def mapping_preview(
     files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="event files (JSON, Avro with "
@@ -535,15 +558,20 @@ def config_check(config: ConfigOpt = None) -> None:
 @app.command()
 def demo(
     events: Annotated[int, typer.Option(help="sample change events to stream")] = 5000,
-    wire: Annotated[str, typer.Option("--format", help="avro or json")] = "avro",
+    wire: Annotated[str, typer.Option("--format", help="avro or json (for the directly published systems)")
+                    ] = "avro",
+    source: Annotated[str, typer.Option(help="debezium: business databases captured by real Debezium; "
+                                             "synthetic: every system's events published directly")] = "debezium",
     workdir: Annotated[Optional[Path], typer.Option("--dir", help="keep the stack's data here")] = None,
 ) -> None:
-    """Start the stack on embedded defaults and stream sample business events through the pipeline."""
+    """Start the stack on embedded defaults and stream business changes through the whole pipeline."""
     from connector.demo import run_demo
 
     if wire not in ("avro", "json"):
         _fail(f"--format must be avro or json, got {wire!r}")
-    code = run_demo(events=events, wire=wire, workdir=workdir)
+    if source not in ("debezium", "synthetic"):
+        _fail(f"--source must be debezium or synthetic, got {source!r}")
+    code = run_demo(events=events, wire=wire, source=source, workdir=workdir)
     raise typer.Exit(code)
 
 

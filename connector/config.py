@@ -23,6 +23,7 @@ key                                    default          meaning
 ``kingdee.lcid``                       2052             language
 ``kingdee.verify_tls``                 true             never turn off in production
 ``mapping.rules_dir``                  ``rules``        directory of YAML mapping rules
+``mapping.chart_source``               ``file``         chart of accounts from ledger.yaml, or ``kingdee`` (BD_Account)
 ``errors.tolerance``                   ``all``          ``all``: dead-letter and continue; ``none``: stop
 ``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  Prometheus endpoint
 =====================================  ===============  ==================================================
@@ -141,6 +142,9 @@ class KingdeeSettings(_Section):
 
 class MappingSettings(_Section):
     rules_dir: Path = Path("rules")
+    #: ``file``: the chart of accounts in ledger.yaml; ``kingdee``: fetched from BD_Account at start, with
+    #: required dimensions and currency rules still taken from ledger.yaml (drift is logged)
+    chart_source: Literal["file", "kingdee"] = "file"
 
 
 class ErrorSettings(_Section):

@@ -15,11 +15,12 @@ Topic names follow Debezium: ``<system>.public.<table>`` where ``<system>`` is t
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -122,7 +123,12 @@ class BusinessChange:
 
 
 class BusinessDatabases:
-    """The sample business databases inside one PostgreSQL server (one database per source system)."""
+    """The sample business databases inside one PostgreSQL server (one database per source system).
+
+    Each change is its own source transaction (an order and its lines commit together), written over one
+    connection per system, as the business application would. ``expected_records`` counts the Kafka
+    records Debezium will write for the changes made (tombstones and order lines included).
+    """
 
     def __init__(self, server_dsn: str, systems: Sequence[str] = ("pos", "purchasing", "payroll"),
                  *, seed: int = 11, start: date = date(2026, 11, 2)) -> None:
@@ -130,8 +136,12 @@ class BusinessDatabases:
         self.systems = tuple(systems)
         self.gen = SampleGenerator(seed=seed, start=start)
         self.rows: dict[str, dict[int, dict[str, Any]]] = {s: {} for s in self.systems}
+        self.lines: dict[int, int] = {}  # order id → number of lines
         self.changes: list[BusinessChange] = []
+        self.expected_records: dict[str, int] = {f"{s}.{t}": 0 for s in self.systems for t in CAPTURED[s]}
+        self.bad: set[tuple[str, int]] = set()  # rows made deliberately wrong (expected to be rejected)
         self._line_id = 0
+        self._conns: dict[str, psycopg.Connection[Any]] = {}
 
     def dsn(self, system: str) -> str:
         base, _, _ = self.server_dsn.rpartition("/")
@@ -148,12 +158,37 @@ class BusinessDatabases:
                 conn.execute(DDL[system])  # trusted constant DDL
         return self
 
+    def _conn(self, system: str) -> psycopg.Connection[Any]:
+        conn = self._conns.get(system)
+        if conn is None or conn.closed:
+            conn = self._conns[system] = psycopg.connect(self.dsn(system))
+        return conn
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def expect_snapshot(self) -> None:
+        """Debezium is about to start: its snapshot emits one record per *current* row, whatever changes
+        (updates, deletes) happened before — reset the expected record counts to that."""
+        for system in self.systems:
+            table = MAIN_TABLE[system].table
+            self.expected_records[f"{system}.public.{table}"] = len(self.rows[system])
+            if system == "pos":
+                self.expected_records["pos.public.sales_order_line"] = sum(
+                    self.lines.get(rid, 0) for rid in self.rows[system])
+
+    def _count(self, system: str, table: str, n: int = 1) -> None:
+        self.expected_records[f"{system}.public.{table}"] += n
+
     # -- changes, each in its own source transaction (or several rows in one, like an application does)
     def insert(self, system: str, *, lines: int = 0, **overrides: Any) -> BusinessChange:
         """Insert one business row (a POS order with ``lines`` order lines in the same transaction)."""
         table = MAIN_TABLE[system]
         row = self.gen.row(table) | overrides
-        with psycopg.connect(self.dsn(system)) as conn:
+        conn = self._conn(system)
+        with conn.transaction():
             _insert(conn, table.table, row)
             for n in range(lines):
                 self._line_id += 1
@@ -162,6 +197,10 @@ class BusinessDatabases:
                                                    "sku": f"SKU{n + 1:03d}", "quantity": Decimal("1.0000"),
                                                    "amount": amount})
         self.rows[system][row["id"]] = row
+        self._count(system, table.table)
+        if lines:
+            self.lines[row["id"]] = lines
+            self._count(system, "sales_order_line", lines)
         change = BusinessChange(system, table.table, "c", row["id"], dict(row))
         self.changes.append(change)
         return change
@@ -170,28 +209,92 @@ class BusinessDatabases:
         table = MAIN_TABLE[system]
         row = self.rows[system][row_id] | values
         sets = ", ".join(f"{k} = %s" for k in values)
-        with psycopg.connect(self.dsn(system)) as conn:
+        conn = self._conn(system)
+        with conn.transaction():
             conn.execute(f"UPDATE {table.table} SET {sets} WHERE id = %s",  # noqa: S608
                          [*(_sql_value(v) for v in values.values()), row_id])
         self.rows[system][row_id] = row
+        self._count(system, table.table)
         change = BusinessChange(system, table.table, "u", row_id, dict(row))
         self.changes.append(change)
         return change
 
     def delete(self, system: str, row_id: int) -> BusinessChange:
         table = MAIN_TABLE[system]
-        with psycopg.connect(self.dsn(system)) as conn:
+        conn = self._conn(system)
+        with conn.transaction():
             if system == "pos":
                 conn.execute("DELETE FROM sales_order_line WHERE order_id = %s", [row_id])
             conn.execute(f"DELETE FROM {table.table} WHERE id = %s", [row_id])  # noqa: S608
         del self.rows[system][row_id]
+        self._count(system, table.table, 2)  # the delete and its tombstone
+        if system == "pos":
+            self._count(system, "sales_order_line", 2 * self.lines.pop(row_id, 0))
         change = BusinessChange(system, table.table, "d", row_id, None)
         self.changes.append(change)
         return change
 
+    def traffic(self, n: int, *, seed: int = 5, bad_every: int = 97) -> Iterator[BusinessChange]:
+        """``n`` realistic business changes: mostly new documents, some corrections and cancellations,
+        and a deliberately wrong one every ``bad_every`` (a credit sale without a customer)."""
+        rng = random.Random(seed)
+        for i in range(n):
+            system = rng.choices(self.systems, weights=[6, 2, 2][:len(self.systems)])[0]
+            live = [rid for rid in self.rows[system] if (system, rid) not in self.bad]
+            roll = rng.random()
+            if bad_every and i % bad_every == bad_every - 1 and system == "pos":
+                change = self.insert("pos", lines=1, payment_method="CREDIT", customer_code=None)
+                self.bad.add(("pos", change.row_id))
+            elif live and roll < 0.08:
+                rid = rng.choice(live)
+                change = self.update(system, rid, **_correction(system, self.rows[system][rid], rng))
+            elif live and roll < 0.12:
+                change = self.delete(system, rng.choice(live))
+            else:
+                extra: dict[str, Any] = {}
+                if system == "pos" and self.gen.rng.random() < 0.2:
+                    extra = {"payment_method": "CREDIT", "customer_code": f"C{rng.randint(1, 50):04d}"}
+                change = self.insert(system, lines=rng.randint(1, 3) if system == "pos" else 0, **extra)
+                row = change.row or {}
+                if system == "pos" and row.get("payment_method") == "CREDIT" and not row.get("customer_code"):
+                    self.bad.add(("pos", change.row_id))  # the generator's own cashier mistake
+            yield change
+
+    def source_debits(self) -> dict[tuple[str, str], Decimal]:
+        """What the shipped rules debit for the live, well-formed rows: (system, currency) → amount,
+        read back from the business databases themselves."""
+        queries = {
+            "pos": "SELECT id, currency, gross_amount FROM sales_order WHERE status = 'PAID'",
+            "purchasing": "SELECT id, currency, gross_amount FROM purchase_invoice",
+            "payroll": "SELECT id, 'CNY', gross_salary + social_insurance_company FROM payroll_line",
+        }
+        out: dict[tuple[str, str], Decimal] = {}
+        for system in self.systems:
+            with psycopg.connect(self.dsn(system)) as conn:
+                for rid, currency, amount in conn.execute(queries[system]):
+                    if (system, rid) in self.bad:
+                        continue
+                    out[(system, currency)] = out.get((system, currency), Decimal("0.00")) + amount
+        return out
+
     def topics(self) -> list[str]:
         """Every topic Debezium writes for these systems (data tables; not the transaction topics)."""
-        return [f"{s}.{t}" for s in self.systems for t in CAPTURED[s]]
+        return list(self.expected_records)
+
+
+def _correction(system: str, row: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A realistic correction of a document: new amounts (consistent with each other) or a new attribute."""
+    factor = Decimal(rng.choice(("0.90", "1.05", "1.10")))
+    if system == "pos":
+        gross = (row["gross_amount"] * factor).quantize(Decimal("0.01"))
+        net = (gross / Decimal("1.13")).quantize(Decimal("0.01"))
+        points = min(row["points_deduction"], gross)
+        return {"gross_amount": gross, "net_amount": net, "tax_amount": gross - net, "points_deduction": points}
+    if system == "purchasing":
+        net = (row["net_amount"] * factor).quantize(Decimal("0.01"))
+        tax = (net * Decimal("0.13")).quantize(Decimal("0.01"))
+        return {"net_amount": net, "tax_amount": tax, "gross_amount": net + tax}
+    return {"department_code": rng.choice(("D01", "D02", "D03"))}
 
 
 # --------------------------------------------------------------------------- Kafka Connect + Debezium

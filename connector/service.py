@@ -47,7 +47,7 @@ def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:
     client = registry_client(settings)
     decoder = Decoder(RegistrySchemas(client) if client is not None else None)
     rules = load_rules(settings.mapping.rules_dir)
-    processor = Processor(decoder, Mapper(rules))
+    processor = Processor(decoder, Mapper(rules, ledger=ledger_context(settings, rules)))
     kafka = settings.kafka.librdkafka()
     return Pipeline(
         consumer_conf={**kafka, "group.id": settings.kafka.group_id, "client.id": "kingdee-cdc"},
@@ -55,6 +55,24 @@ def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:
         options=PipelineOptions(tolerance=settings.errors.tolerance, start_from=settings.kafka.start_from,
                                 dead_letter_topic=settings.kafka.dead_letter_topic,
                                 batch_size=settings.kafka.batch_size), **kwargs)
+
+
+def ledger_context(settings: Settings, rules: Any) -> Any:
+    """The checks' ledger: the rules' own, or with the chart of accounts fetched from Kingdee."""
+    if settings.mapping.chart_source != "kingdee":
+        return rules.ledger
+    from connector.kingdee.chart import fetch_accounts, merge_chart
+
+    with build_kingdee_client(settings) as client:
+        fetched = fetch_accounts(client)
+    if not fetched:
+        raise ConfigError("mapping.chart_source is kingdee but BD_Account returned no audited accounts "
+                          "(check the integration user's rights on 科目)")
+    ledger, drift = merge_chart(rules.ledger, fetched)
+    for line in drift.lines():
+        log.warning("chart of accounts: %s", line)
+    log.info("chart of accounts: %d accounts from Kingdee", len(fetched))
+    return ledger
 
 
 def build_kingdee_client(settings: Settings) -> Any:

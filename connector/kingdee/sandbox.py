@@ -34,7 +34,7 @@ import yaml
 
 from connector.kingdee._auth import app_data, client_secret, encoded_path, hmac_b64hex, login_sign
 from connector.kingdee._filter import FilterError, compile_filter
-from connector.ledger import Account, Book, kingdee_json
+from connector.ledger import Account, Book, Side, kingdee_json
 from connector.ledger._checks import DIMENSION_LABELS
 from connector.ledger._serde import slot_of
 
@@ -239,6 +239,15 @@ class SandboxState:
             self.vouchers[vid] = rec
             self.persist(rec)
         return rec
+
+    def account_rows(self) -> list[dict[str, Any]]:
+        """The chart of accounts as ``BD_Account`` query rows (lower-cased field keys)."""
+        out = []
+        for i, a in enumerate(sorted(self.config.accounts.values(), key=lambda a: a.number), 1):
+            out.append({"facctid": 100000 + i, "fnumber": a.number, "fname": a.name,
+                        "fdc": 1 if a.direction is Side.DEBIT else -1, "fisdetail": a.leaf,
+                        "fforbidstatus": "B" if a.frozen else "A", "fdocumentstatus": "C"})
+        return out
 
     def rows(self, entry_level: bool) -> list[dict[str, Any]]:
         """Flattened, lower-cased field views for queries (one per entry, or one per voucher)."""
@@ -578,19 +587,23 @@ class SandboxHandler(BaseHTTPRequestHandler):
         return envelope(not errors, errors=errors, success=success, msg_code=0 if not errors else 12)
 
     def _query(self, op: str, data: Mapping[str, Any]) -> Any:
-        if data.get("FormId") != "GL_VOUCHER":
+        form = data.get("FormId")
+        if form not in ("GL_VOUCHER", "BD_Account"):
             return [[envelope(False, errors=[{"FieldName": "FormId", "Message": "表单不存在", "DIndex": 0}],
                               msg_code=5)]]
         keys = [k.strip() for k in str(data.get("FieldKeys") or "").split(",") if k.strip()]
-        entry_level = any(k.lower() not in _HEADER_FIELDS and not k.upper().startswith("F_") for k in keys)
         pred = compile_filter(str(data.get("FilterString") or ""))
         rows = []
-        for r in self.server.state.rows(entry_level):
-            if entry_level:
-                if pred(r):
+        if form == "BD_Account":
+            rows = [r for r in self.server.state.account_rows() if pred(r)]
+        else:
+            entry_level = any(k.lower() not in _HEADER_FIELDS and not k.upper().startswith("F_") for k in keys)
+            for r in self.server.state.rows(entry_level):
+                if entry_level:
+                    if pred(r):
+                        rows.append(r)
+                elif pred(r) or any(pred(e) for e in r["_entries"]):
                     rows.append(r)
-            elif pred(r) or any(pred(e) for e in r["_entries"]):
-                rows.append(r)
         start = int(data.get("StartRow") or 0)
         limit = int(data.get("Limit") or 0) or len(rows)
         rows = rows[start:start + limit]

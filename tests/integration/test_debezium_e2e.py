@@ -113,7 +113,8 @@ def test_business_changes_become_posted_vouchers_and_feedback(
         biz.update("pos", new_pos[2].row_id, status="PAID")  # no accounting change: nothing to post
         biz.delete("pos", new_pos[1].row_id)
         biz.delete("purchasing", snap_pur[0].row_id)  # a snapshot row cancelled
-        biz.update("payroll", new_pay[0].row_id, department_code="D300")
+        pay_row = biz.rows["payroll"][new_pay[0].row_id]
+        biz.update("payroll", new_pay[0].row_id, department_code="D03" if pay_row["department_code"] != "D03" else "D01")
 
         order_changes = 3 + 3 + 1 + 3 + 1   # r ×3, c ×3, bad c, u ×3, d
         expected = {"pos.public.sales_order": order_changes + 1,  # + the delete's tombstone
@@ -121,8 +122,10 @@ def test_business_changes_become_posted_vouchers_and_feedback(
                     "purchasing.public.purchase_invoice": 2 + 2 + 2,  # r ×2, c ×2, d + tombstone
                     "payroll.public.payroll_line": 2 + 2 + 1}
         wait_for_records(kafka_bootstrap, expected)
+        assert biz.expected_records == expected  # the harness's own bookkeeping agrees with the hand count
     finally:
         connect.stop()
+        biz.close()
 
     topics = list(expected)
     # At least once from Debezium: a restart may re-emit changes; they must become DUPLICATE, never vouchers.
