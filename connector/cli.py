@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
@@ -88,31 +89,18 @@ app.add_typer(journal_app, name="journal")
 
 
 def _setup_logging(settings: Any) -> None:
-    import logging
+    from connector import logs
 
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s" if settings.log_format == "text"
-                        else '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    logs.setup(settings.log_level, settings.log_format, logs.secret_values(settings))
 
 
-@app.command()
-def run(
-    config: ConfigOpt = None,
-    exit_when_idle: Annotated[Optional[float], typer.Option(help="stop after this many idle seconds "
-                                                                 "(backfills, tests)")] = None,
-) -> None:
-    """Consume change events and journal every outcome exactly once (until SIGTERM/SIGINT)."""
-    from connector.config import load_settings
-    from connector.service import build_pipeline
+def _readiness(settings: Any, *, kafka: bool, kingdee: bool, assigned: Callable[[], str] | None = None
+               ) -> Callable[[], tuple[bool, str]]:
+    """/readyz: the journal answers, Kafka answers (if consumed), Kingdee's host accepts connections (if posting)."""
+    import socket
+    from urllib.parse import urlparse
 
-    from connector.ops import Metrics, OpsServer
     from connector.service import journal_dsn
-
-    settings = load_settings(config)
-    _setup_logging(settings)
-    metrics = Metrics()
-    pipeline = build_pipeline(settings, metrics=metrics)
-    pipeline.install_signal_handlers()
 
     def ready() -> tuple[bool, str]:
         import psycopg
@@ -122,12 +110,79 @@ def run(
                 conn.execute("SELECT 1")
         except psycopg.Error as e:
             return False, f"journal unreachable: {type(e).__name__}"
-        return True, f"ok; {len(pipeline.assigned)} partitions assigned"
+        if kafka:
+            from confluent_kafka.admin import AdminClient
+
+            try:
+                AdminClient({**settings.kafka.librdkafka(), "log_level": "0"}).list_topics(timeout=2)
+            except Exception as e:
+                return False, f"kafka unreachable: {type(e).__name__}"
+        if kingdee and settings.kingdee.server_url:
+            url = urlparse(str(settings.kingdee.server_url))
+            try:
+                socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                         timeout=2).close()
+            except OSError as e:
+                return False, f"kingdee unreachable: {e.strerror or type(e).__name__}"
+        return True, "ok" + (f"; {assigned()}" if assigned else "")
+    return ready
+
+
+def _serve_ops(settings: Any, metrics: Any, ready: Callable[[], tuple[bool, str]]) -> Any:
+    from connector.ops import JournalBacklog, OpsServer
+    from connector.service import journal_dsn
+
+    metrics.registry.register(JournalBacklog(journal_dsn(settings), settings.journal.schema_name))
     token = settings.metrics.token.get_secret_value() if settings.metrics.token else None
-    ops = OpsServer(metrics, host=settings.metrics.host, port=settings.metrics.port, ready=ready, token=token).start()
+    return OpsServer(metrics, host=settings.metrics.host, port=settings.metrics.port, ready=ready,
+                     token=token).start()
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    exit_when_idle: Annotated[Optional[float], typer.Option(help="stop after this many idle seconds "
+                                                                 "(backfills, tests)")] = None,
+    with_poster: Annotated[bool, typer.Option("--post/--no-post", help="also post journaled vouchers to "
+                                                                       "Kingdee in this process")] = False,
+    with_feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="also relay the feedback "
+                                                                                 "outbox to Kafka")] = False,
+) -> None:
+    """Consume change events and journal every outcome exactly once (until SIGTERM/SIGINT).
+
+    With --post and --feedback one process is the whole service (what the container image runs).
+    """
+    import threading
+
+    from connector.config import load_settings
+    from connector.ops import Metrics
+    from connector.service import build_journal, build_pipeline, build_poster
+
+    settings = load_settings(config)
+    _setup_logging(settings)
+    metrics = Metrics()
+    pipeline = build_pipeline(settings, metrics=metrics)
+    pipeline.install_signal_handlers()
+    workers: list[tuple[Any, threading.Thread]] = []
+    if with_poster:
+        poster = build_poster(settings, metrics=metrics)
+        workers.append((poster, threading.Thread(target=poster.run, name="poster", daemon=True)))
+    if with_feedback:
+        from connector.feedback import FeedbackRelay
+
+        relay = FeedbackRelay(build_journal(settings), settings.kafka.librdkafka(), metrics=metrics)
+        workers.append((relay, threading.Thread(target=relay.run, name="feedback", daemon=True)))
+    ops = _serve_ops(settings, metrics, _readiness(
+        settings, kafka=True, kingdee=with_poster,
+        assigned=lambda: f"{len(pipeline.assigned)} partitions assigned"))
+    for _, th in workers:
+        th.start()
     try:
         stats = pipeline.run(max_idle_s=exit_when_idle)
     finally:
+        for worker, th in workers:
+            worker.stop()
+            th.join(30)
         ops.stop()
     typer.echo(f"stopped: {stats.records} records in {stats.batches} batches; {stats.vouchers} vouchers, "
                f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} dead "
@@ -141,14 +196,20 @@ def post(config: ConfigOpt = None,
     import signal
 
     from connector.config import load_settings
+    from connector.ops import Metrics
     from connector.service import build_poster
 
     settings = load_settings(config)
     _setup_logging(settings)
-    poster = build_poster(settings)
+    metrics = Metrics()
+    poster = build_poster(settings, metrics=metrics)
+    ops = _serve_ops(settings, metrics, _readiness(settings, kafka=False, kingdee=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poster.stop())
-    stats = poster.run(exit_when_idle=exit_when_idle)
+    try:
+        stats = poster.run(exit_when_idle=exit_when_idle)
+    finally:
+        ops.stop()
     typer.echo(f"posted {stats.posted}, found after timeouts {stats.found_after_timeout}, rejected by Kingdee "
                f"{stats.rejected}, needs attention {stats.needs_attention}, ambiguous calls {stats.ambiguous_calls}")
 

@@ -39,8 +39,9 @@ class RelayStats:
 
 class FeedbackRelay:
     def __init__(self, journal: Journal, producer_conf: dict[str, str], *, topic_prefix: str = "kingdee-cdc.feedback",
-                 batch: int = 1000) -> None:
+                 batch: int = 1000, metrics: Any = None) -> None:
         self.journal = journal
+        self.metrics = metrics  #: connector.ops.Metrics, optional
         self.prefix = topic_prefix
         self.batch = batch
         self.producer = Producer({**producer_conf, "enable.idempotence": "true", "acks": "all", "linger.ms": "5"})
@@ -112,6 +113,12 @@ class FeedbackRelay:
         if acked:
             with j.transaction() as conn:
                 conn.execute(j.q("UPDATE {s}.outbox SET sent_at = now() WHERE id = ANY(%s)"), (acked,))
+            if self.metrics is not None:
+                per_system: dict[str, int] = {}
+                for row in rows[:len(acked)]:
+                    per_system[row[2]] = per_system.get(row[2], 0) + 1
+                for system, n in per_system.items():
+                    self.metrics.feedback_sent_to(system, n)
         stats.sent += len(acked)
         if len(acked) < len(rows):
             log.warning("feedback: %d of %d not acknowledged by Kafka; will retry", len(rows) - len(acked), len(rows))

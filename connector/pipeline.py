@@ -27,6 +27,7 @@ from connector.errors import ConnectorError, InfraError
 from connector.events import ChangeEvent, DecodeFailure, Decoder, KafkaCoordinates, Op, Tombstone, TransactionMarker
 from connector.journal import BatchResult, EventRecord, Fenced, Journal, Outcome
 from connector.ledger import RowRef, canonical_pk
+from connector.logs import event_context
 from connector.mapping import Mapper
 
 log = logging.getLogger("kingdee_cdc.pipeline")
@@ -272,7 +273,10 @@ class Pipeline:
                 first, _ = positions.get(tp, (r.kafka.offset, 0))
                 positions[tp] = (min(first, r.kafka.offset), r.kafka.offset + 1)
             self._publish_dead_letters(records)
+            commit_started = time.monotonic()
             result = self._retry(lambda: self.journal.write_batch(records, positions))
+            if self.metrics is not None:
+                self.metrics.journal_committed(time.monotonic() - commit_started)
         except Fenced as e:
             self.stats.fenced += 1
             log.warning("%s", e)
@@ -282,12 +286,28 @@ class Pipeline:
         self.consumer.commit(offsets=[TopicPartition(t, p, nxt) for (t, p), (_, nxt) in positions.items()],
                              asynchronous=True)
         self._count(result)
+        self._log_outcomes(records)
         elapsed = time.monotonic() - started
         if self.metrics is not None:
             self.metrics.batch_journaled(records, result, elapsed)
             self._observe_lag()
         if self.on_batch is not None:
             self.on_batch(result, elapsed)
+
+    @staticmethod
+    def _log_outcomes(records: Sequence[EventRecord]) -> None:
+        """One line per rejected / dead-lettered record (and per journaled one at DEBUG), with its keys."""
+        debug = log.isEnabledFor(logging.DEBUG)
+        for r in records:
+            if r.outcome is Outcome.REJECTED and r.rejections:
+                first = r.rejections[0]
+                log.info("rejected: %s", first.message, extra=event_context(
+                    r, first.voucher_key, rule=first.rule, reason=first.code.value))
+            elif r.outcome is Outcome.DEAD_LETTERED:
+                log.warning("dead-lettered (%s): %s", r.failure.stage if r.failure else "map",
+                            r.failure.reason if r.failure else r.detail, extra=event_context(r))
+            elif debug:
+                log.debug("%s", r.outcome.value.lower(), extra=event_context(r))
 
     def _observe_lag(self, every_s: float = 1.0) -> None:
         """Consumer lag per partition (log end − position), from librdkafka's cached watermarks."""

@@ -91,11 +91,11 @@ def build_kingdee_client(settings: Settings) -> Any:
                          rate_limit_per_s=k.rate_limit_per_s)
 
 
-def build_poster(settings: Settings) -> Any:
+def build_poster(settings: Settings, *, metrics: Any = None) -> Any:
     from connector.kingdee.poster import Poster, PosterOptions
 
     rules = load_rules(settings.mapping.rules_dir)
     k = settings.kingdee
     return Poster(build_journal(settings), build_kingdee_client(settings), books=rules.ledger.books,
                   options=PosterOptions(batch_size=k.batch_size, concurrency=k.max_concurrency,
-                                        key_field=k.key_field))
+                                        key_field=k.key_field), metrics=metrics)

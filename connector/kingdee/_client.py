@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -137,6 +137,9 @@ class KingdeeClient:
         self._session_lock = threading.Lock()
         self.calls = 0
         self.relogins = 0
+        #: called after every HTTP call with (operation, seconds, outcome): ok | msgcode_N | unavailable |
+        #: ambiguous | error — connector.ops.Metrics.kingdee_request fits
+        self.observer: Callable[[str, float, str], None] | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -163,6 +166,32 @@ class KingdeeClient:
         return h
 
     def _post(self, service: str, body: Mapping[str, Any], *, write: bool) -> Any:
+        """One HTTP call, timed and reported to ``observer`` (operation, seconds, outcome) when set."""
+        if self.observer is None:
+            return self._post_raw(service, body, write=write)
+        op = service.rsplit(".", 1)[-1]
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            result = self._post_raw(service, body, write=write)
+            st = self._status(result)
+            if st is not None and not _is_success(st):
+                code = st.get("MsgCode")
+                outcome = f"msgcode_{code}" if str(code).lstrip("-").isdigit() else "error"
+            return result
+        except KingdeeAmbiguous:
+            outcome = "ambiguous"
+            raise
+        except KingdeeRetryable:
+            outcome = "unavailable"
+            raise
+        except KingdeeError:
+            outcome = "error"
+            raise
+        finally:
+            self.observer(op, time.monotonic() - started, outcome)
+
+    def _post_raw(self, service: str, body: Mapping[str, Any], *, write: bool) -> Any:
         url = self._url(service)
         payload = kingdee_json(body)
         self._rate.acquire()

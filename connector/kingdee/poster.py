@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,13 +103,17 @@ class _Claimed:
     attempts: int
     pk: str
     system: str
+    journaled_at: datetime | None = None
 
 
 class Poster:
     def __init__(self, journal: Journal, client: KingdeeClient, *, books: Mapping[str, Book] | None = None,
-                 options: PosterOptions = PosterOptions()) -> None:
+                 options: PosterOptions = PosterOptions(), metrics: Any = None) -> None:
         self.journal = journal
         self.client = client
+        self.metrics = metrics  #: connector.ops.Metrics, optional
+        if metrics is not None and client.observer is None:
+            client.observer = metrics.kingdee_request
         self.books = dict(books or {})
         self.opts = options
         self._stop = threading.Event()
@@ -176,7 +181,7 @@ class Poster:
                 "RETURNING v.payload, v.attempts, v.source_pk, v.source_system, v.journaled_at, v.kafka_offset"),
                 (self.opts.lease_s, self.opts.claim_limit)).fetchall()
         rows.sort(key=lambda r: (r[4], r[5] or 0))
-        return [_Claimed(voucher_from_json(bytes(r[0])), int(r[1]), r[2], r[3]) for r in rows]
+        return [_Claimed(voucher_from_json(bytes(r[0])), int(r[1]), r[2], r[3], r[4]) for r in rows]
 
     # ------------------------------------------------------------------ post one chunk
     def _post_chunk(self, chunk: list[_Claimed], originals_rejected: set[str]) -> tuple[list[_Outcome], PostStats]:
@@ -341,3 +346,16 @@ class Poster:
                                 audit)
                 cur.executemany(j.q("INSERT INTO {s}.outbox (event_id, source_system, message_key, status, payload) "
                                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"), outbox)
+        for o in outcomes:
+            if o.status != "POSTED":
+                v = claimed[o.key].voucher
+                log.warning("%s: %s", o.status, "; ".join(o.messages) or "no message", extra={
+                    "voucher_key": o.key, "source_key": f"{claimed[o.key].system}/{v.source.row.table}/"
+                                                        f"{claimed[o.key].pk}@{v.source.position}"})
+        if self.metrics is not None:  # after the commit: counted once they are durable
+            for o in outcomes:
+                c = claimed[o.key]
+                self.metrics.voucher_settled(o.status, source_ts_ms=c.voucher.source.ts_ms,
+                                             journaled_at=c.journaled_at)
+                if o.status == "POSTED" and c.voucher.kind is VoucherKind.REVERSAL and c.voucher.reverses:
+                    self.metrics.voucher_settled("REVERSED", source_ts_ms=None, journaled_at=None)
