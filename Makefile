@@ -1,15 +1,21 @@
 # kingdee-cdc — every target bootstraps what it needs (.venv, Python deps, Java jars) and is a no-op
-# when already set up (Kafka, Kafka Connect and Debezium jars come from Maven Central). Needs python3 (3.11+), Java 17+ and Maven on the machine.
+# when already set up (Kafka, Kafka Connect and Debezium jars come from Maven Central). Needs python3 (3.11+), Java 17+, Maven and Go on the machine.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := deploy/kafka/lib/.resolved
 CONNECT_JARS := deploy/connect/lib/.resolved
+# Deployment validators (Go, from the Go module proxy): helm for the chart, composecheck = compose-go,
+# the library behind `docker compose config` (this machine kind has no compose plugin).
+TOOLS  := .tools/bin
+HELM   := $(TOOLS)/helm
+COMPOSECHECK := $(TOOLS)/composecheck
+HELM_VERSION := v3.16.4
 
 .PHONY: setup test unit integration typecheck demo bench dev-up dev-down clean
 
-setup: $(STAMP) $(JARS) $(CONNECT_JARS)
+setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(HELM) $(COMPOSECHECK)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +25,12 @@ $(STAMP): pyproject.toml
 
 $(JARS): deploy/kafka/pom.xml $(STAMP)
 	$(PY) -c "from connector.devstack import ensure_kafka_jars; ensure_kafka_jars()"
+
+$(HELM):
+	GOBIN=$(abspath $(TOOLS)) GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(COMPOSECHECK): deploy/tools/go.mod deploy/tools/go.sum deploy/tools/composecheck/main.go
+	cd deploy/tools && go build -o $(abspath $(COMPOSECHECK)) ./composecheck
 
 # Kafka Connect + the Debezium PostgreSQL connector, for the end-to-end test and the demo.
 $(CONNECT_JARS): deploy/connect/pom.xml deploy/debezium/pom.xml $(STAMP)
@@ -51,4 +63,4 @@ dev-down: setup
 	$(VENV)/bin/kingdee-cdc dev down
 
 clean:
-	rm -rf $(VENV) deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .tools deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis

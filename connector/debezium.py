@@ -98,6 +98,20 @@ def database_name(system: str) -> str:
     return f"{system}db"
 
 
+def init_sql() -> str:
+    """psql script creating the journal and business databases with their tables (docker-compose's
+    ``deploy/compose/init-business.sql`` is this text; a test keeps them equal)."""
+    import textwrap
+
+    out = ["-- Generated from connector/debezium.py (init_sql); tests/unit/test_deploy.py keeps them equal.",
+           "-- The journal database and one business database per source system, with the sample tables.",
+           "CREATE DATABASE journal;"]
+    for system, ddl in DDL.items():
+        out += [f"CREATE DATABASE {database_name(system)};", f"\\connect {database_name(system)}",
+                textwrap.dedent(ddl).strip(), "\\connect postgres"]
+    return "\n".join(out) + "\n"
+
+
 def _insert(conn: psycopg.Connection[Any], table: str, row: Mapping[str, Any]) -> None:
     cols = list(row)
     conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",  # noqa: S608

@@ -116,12 +116,33 @@ class Metrics:
         self.feedback_sent.labels(system).inc(n)
 
 
+def exported_series(registry: CollectorRegistry | None = None) -> set[str]:
+    """Every series name the service exports (what dashboards and alert rules may refer to)."""
+    m = Metrics(registry)
+    names = {n for n, _ in JournalBacklog.FAMILIES}
+    for fam in m.registry.collect():  # labelled metrics without children still yield their family
+        if fam.type == "counter":
+            names.add(f"{fam.name}_total")
+        elif fam.type == "histogram":
+            names |= {f"{fam.name}_bucket", f"{fam.name}_count", f"{fam.name}_sum"}
+        else:
+            names.add(fam.name)
+    return names
+
+
 class JournalBacklog:
     """A collector that reads the poster and outbox backlogs from the journal at scrape time.
 
     Scrape-time reads stay correct when the poster or the relay is down (exactly when the numbers
     matter); each scrape costs two indexed queries under a 2 s statement timeout.
     """
+
+    FAMILIES: tuple[tuple[str, str], ...] = (
+        ("kingdee_cdc_poster_backlog", "Vouchers waiting to be posted (JOURNALED, POSTING)"),
+        ("kingdee_cdc_poster_backlog_oldest_seconds", "Age of the oldest voucher waiting to be posted"),
+        ("kingdee_cdc_feedback_outbox_backlog", "Feedback events not yet sent to Kafka"),
+        ("kingdee_cdc_feedback_outbox_oldest_seconds", "Age of the oldest unsent feedback event"),
+        ("kingdee_cdc_journal_up", "1 when the journal answered the backlog queries"))
 
     def __init__(self, dsn: str, schema: str = "kdcdc") -> None:
         self.dsn = dsn
@@ -134,13 +155,7 @@ class JournalBacklog:
         import psycopg
         from prometheus_client.core import GaugeMetricFamily
 
-        counts = GaugeMetricFamily("kingdee_cdc_poster_backlog", "Vouchers waiting to be posted (JOURNALED, POSTING)")
-        oldest = GaugeMetricFamily("kingdee_cdc_poster_backlog_oldest_seconds",
-                                   "Age of the oldest voucher waiting to be posted")
-        outbox = GaugeMetricFamily("kingdee_cdc_feedback_outbox_backlog", "Feedback events not yet sent to Kafka")
-        outbox_age = GaugeMetricFamily("kingdee_cdc_feedback_outbox_oldest_seconds",
-                                       "Age of the oldest unsent feedback event")
-        up = GaugeMetricFamily("kingdee_cdc_journal_up", "1 when the journal answered the backlog queries")
+        counts, oldest, outbox, outbox_age, up = (GaugeMetricFamily(n, h) for n, h in self.FAMILIES)
         try:
             with psycopg.connect(self.dsn, connect_timeout=2, options="-c statement_timeout=2000") as conn:
                 s = self.schema
