@@ -15,6 +15,8 @@ from typing import Final
 from connector.errors import MoneyError
 
 ZERO: Final = Decimal(0)
+#: No ledger amount (or rate) reaches this; larger values are data errors, refused before any arithmetic.
+MAX_MONEY: Final = Decimal(10) ** 18
 CENT: Final = Decimal("0.01")
 
 #: Context for all money arithmetic: 38 digits is NUMERIC(38, x) territory, exact for any real ledger.
@@ -56,6 +58,8 @@ def to_money(value: object, *, field: str = "", allow_float: bool = False) -> De
         raise MoneyError(f"cannot use {type(value).__name__} as money{where}: {value!r}")
     if not result.is_finite():
         raise MoneyError(f"amount must be finite{where}: {value!r}")
+    if abs(result) >= MAX_MONEY:
+        raise MoneyError(f"amount {value!r} is beyond the largest amount a ledger line holds (10^18){where}")
     return result
 
 

@@ -161,9 +161,19 @@ class Mapper:
                 vouchers.extend(self._apply(rule, event, source_ref, prior))
             except EvalError as e:
                 rejections.append(_rejection(e, rule, source_ref))
+            except ArithmeticError as e:  # decimal overflow of amount × rate etc. (found by the fuzz test)
+                rejections.append(Rejection(code=ReasonCode.INVALID_AMOUNT, rule=rule.id, source=source_ref,
+                                            message=f"amounts out of range for ledger arithmetic "
+                                                    f"({type(e).__name__})"))
         checked: list[Voucher] = []
         for v in vouchers:
-            result = check_voucher(v, self.ledger, skip=self.skip_checks)
+            try:
+                result = check_voucher(v, self.ledger, skip=self.skip_checks)
+            except ArithmeticError as e:
+                rejections.append(Rejection(code=ReasonCode.INVALID_AMOUNT, rule=v.rule_id, source=v.source,
+                                            message=f"amounts out of range for ledger arithmetic "
+                                                    f"({type(e).__name__})"))
+                continue
             if isinstance(result, Voucher):
                 checked.append(result)
             else:

@@ -108,7 +108,10 @@ def to_date(v: Any) -> date:
     if isinstance(v, date):
         return v
     if isinstance(v, int) and not isinstance(v, bool):
-        return _EPOCH_DATE + timedelta(days=v)
+        try:
+            return _EPOCH_DATE + timedelta(days=v)
+        except OverflowError:  # beyond year 1..9999 (found by the decode → map fuzz test)
+            raise EvalError("INVALID_DATE", f"day number {v} is outside the calendar", value=v) from None
     if isinstance(v, str):
         try:
             return date.fromisoformat(v[:10])

@@ -345,3 +345,13 @@ def test_sandbox_refuses_calls_and_attribute_tricks() -> None:
         with pytest.raises((ExprError, EvalError)):
             c.expression(src)({"row": {"x": 1}})
     assert c.expression("0.1 + 0.2")({}) == Decimal("0.3")  # literals are exact decimals
+
+
+# --------------------------------------------------------------------------- found by the decode → map fuzz test
+@pytest.mark.parametrize("changes, code", [
+    ({"net_amount": "1E40"}, ReasonCode.INVALID_AMOUNT),  # beyond any ledger line
+    ({"order_date": -719163}, ReasonCode.INVALID_DATE),  # a Debezium Date day number before year 1
+])
+def test_out_of_range_values_are_rejections_not_crashes(mapper: Mapper, changes: dict[str, Any],
+                                                        code: ReasonCode) -> None:
+    assert only_rejection(mapper.map(event("pos", "sales_order", after=sale(**changes)))) is code
