@@ -20,7 +20,7 @@ from connector.errors import ConnectorError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="kingdee-cdc: Debezium change events → balanced Kingdee K/3 Cloud vouchers, exactly once.")
-events_app = typer.Typer(no_args_is_help=True, help="Decode Debezium change events.")
+events_app = typer.Typer(no_args_is_help=True, help="Decode and publish Debezium change events.")
 dev_app = typer.Typer(no_args_is_help=True, help="Run the local development stack (real Kafka + PostgreSQL).")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 mapping_app = typer.Typer(no_args_is_help=True, help="Validate, preview and test mapping rules.")
@@ -81,6 +81,47 @@ def events_decode(
             typer.echo(json.dumps(out, ensure_ascii=False))
     if failures:
         raise typer.Exit(1)
+
+
+@events_app.command("produce")
+def events_produce(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                help="Files holding one event (JSON or Avro wire format) "
+                                                     "or one JSON event per line")],
+    topic: Annotated[str, typer.Option("--topic", help="e.g. oa.public.expense_claim")],
+    key: Annotated[Optional[str], typer.Option("--key", help="record key (JSON), default: the event's "
+                                                              "primary key as {\"id\": …} when it has one")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish event files to a topic as they are (for trying rules against a dev stack)."""
+    from confluent_kafka import Producer
+
+    from connector.config import load_settings
+
+    settings = load_settings(config)
+    producer = Producer({"log_level": "3", **settings.kafka.librdkafka(), "enable.idempotence": "true"})
+    sent = 0
+    for path in files:
+        for rec in _records_in(path):
+            k = key.encode() if key else _default_key(rec)
+            producer.produce(topic, value=rec, key=k)
+            sent += 1
+    left = producer.flush(30)
+    if left:
+        _fail(f"{left} of {sent} records not acknowledged by Kafka at {settings.kafka.bootstrap_servers}")
+    typer.echo(f"produced {sent} records to {topic}")
+
+
+def _default_key(rec: bytes) -> bytes | None:
+    try:
+        doc = json.loads(rec)
+    except ValueError:
+        return None
+    body = doc.get("payload", doc) if isinstance(doc, dict) else None
+    row = (body or {}).get("after") or (body or {}).get("before") if isinstance(body, dict) else None
+    if isinstance(row, dict) and "id" in row:
+        return json.dumps({"id": row["id"]}).encode()
+    return None
 
 
 # --------------------------------------------------------------------------- run / journal
@@ -305,7 +346,11 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
            to_time: Annotated[Optional[str], typer.Option("--to-time", help="ISO-8601; default: the log end")] = None,
            group: Annotated[Optional[str], typer.Option("--group", help="default: <group>-replay")] = None,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would happen, write nothing")]
-           = False) -> None:
+           = False,
+           repost_changed: Annotated[bool, typer.Option(
+               "--repost-changed", help="after a rule change: re-map the rows the range touches and journal "
+                                        "reversal + corrected voucher where the vouchers in force differ "
+                                        "(with --dry-run: print the differences)")] = False) -> None:
     """Run a topic through the pipeline in its own consumer group; already-journaled changes create nothing."""
     from connector.config import load_settings
     from connector.events import Decoder, RegistrySchemas
@@ -322,6 +367,30 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
     processor = Processor(Decoder(RegistrySchemas(client) if client else None),
                           Mapper(load_rules(settings.mapping.rules_dir)))
     start = str(from_offset) if from_offset is not None else (from_time or "earliest")
+    if repost_changed:
+        from connector.ledger import render_entry
+        from connector.replay import repost_changed as run_repost
+
+        journal.group = settings.kafka.group_id  # compare with what the service journaled
+        r = run_repost(journal=journal, processor=processor, kafka_conf=settings.kafka.librdkafka(), topic=topic,
+                       start=start, to_time=to_time, dry_run=dry_run)
+        for ch in r.changes:
+            typer.echo(f"{ch.row.system}/{ch.row.table}/{ch.row.pk}:")
+            for v in ch.old:
+                typer.echo(f"  in force  {v.key}  " + " | ".join(render_entry(e) for e in v.entries))
+            for v in ch.new:
+                typer.echo(f"  {'reverse ' if v.kind.value == 'reversal' else 'correct '}  {v.key}  "
+                           + " | ".join(render_entry(e) for e in v.entries))
+        for row in r.stale[:20]:
+            typer.echo(f"skipped {row.system}/{row.table}/{row.pk}: the journal knows a later change (or none) "
+                       "of this row; replay up to its newest change")
+        for row, why in r.rejections[:20]:
+            typer.echo(f"rejected {row.system}/{row.table}/{row.pk}: {why}")
+        typer.echo(f"{'would re-post' if dry_run else 're-posted'} {len(r.changes)} of {r.rows} rows "
+                   f"(rules {r.tag}; {r.records} records read in {r.seconds:.1f}s): {r.unchanged} unchanged, "
+                   f"{r.deleted} deleted, {r.rejected} rejected by the new rules, {len(r.stale)} skipped as stale"
+                   + ("" if dry_run else f"; {r.inserted} vouchers journaled for the poster"))
+        return
     run = run_dry if dry_run else run_replay
     s = run(journal=journal, processor=processor, kafka_conf=settings.kafka.librdkafka(), topic=topic,
             start=start, to_time=to_time)

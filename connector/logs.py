@@ -120,3 +120,5 @@ def setup(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+    # One line per HTTP request is noise at INFO; the Kingdee metrics carry the same facts.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -3,19 +3,27 @@ pipeline in its own consumer group, from an offset or a time, up to the log end 
 
 Voucher keys come from the source identity, so changes that were already journaled create nothing new;
 the summary says how many were new, already present, rejected and dead-lettered.
+
+``repost_changed`` re-maps the rows a range touches after a rule change and journals reversal +
+correction pairs only where the vouchers in force differ from what the current rules produce.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
+from connector.events import ChangeEvent, Op
 from connector.journal import Journal
+from connector.ledger import RowRef, Voucher, canonical_pk
 from connector.offsets import set_offsets, show
 from connector.pipeline import Pipeline, PipelineOptions, Processor
 
@@ -119,5 +127,122 @@ def dry_run(*, journal: Journal, processor: Processor, kafka_conf: dict[str, str
             remaining -= len(msgs)
     finally:
         c.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+@dataclass(slots=True)
+class RepostChange:
+    """One row whose vouchers in force differ from what the current rules produce."""
+
+    row: RowRef
+    old: list[Voucher]
+    new: list[Voucher]  #: reversals of ``old`` and the corrected voucher(s)
+
+
+@dataclass(slots=True)
+class RepostSummary:
+    tag: str
+    records: int = 0
+    rows: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    changes: list[RepostChange] = field(default_factory=list)
+    inserted: int = 0
+    rejections: list[tuple[RowRef, str]] = field(default_factory=list)
+    stale: list[RowRef] = field(default_factory=list)  #: the journal knows a later (or no) change of the row
+    seconds: float = 0.0
+
+
+def rules_tag(rules: Any) -> str:
+    """A short, stable name for a rules version: the hash of every rule's id, version and source text."""
+    h = hashlib.sha256()
+    for r in sorted(rules.rules, key=lambda r: r.id):
+        h.update(f"{r.id}\0{r.version}\0".encode())
+        h.update(Path(r.file).read_bytes() if Path(r.file).exists() else b"")
+    return h.hexdigest()[:12]
+
+
+def _read_range(kafka_conf: dict[str, str], topic: str, start: str, to_time: str | None, group: str,
+                batch: int = 2000) -> Iterator[Any]:
+    """The topic's records from ``start`` up to the log end / ``to_time``, in offset order per partition."""
+    c = Consumer({**kafka_conf, "group.id": f"{group}-read", "enable.auto.commit": "false"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = sorted(md.topics[topic].partitions) if topic in md.topics else []
+        end = _ends(kafka_conf, topic, parts, to_time, group)
+        lows = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in parts}
+        if start.lstrip("-").isdigit():
+            begin = {p: max(lows[p], int(start)) for p in parts}
+        elif start == "earliest":
+            begin = lows
+        else:
+            ts = int(datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() * 1000)
+            found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in parts], timeout=10)
+            begin = {tp.partition: tp.offset if tp.offset >= 0 else end[tp.partition] for tp in found}
+        c.assign([TopicPartition(topic, p, begin[p]) for p in parts if begin[p] < end[p]])
+        remaining = sum(max(0, end[p] - begin[p]) for p in parts)
+        while remaining > 0:
+            msgs = [m for m in c.consume(batch, 1.0) if m.error() is None
+                    and (m.offset() or 0) < end[m.partition() or 0]]
+            remaining -= len(msgs)
+            yield from msgs
+    finally:
+        c.close()
+
+
+def repost_changed(*, journal: Journal, processor: Processor, kafka_conf: dict[str, str], topic: str,
+                   start: str = "earliest", to_time: str | None = None, dry_run: bool = False,
+                   tag: str | None = None, progress: bool = True) -> RepostSummary:
+    """Re-map after a rule change: for every source row the replayed range touches, map its latest state
+    with the current rules and compare with the vouchers in force; where they differ, journal a reversal
+    plus the corrected voucher (the poster then posts them). ``dry_run`` only reports the differences.
+
+    Idempotent: corrections are keyed by the rules version (``tag``), so running it again adds nothing.
+    """
+    mapper = processor.mapper
+    summary = RepostSummary(tag=tag or rules_tag(mapper.rules))
+    started = time.monotonic()
+    latest: dict[RowRef, tuple[Any, ChangeEvent]] = {}
+    bar = tqdm(unit="ev", desc=f"reading {topic}", disable=not progress, dynamic_ncols=True)
+    for msg in _read_range(kafka_conf, topic, start, to_time, journal.group):
+        summary.records += 1
+        bar.update(1)
+        ev = processor.decoder.decode_message(msg)
+        if not isinstance(ev, ChangeEvent) or not ev.key:
+            continue
+        row = RowRef(ev.source.name, ev.source.table_id, canonical_pk(ev.key))
+        latest.pop(row, None)  # keep first-seen order of the *latest* change
+        latest[row] = (ev.kafka, ev)
+    bar.close()
+    summary.rows = len(latest)
+    prior = journal.prefetch_active(latest)
+    known = journal.latest_changes(latest)
+    corrections: list[tuple[Any, Voucher]] = []
+    for row, (coords, ev) in latest.items():
+        # Only the row's newest known state may be re-mapped: a replay range that stops before a later
+        # change (or holds changes the pipeline has not journaled yet) would "correct" the books backwards.
+        if known.get(row) != (ev.source.position, ev.op.value):
+            summary.stale.append(row)
+            continue
+        result = mapper.map(ev, prior, remap=summary.tag)
+        if result.rejections:
+            summary.rejected += 1
+            summary.rejections.append((row, "; ".join(f"{r.code.value}: {r.message}" for r in result.rejections)))
+            continue
+        if not result.vouchers:
+            if ev.op is Op.DELETE:
+                summary.deleted += 1
+            else:
+                summary.unchanged += 1
+            continue
+        old = [v for rule_id in {v.rule_id for v in result.vouchers} for v in prior.active(row, rule_id)]
+        summary.changes.append(RepostChange(row=row, old=old, new=list(result.vouchers)))
+        corrections += [(coords, v) for v in result.vouchers]
+    if corrections and not dry_run:
+        inserted = journal.write_reposts(corrections, actor="replay --repost-changed",
+                                         detail={"tag": summary.tag, "topic": topic})
+        summary.inserted = len(inserted)
     summary.seconds = time.monotonic() - started
     return summary

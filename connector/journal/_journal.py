@@ -168,6 +168,19 @@ class Journal:
             found.setdefault(tuple(r[:5]), []).append(r[5])
         return found
 
+    def latest_changes(self, rows: Iterable[RowRef]) -> dict[RowRef, tuple[str, str]]:
+        """The most recently journaled change (source position, op) of each row, whatever its outcome."""
+        wanted = list({(r.system, r.table, r.pk) for r in rows})
+        if not wanted:
+            return {}
+        cur = self.conn.execute(self.q(
+            "SELECT DISTINCT ON (source_system, source_table, source_pk) source_system, source_table, source_pk, "
+            "source_position, op FROM {s}.event_log WHERE (source_system, source_table, source_pk) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) "
+            "ORDER BY source_system, source_table, source_pk, journaled_at DESC, kafka_offset DESC"),
+            ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]))
+        return {RowRef(r[0], r[1], r[2]): (r[3], r[4]) for r in cur.fetchall()}
+
     # ------------------------------------------------------------------ the batch transaction
     def write_batch(self, records: Sequence[EventRecord], positions: Mapping[tuple[str, int], tuple[int, int]]
                     ) -> BatchResult:
@@ -191,51 +204,90 @@ class Journal:
             # 2. vouchers: keys already journaled (replays, redeliveries) are skipped, the rest COPYed in.
             #    A concurrent insert of the same key (a replay on another partition) raises UniqueViolation,
             #    which retries the whole batch; the retry then finds the key and skips it.
-            vouchers = [(rec, v) for rec in records for v in rec.vouchers]
-            inserted: set[str] = set()
-            new: list[tuple[EventRecord, Voucher]] = []
-            if vouchers:
-                keys = [v.key for _, v in vouchers]
-                existing = {r[0] for r in conn.execute(self.q("SELECT key FROM {s}.vouchers WHERE key = ANY(%s)"),
-                                                       (keys,)).fetchall()}
-                for rec, v in vouchers:
-                    if v.key not in existing and v.key not in inserted:
-                        inserted.add(v.key)
-                        new.append((rec, v))
-                with conn.cursor() as cur:
-                    if new:
-                        with cur.copy(self.q(
-                                "COPY {s}.vouchers (key, kind, reverses, book, data_centre, voucher_date, "
-                                "voucher_group, explanation, debit_total, review, source_system, source_table, "
-                                "source_pk, source_position, source_op, source_ts_ms, topic, kafka_partition, "
-                                "kafka_offset, kafka_ts_ms, rule_id, rule_version, payload) FROM STDIN")) as copy:
-                            for rec, v in new:
-                                copy.write_row((
-                                    v.key, v.kind.value, v.reverses, v.book, v.data_centre, v.date, v.group,
-                                    v.explanation, v.debit_total, v.needs_review, v.source.row.system,
-                                    v.source.row.table, v.source.row.pk, v.source.position, v.source.op,
-                                    v.source.ts_ms, rec.kafka.topic, rec.kafka.partition, rec.kafka.offset,
-                                    rec.kafka.timestamp_ms, v.rule_id, v.rule_version, voucher_to_json(v)))
-                    reversals = [(v.reverses, v.key) for _, v in new if v.kind is VoucherKind.REVERSAL and v.reverses]
-                    if reversals:
-                        cur.execute(self.q(
-                            "UPDATE {s}.vouchers AS o SET reversed_by = r.by, updated_at = now() "
-                            "FROM unnest(%s::text[], %s::text[]) AS r(orig, by) WHERE o.key = r.orig"),
-                            ([a for a, _ in reversals], [b for _, b in reversals]))
+            vouchers = [(rec.kafka, v) for rec in records for v in rec.vouchers]
+            inserted = self._insert_vouchers(conn, vouchers)
             result.vouchers_inserted = len(inserted)
             result.vouchers_duplicate = len(vouchers) - len(inserted)
             # 3. everything else, by COPY
             with conn.cursor() as cur:
-                if new:
-                    with cur.copy(self.q("COPY {s}.entries (voucher_key, seq, account, side, amount, currency, rate, "
-                                         "amount_for, dimensions, explanation) FROM STDIN")) as copy:
-                        for _, v in new:
-                            for i, e in enumerate(v.entries, 1):
-                                dims = json.dumps(e.dimensions, ensure_ascii=False) if e.dimensions else "{}"
-                                copy.write_row((v.key, i, e.account, e.side.value, e.amount, e.currency, e.rate,
-                                                e.amount_for, dims, e.explanation))
                 self._copy_outcomes(cur, records, inserted, result)
         return result
+
+    def _insert_vouchers(self, conn: psycopg.Connection[Any],
+                         vouchers: Sequence[tuple[KafkaCoordinates | None, Voucher]]) -> set[str]:
+        """Insert vouchers and their entries (keys already journaled are skipped); mark what they reverse.
+
+        A concurrent insert of the same key (a replay on another partition) raises UniqueViolation, which
+        retries the whole batch; the retry then finds the key and skips it.
+        """
+        inserted: set[str] = set()
+        if not vouchers:
+            return inserted
+        keys = [v.key for _, v in vouchers]
+        existing = {r[0] for r in conn.execute(self.q("SELECT key FROM {s}.vouchers WHERE key = ANY(%s)"),
+                                               (keys,)).fetchall()}
+        new: list[tuple[KafkaCoordinates | None, Voucher]] = []
+        for k, v in vouchers:
+            if v.key not in existing and v.key not in inserted:
+                inserted.add(v.key)
+                new.append((k, v))
+        if not new:
+            return inserted
+        with conn.cursor() as cur:
+            with cur.copy(self.q(
+                    "COPY {s}.vouchers (key, kind, reverses, book, data_centre, voucher_date, "
+                    "voucher_group, explanation, debit_total, review, source_system, source_table, "
+                    "source_pk, source_position, source_op, source_ts_ms, topic, kafka_partition, "
+                    "kafka_offset, kafka_ts_ms, rule_id, rule_version, payload) FROM STDIN")) as copy:
+                for k, v in new:
+                    copy.write_row((
+                        v.key, v.kind.value, v.reverses, v.book, v.data_centre, v.date, v.group,
+                        v.explanation, v.debit_total, v.needs_review, v.source.row.system,
+                        v.source.row.table, v.source.row.pk, v.source.position, v.source.op,
+                        v.source.ts_ms, k.topic if k else None, k.partition if k else None,
+                        k.offset if k else None, k.timestamp_ms if k else None, v.rule_id, v.rule_version,
+                        voucher_to_json(v)))
+            reversals = [(v.reverses, v.key) for _, v in new if v.kind is VoucherKind.REVERSAL and v.reverses]
+            if reversals:
+                cur.execute(self.q(
+                    "UPDATE {s}.vouchers AS o SET reversed_by = r.by, updated_at = now() "
+                    "FROM unnest(%s::text[], %s::text[]) AS r(orig, by) WHERE o.key = r.orig"),
+                    ([a for a, _ in reversals], [b for _, b in reversals]))
+            with cur.copy(self.q("COPY {s}.entries (voucher_key, seq, account, side, amount, currency, rate, "
+                                 "amount_for, dimensions, explanation) FROM STDIN")) as copy:
+                for _, v in new:
+                    for i, e in enumerate(v.entries, 1):
+                        dims = json.dumps(e.dimensions, ensure_ascii=False) if e.dimensions else "{}"
+                        copy.write_row((v.key, i, e.account, e.side.value, e.amount, e.currency, e.rate,
+                                        e.amount_for, dims, e.explanation))
+        return inserted
+
+    def write_reposts(self, vouchers: Sequence[tuple[KafkaCoordinates | None, Voucher]], *, actor: str,
+                      detail: Mapping[str, Any]) -> set[str]:
+        """Journal re-mapping corrections (reversals + corrected vouchers) outside the consumed stream:
+        vouchers, entries, an audit row and a JOURNALED feedback row each, in one transaction."""
+        with self.conn.transaction():
+            inserted = self._insert_vouchers(self.conn, vouchers)
+            audit, outbox = [], []
+            for k, v in vouchers:
+                if v.key not in inserted:
+                    continue
+                audit.append((actor, "JOURNALED", v.key, json.dumps(
+                    {"rule": v.rule_id, "version": v.rule_version, "kind": v.kind.value, "reverses": v.reverses,
+                     **detail}, ensure_ascii=False)))
+                base = {"source": {"system": v.source.row.system, "table": v.source.row.table, "pk": v.source.row.pk,
+                                   "position": v.source.position, "op": v.source.op},
+                        "kafka": {"topic": k.topic, "partition": k.partition, "offset": k.offset} if k else None}
+                outbox.append((f"{v.key}:JOURNALED", v.source.row.system, v.source.row.pk, "JOURNALED", json.dumps(
+                    {**base, "voucher_key": v.key, "kind": v.kind.value, "reverses": v.reverses,
+                     "status": "JOURNALED", "reason": "REMAPPED"}, ensure_ascii=False)))
+            with self.conn.cursor() as cur:
+                cur.executemany(self.q("INSERT INTO {s}.audit (actor, action, voucher_key, detail) "
+                                       "VALUES (%s, %s, %s, %s)"), audit)
+                cur.executemany(self.q("INSERT INTO {s}.outbox (event_id, source_system, message_key, status, "
+                                       "payload) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"),
+                                outbox)
+        return inserted
 
     def _copy_outcomes(self, cur: psycopg.Cursor[Any], records: Sequence[EventRecord], inserted: set[str],
                        result: BatchResult) -> None:

@@ -9,6 +9,7 @@ An event's outcome is all or nothing: one rejection and none of its vouchers are
 
 from __future__ import annotations
 
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -136,7 +137,15 @@ class Mapper:
         self.skip_checks = tuple(skip_checks)
 
     # ------------------------------------------------------------------ public
-    def map(self, event: ChangeEvent, prior: PriorLookup = NO_PRIOR) -> MapResult:
+    def map(self, event: ChangeEvent, prior: PriorLookup = NO_PRIOR, *, remap: str | None = None) -> MapResult:
+        """Map one change. With ``remap`` (a tag naming the rules version), ``event`` is a row's *latest*
+        change and the row's current state is re-mapped against the vouchers in force: unchanged → nothing;
+        different → reversals of the vouchers in force plus the corrected voucher, keyed by the tag (so a
+        second re-map with the same rules finds its keys and adds nothing); a deleted row → nothing."""
+        if remap is not None:
+            if event.op is Op.DELETE or event.after is None:
+                return MapResult(skipped="row deleted: nothing in force to correct")
+            event = replace(event, op=Op.UPDATE, before=event.after)
         src = event.source
         rules = self.rules.for_table(src.name, src.schema, src.table)
         if not rules:
@@ -158,7 +167,9 @@ class Mapper:
             source_ref: SourceRef | None = None
             try:
                 source_ref = self._source_ref(rule, event)
-                vouchers.extend(self._apply(rule, event, source_ref, prior))
+                if remap is not None:
+                    source_ref = source_ref._replace(position=f"{source_ref.position}#remap:{remap}")
+                vouchers.extend(self._apply(rule, event, source_ref, prior, force_repost=remap is not None))
             except EvalError as e:
                 rejections.append(_rejection(e, rule, source_ref))
             except ArithmeticError as e:  # decimal overflow of amount × rate etc. (found by the fuzz test)
@@ -230,7 +241,8 @@ class Mapper:
         ts = event.source.ts_ms
         return datetime.fromtimestamp(ts / 1000, UTC).date() if ts else fallback
 
-    def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup) -> list[Voucher]:
+    def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup, *,
+               force_repost: bool = False) -> list[Voucher]:
         op = event.op
         if op in (Op.CREATE, Op.READ):
             scope = self._scope(rule, event, event.after)
@@ -242,7 +254,7 @@ class Mapper:
             scope = self._scope(rule, event, event.after)
             new = self._build(rule, scope, src) if self._matches(rule, scope) else None
             olds = prior.active(src.row, rule.id)
-            mode = rule.spec.on_update
+            mode = "reverse_and_repost" if force_repost else rule.spec.on_update
             if not olds:
                 return [new] if new is not None else []
             if mode == "ignore":
