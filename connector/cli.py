@@ -404,20 +404,48 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
 def reconcile(book: Annotated[str, typer.Option("--book")],
               period: Annotated[str, typer.Option("--period", help="YYYY-MM")],
               config: ConfigOpt = None,
-              csv_path: Annotated[Optional[Path], typer.Option("--csv", help="write the report as CSV")] = None) -> None:
-    """Compare, per account, what the journal posted with what Kingdee holds; exit 1 on unexplained differences."""
+              by_dimension: Annotated[bool, typer.Option("--by-dimension", help="one line per account and "
+                                                                                  "dimension combination")] = False,
+              source_dsn: Annotated[Optional[str], typer.Option(
+                  "--source-dsn", help="source database to compute expected totals from (with --query)")] = None,
+              query: Annotated[Optional[Path], typer.Option(
+                  "--query", exists=True, dir_okay=False, help="SQL returning (account[, dimensions], net); "
+                  "parameters %(book)s %(period)s %(period_start)s %(period_end)s")] = None,
+              tolerance: Annotated[str, typer.Option(help="differences up to this amount that in-flight "
+                                                          "vouchers explain are not flagged")] = "0.00",
+              csv_path: Annotated[Optional[Path], typer.Option("--csv", help="write the report as CSV")] = None,
+              html_path: Annotated[Optional[Path], typer.Option("--html", help="write the report as HTML")] = None,
+              ) -> None:
+    """Compare source totals (optional), the journal and Kingdee per account (and dimension); exit 1 on
+    unexplained differences. The run is recorded in the journal and exported as metrics by the service."""
+    from decimal import Decimal, InvalidOperation
+
     from connector.config import load_settings
+    from connector.reconcile import record, source_totals
     from connector.reconcile import reconcile as run_reconcile
     from connector.service import build_journal, build_kingdee_client
 
+    if (source_dsn is None) != (query is None):
+        _fail("--source-dsn and --query go together")
+    try:
+        tol = Decimal(tolerance)
+    except InvalidOperation:
+        _fail(f"--tolerance must be an amount such as 0.01, got {tolerance!r}")
     settings = load_settings(config)
+    journal = build_journal(settings)
+    journal.migrate()
+    expected = None
+    if source_dsn and query:
+        expected = source_totals(source_dsn, query.read_text(encoding="utf-8"), book=book, period=period)
     with build_kingdee_client(settings) as client:
-        report = run_reconcile(build_journal(settings), client, book=book, period=period)
-    typer.echo(f"{'account':<12} {'journal':>16} {'Kingdee':>16} {'difference':>14}  status")
+        report = run_reconcile(journal, client, book=book, period=period, by_dimension=by_dimension,
+                               tolerance=tol, source=expected)
+    src_head = f" {'source':>16}" if report.with_source else ""
+    typer.echo(f"{'account':<28}{src_head} {'journal':>16} {'Kingdee':>16} {'difference':>14}  status")
     for a in report.accounts:
-        status = "ok" if a.difference == 0 else ("in flight" if a.explained else "FLAGGED")
-        typer.echo(f"{a.account:<12} {a.journal:>16,.2f} {a.kingdee:>16,.2f} {a.difference:>14,.2f}  {status}"
-                   + (f"  {' '.join(a.vouchers[:5])}" if a.difference else ""))
+        src = f" {a.source:>16,.2f}" if a.source is not None else ""
+        typer.echo(f"{a.account:<28}{src} {a.journal:>16,.2f} {a.kingdee:>16,.2f} {a.difference:>14,.2f}  "
+                   f"{a.status}" + (f"  {' '.join(a.vouchers[:5])}" if a.status != "ok" else ""))
     for title, items in (("missing in Kingdee", report.missing_in_kingdee),
                          ("unknown to the journal", report.unknown_to_journal),
                          ("different amounts", report.amount_mismatch)):
@@ -425,6 +453,10 @@ def reconcile(book: Annotated[str, typer.Option("--book")],
             typer.echo(f"{title}: {', '.join(items[:20])}{' …' if len(items) > 20 else ''}")
     if csv_path:
         report.write_csv(csv_path)
+    if html_path:
+        report.write_html(html_path)
+    record(journal, report)
+    typer.echo(f"{len(report.flagged)} of {len(report.accounts)} lines flagged")
     if report.flagged:
         raise typer.Exit(1)
 

@@ -119,7 +119,7 @@ class Metrics:
 def exported_series(registry: CollectorRegistry | None = None) -> set[str]:
     """Every series name the service exports (what dashboards and alert rules may refer to)."""
     m = Metrics(registry)
-    names = {n for n, _ in JournalBacklog.FAMILIES}
+    names = {n for n, _ in (*JournalBacklog.FAMILIES, *JournalBacklog.RECONCILIATION)}
     for fam in m.registry.collect():  # labelled metrics without children still yield their family
         if fam.type == "counter":
             names.add(f"{fam.name}_total")
@@ -143,6 +143,11 @@ class JournalBacklog:
         ("kingdee_cdc_feedback_outbox_backlog", "Feedback events not yet sent to Kafka"),
         ("kingdee_cdc_feedback_outbox_oldest_seconds", "Age of the oldest unsent feedback event"),
         ("kingdee_cdc_journal_up", "1 when the journal answered the backlog queries"))
+    #: the latest `kingdee-cdc reconcile` run per book (labelled by book)
+    RECONCILIATION: tuple[tuple[str, str], ...] = (
+        ("kingdee_cdc_reconciliation_flagged_lines", "Lines flagged by the latest reconciliation of the book"),
+        ("kingdee_cdc_reconciliation_abs_difference", "Sum of absolute flagged differences (local currency)"),
+        ("kingdee_cdc_reconciliation_last_run_timestamp_seconds", "When the book was last reconciled"))
 
     def __init__(self, dsn: str, schema: str = "kdcdc") -> None:
         self.dsn = dsn
@@ -155,22 +160,28 @@ class JournalBacklog:
         import psycopg
         from prometheus_client.core import GaugeMetricFamily
 
-        counts, oldest, outbox, outbox_age, up = (GaugeMetricFamily(n, h) for n, h in self.FAMILIES)
+        counts, oldest, outbox, outbox_age, up = (GaugeMetricFamily(name, h) for name, h in self.FAMILIES)
+        recon = [GaugeMetricFamily(name, h, labels=["book"]) for name, h in self.RECONCILIATION]
         try:
             with psycopg.connect(self.dsn, connect_timeout=2, options="-c statement_timeout=2000") as conn:
                 s = self.schema
-                n, age = conn.execute(
+                waiting, age = conn.execute(
                     f"SELECT count(*), coalesce(extract(epoch FROM now() - min(journaled_at)), 0) "  # noqa: S608
                     f"FROM {s}.vouchers WHERE status IN ('JOURNALED', 'POSTING')").fetchone() or (0, 0)
-                on, oage = conn.execute(
+                unsent, unsent_age = conn.execute(
                     f"SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "  # noqa: S608
                     f"FROM {s}.outbox WHERE sent_at IS NULL").fetchone() or (0, 0)
-            counts.add_metric([], float(n))
+                for book, flagged, diff, at in conn.execute(
+                        f"SELECT DISTINCT ON (book) book, flagged, abs_difference, "  # noqa: S608
+                        f"extract(epoch FROM run_at) FROM {s}.reconciliations ORDER BY book, run_at DESC").fetchall():
+                    for fam, value in zip(recon, (flagged, diff, at)):
+                        fam.add_metric([str(book)], float(value))
+            counts.add_metric([], float(waiting))
             oldest.add_metric([], float(age))
-            outbox.add_metric([], float(on))
-            outbox_age.add_metric([], float(oage))
+            outbox.add_metric([], float(unsent))
+            outbox_age.add_metric([], float(unsent_age))
             up.add_metric([], 1.0)
-            yield from (counts, oldest, outbox, outbox_age, up)
+            yield from (counts, oldest, outbox, outbox_age, up, *recon)
         except Exception:  # the journal being down must not break /metrics
             up.add_metric([], 0.0)
             yield up

@@ -4,19 +4,26 @@ Compares, per account, the net (debit − credit, local currency) of the journal
 Kingdee (POSTED / REVERSED) with the net of the vouchers Kingdee returns through ExecuteBillQuery, and
 matches vouchers by their ``[kdcdc:<key>]`` marker to name the ones involved: missing in Kingdee, unknown
 to the journal, or with different amounts. Differences fully explained by in-flight vouchers (JOURNALED /
-POSTING in the period) are marked as such; anything else is flagged.
+POSTING in the period, within ``tolerance``) are marked as such; anything else is flagged.
+
+``by_dimension`` splits every account by its auxiliary dimensions (``FLEX5=D01,FLEX9=TRAVEL``).
+``source`` adds a third column: totals the operator computes from the source database with their own SQL
+(see ``source_totals``) — rows rejected by mapping show up there as differences. Each run can be recorded
+in the journal (``record``), which the service exports as ``kingdee_cdc_reconciliation_*`` metrics.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
+from collections.abc import Mapping
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from connector.journal import Journal
 from connector.kingdee import KingdeeClient
@@ -27,19 +34,32 @@ ZERO = Decimal(0)
 
 @dataclass(slots=True)
 class AccountDiff:
-    account: str
+    account: str  #: account number, or ``account|FLEX5=D01,…`` when reconciling by dimension
     journal: Decimal
     kingdee: Decimal
     in_flight: Decimal = ZERO
     vouchers: list[str] = field(default_factory=list)  # keys / bill numbers involved
+    source: Decimal | None = None  #: from the source database query, when given
+    tolerance: Decimal = ZERO
 
     @property
     def difference(self) -> Decimal:
         return self.journal - self.kingdee
 
     @property
+    def source_difference(self) -> Decimal:
+        return ZERO if self.source is None else self.source - self.journal
+
+    @property
     def explained(self) -> bool:
-        return self.difference == ZERO or self.difference == self.in_flight
+        kingdee_ok = abs(self.difference - self.in_flight) <= self.tolerance or self.difference == ZERO
+        return kingdee_ok and abs(self.source_difference) <= self.tolerance
+
+    @property
+    def status(self) -> str:
+        if self.difference == ZERO and self.source_difference == ZERO:
+            return "ok"
+        return "in-flight" if self.explained and self.in_flight else ("ok" if self.explained else "FLAGGED")
 
 
 @dataclass(slots=True)
@@ -50,6 +70,8 @@ class Report:
     missing_in_kingdee: list[str]
     unknown_to_journal: list[str]
     amount_mismatch: list[str]
+    by_dimension: bool = False
+    with_source: bool = False
 
     @property
     def flagged(self) -> list[AccountDiff]:
@@ -58,12 +80,78 @@ class Report:
     def write_csv(self, path: Path) -> None:
         with path.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["book", "period", "account", "journal_net", "kingdee_net", "difference", "in_flight",
-                        "status", "vouchers"])
+            w.writerow(["book", "period", "account", "dimensions", "source_net", "journal_net", "kingdee_net",
+                        "difference", "in_flight", "status", "vouchers"])
             for a in self.accounts:
-                w.writerow([self.book, self.period, a.account, a.journal, a.kingdee, a.difference, a.in_flight,
-                            "ok" if a.difference == ZERO else ("in-flight" if a.explained else "FLAGGED"),
-                            " ".join(a.vouchers)])
+                account, _, dims = a.account.partition("|")
+                w.writerow([self.book, self.period, account, dims, "" if a.source is None else a.source, a.journal,
+                            a.kingdee, a.difference, a.in_flight, a.status, " ".join(a.vouchers)])
+
+    def write_html(self, path: Path) -> None:
+        from jinja2 import Environment
+
+        env = Environment(autoescape=True)
+        path.write_text(env.from_string(_HTML).render(r=self, flagged=len(self.flagged)), encoding="utf-8")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"book": self.book, "period": self.period, "flagged": [
+            {"line": a.account, "journal": str(a.journal), "kingdee": str(a.kingdee),
+             "source": None if a.source is None else str(a.source), "in_flight": str(a.in_flight),
+             "vouchers": a.vouchers[:20]} for a in self.flagged],
+            "missing_in_kingdee": self.missing_in_kingdee[:100], "unknown_to_journal": self.unknown_to_journal[:100],
+            "amount_mismatch": self.amount_mismatch[:100]}
+
+
+_HTML: Final = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>Reconciliation {{ r.book }} {{ r.period }}</title>
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;
+padding:.3em .6em}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.FLAGGED{background:#fdd}
+tr.in-flight{background:#ffd}</style></head><body>
+<h1>Reconciliation — book {{ r.book }}, period {{ r.period }}</h1>
+<p>{{ r.accounts|length }} lines{% if r.by_dimension %} (by account and dimension){% endif %};
+<strong>{{ flagged }} flagged</strong>.</p>
+<table><tr><th>account</th><th>dimensions</th>{% if r.with_source %}<th>source</th>{% endif %}<th>journal</th>
+<th>Kingdee</th><th>difference</th><th>in flight</th><th>status</th><th>vouchers involved</th></tr>
+{% for a in r.accounts %}{% set acct, _, dims = a.account.partition("|") %}<tr class="{{ a.status }}">
+<td>{{ acct }}</td><td>{{ dims }}</td>{% if r.with_source %}<td class="n">{{ a.source if a.source is not none else "" }}</td>{% endif %}
+<td class="n">{{ a.journal }}</td><td class="n">{{ a.kingdee }}</td><td class="n">{{ a.difference }}</td>
+<td class="n">{{ a.in_flight }}</td><td>{{ a.status }}</td><td>{{ a.vouchers[:10]|join(" ") }}</td></tr>
+{% endfor %}</table>
+{% for title, items in [("Missing in Kingdee", r.missing_in_kingdee), ("Unknown to the journal", r.unknown_to_journal),
+                        ("Different amounts", r.amount_mismatch)] %}{% if items %}
+<h2>{{ title }}</h2><ul>{% for i in items %}<li><code>{{ i }}</code></li>{% endfor %}</ul>{% endif %}{% endfor %}
+</body></html>
+"""
+
+
+def _dims(dimensions: Any) -> str:
+    if isinstance(dimensions, str):
+        dimensions = json.loads(dimensions or "{}")
+    return ",".join(f"{k}={v}" for k, v in sorted((dimensions or {}).items()) if v not in (None, ""))
+
+
+def source_totals(dsn: str, query: str, *, book: str, period: str) -> dict[str, Decimal]:
+    """Run the operator's SQL against the source database: rows of ``(account, net)`` or
+    ``(account, dimensions, net)`` where ``net`` is debit − credit in local currency and ``dimensions``
+    is ``FLEX5=D01,FLEX9=TRAVEL`` style text. Parameters: ``%(book)s``, ``%(period)s``,
+    ``%(period_start)s``, ``%(period_end)s`` (end exclusive)."""
+    import psycopg
+
+    start, end = _period(period)
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(query.encode(), {"book": book, "period": period, "period_start": start,
+                                            "period_end": end})
+        for row in cur.fetchall():
+            if len(row) == 2:
+                key = str(row[0])
+            elif len(row) == 3:
+                key = f"{row[0]}|{row[1] or ''}" if row[1] else str(row[0])
+            else:
+                raise ValueError(f"the source query must return (account, net) or (account, dimensions, net); "
+                                 f"got {len(row)} columns")
+            out[key] += Decimal(str(row[-1] or 0))
+    return dict(out)
 
 
 def _period(period: str) -> tuple[date, date]:
@@ -73,52 +161,81 @@ def _period(period: str) -> tuple[date, date]:
     return start, end
 
 
-def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str) -> Report:
+def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str, by_dimension: bool = False,
+              tolerance: Decimal = ZERO, source: Mapping[str, Decimal] | None = None) -> Report:
     start, end = _period(period)
     q = journal.q(
-        "SELECT v.key, v.status, e.account, sum(CASE e.side WHEN 'debit' THEN e.amount ELSE -e.amount END) "
+        "SELECT v.key, v.status, e.account, e.dimensions, "
+        "sum(CASE e.side WHEN 'debit' THEN e.amount ELSE -e.amount END) "
         "FROM {s}.vouchers v JOIN {s}.entries e ON e.voucher_key = v.key "
         "WHERE v.book = %s AND v.voucher_date >= %s AND v.voucher_date < %s "
-        "AND v.status IN ('POSTED', 'REVERSED', 'JOURNALED', 'POSTING') GROUP BY 1, 2, 3")
-    journal_by_voucher: dict[str, dict[str, Decimal]] = defaultdict(dict)
+        "AND v.status IN ('POSTED', 'REVERSED', 'JOURNALED', 'POSTING') GROUP BY 1, 2, 3, 4")
+    journal_by_voucher: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     posted_net: dict[str, Decimal] = defaultdict(Decimal)
     in_flight: dict[str, Decimal] = defaultdict(Decimal)
     in_flight_keys: dict[str, list[str]] = defaultdict(list)
-    for key, status, account, net in journal.conn.execute(q, (book, start, end)).fetchall():
+    slots: set[str] = set()
+    for key, status, account, dims, net in journal.conn.execute(q, (book, start, end)).fetchall():
+        dim_text = _dims(dims)
+        slots |= {d.split("=", 1)[0] for d in dim_text.split(",") if d}
+        line = f"{account}|{dim_text}" if by_dimension and dim_text else str(account)
         if status in ("POSTED", "REVERSED"):
-            journal_by_voucher[key][account] = net
-            posted_net[account] += net
+            journal_by_voucher[key][line] += net
+            posted_net[line] += net
         else:
-            in_flight[account] += net
-            in_flight_keys[account].append(key)
+            in_flight[line] += net
+            in_flight_keys[line].append(key)
+    slot_list = sorted(slots) if by_dimension else []
+    fields = ["FBillNo", "FEXPLANATION", "FACCOUNTID.FNumber", "FDEBIT", "FCREDIT", "FVOUCHERID"]
+    fields += [f"FDetailID.F{s_}.FNumber" if s_.startswith("FLEX") else f"FDetailID.{s_}.FNumber"
+               for s_ in slot_list]
     rows: list[Any] = client.execute_bill_query(
-        "GL_VOUCHER", ["FBillNo", "FEXPLANATION", "FACCOUNTID.FNumber", "FDEBIT", "FCREDIT", "FVOUCHERID"],
+        "GL_VOUCHER", fields,
         f"FAccountBookID.FNumber = '{book}' and FYEAR = {start.year} and FPERIOD = {start.month}", limit=1_000_000)
     kingdee_net: dict[str, Decimal] = defaultdict(Decimal)
     kingdee_by_voucher: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     bill_of: dict[str, str] = {}
     marker_of_id: dict[Any, str] = {}
-    for bill, expl, account, debit, credit, vid in rows:
-        m = _MARKER.search(str(expl or ""))
+    for row in rows:
+        m = _MARKER.search(str(row[1] or ""))
         if m:
-            marker_of_id[vid] = m.group(1)
-    for bill, expl, account, debit, credit, vid in rows:
+            marker_of_id[row[5]] = m.group(1)
+    for row in rows:
+        bill, _, account, debit, credit, vid = row[:6]
         net = Decimal(str(debit or 0)) - Decimal(str(credit or 0))
-        kingdee_net[str(account)] += net
+        dim_text = ",".join(f"{s_}={v}" for s_, v in zip(slot_list, row[6:]) if v not in (None, ""))
+        line = f"{account}|{dim_text}" if by_dimension and dim_text else str(account)
+        kingdee_net[line] += net
         ident = marker_of_id.get(vid) or f"bill:{bill}"
-        kingdee_by_voucher[ident][str(account)] += net
+        kingdee_by_voucher[ident][line] += net
         bill_of[ident] = str(bill)
+
+    def nonzero(d: Mapping[str, Decimal]) -> dict[str, Decimal]:
+        return {a: v for a, v in d.items() if v}
     missing = sorted(k for k in journal_by_voucher if k not in kingdee_by_voucher)
     unknown = sorted(f"{bill_of[k]} ({k})" for k in kingdee_by_voucher if k not in journal_by_voucher)
     mismatch = sorted(k for k in journal_by_voucher if k in kingdee_by_voucher
-                      and {a: v for a, v in journal_by_voucher[k].items() if v} !=
-                      {a: v for a, v in kingdee_by_voucher[k].items() if v})
+                      and nonzero(journal_by_voucher[k]) != nonzero(kingdee_by_voucher[k]))
     accounts = []
-    for account in sorted(set(posted_net) | set(kingdee_net) | set(in_flight)):
-        diff = AccountDiff(account, posted_net.get(account, ZERO) + in_flight.get(account, ZERO),
-                           kingdee_net.get(account, ZERO), in_flight.get(account, ZERO))
-        involved = [k for k in missing + mismatch if account in journal_by_voucher.get(k, {})]
-        involved += [u for u in unknown if account in kingdee_by_voucher.get(u.split("(")[-1].rstrip(")"), {})]
-        diff.vouchers = involved + [f"in-flight:{k}" for k in in_flight_keys.get(account, [])]
+    src = dict(source or {})
+    for line in sorted(set(posted_net) | set(kingdee_net) | set(in_flight) | set(src)):
+        diff = AccountDiff(line, posted_net.get(line, ZERO) + in_flight.get(line, ZERO),
+                           kingdee_net.get(line, ZERO), in_flight.get(line, ZERO),
+                           source=src.get(line, ZERO) if source is not None else None, tolerance=tolerance)
+        involved = [k for k in missing + mismatch if line in journal_by_voucher.get(k, {})]
+        involved += [u for u in unknown if line in kingdee_by_voucher.get(u.split("(")[-1].rstrip(")"), {})]
+        diff.vouchers = involved + [f"in-flight:{k}" for k in in_flight_keys.get(line, [])]
         accounts.append(diff)
-    return Report(book, period, accounts, missing, unknown, mismatch)
+    return Report(book, period, accounts, missing, unknown, mismatch, by_dimension=by_dimension,
+                  with_source=source is not None)
+
+
+def record(journal: Journal, report: Report) -> None:
+    """Keep the run in the journal: the service exports the latest one per book as metrics."""
+    total = sum((abs(a.difference) + abs(a.source_difference) for a in report.flagged), ZERO)
+    with journal.transaction() as conn:
+        conn.execute(journal.q(
+            "INSERT INTO {s}.reconciliations (book, period, by_dimension, with_source, lines, flagged, "
+            "abs_difference, report) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
+            (report.book, report.period, report.by_dimension, report.with_source, len(report.accounts),
+             len(report.flagged), total, json.dumps(report.as_json(), ensure_ascii=False)))

@@ -284,6 +284,8 @@ class SandboxState:
                         "fexchangerate": _dec(e.get("FEXCHANGERATE"))})
             for dk, dv in (e.get("FDetailID") or {}).items():
                 row[f"fdetailid.{dk.lower()}.fnumber"] = _num(dv)
+                # the dotted path integrations use in queries: FDetailID.FFLEX4.FNumber (reference §4)
+                row[f"fdetailid.{dk.split('__', 1)[-1].lower()}.fnumber"] = _num(dv)
             per_entry.append(row)
         head["_entries"] = per_entry
         v["_head"], v["_rows"] = head, per_entry

@@ -1,8 +1,11 @@
-"""Reconciliation against the sandbox: a clean period, a voucher deleted in Kingdee, an altered journal amount."""
+"""Reconciliation against the sandbox: a clean period, a voucher deleted in Kingdee, an altered journal amount,
+a dimension re-booked behind the journal's back, source totals from a source database, reports and metrics."""
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -11,7 +14,8 @@ from connector.journal import Journal
 from connector.kingdee.poster import Poster
 from connector.kingdee.sandbox import start_sandbox
 from connector.mapping import load_rules
-from connector.reconcile import reconcile
+from connector.ops import JournalBacklog
+from connector.reconcile import reconcile, record, source_totals
 from tests.integration.helpers import rows
 from tests.integration.test_poster import RULES, client_for, journal_vouchers
 
@@ -52,6 +56,71 @@ def test_reconcile_finds_deleted_and_altered_vouchers(pg_dsn: str) -> None:
         altered = flagged[other[1]]
         change = Decimal(1) if other[2] == "debit" else Decimal(-1)  # +1.00 on a debit raises the net, on a credit lowers it
         assert altered.difference == deleted_lines.get(other[1], Decimal(0)) + change and other[0] in altered.vouchers
+    finally:
+        journal.close()
+        sb.stop()
+
+
+def test_reconcile_by_dimension_against_source_totals_with_report_and_metric(
+        pg_dsn: str, pg_server_dsn: str, tmp_path: Path) -> None:
+    sb = start_sandbox(seed=6)
+    journal = Journal(pg_dsn, group="reconcile-dims")
+    try:
+        journal_vouchers(journal, 300, seed=21)
+        with client_for(sb) as client:
+            Poster(journal, client, books=load_rules(RULES).ledger.books).run(exit_when_idle=True)
+            clean = reconcile(journal, client, book="001", period="2026-11", by_dimension=True)
+            assert not clean.flagged and any("|FLEX" in a.account for a in clean.accounts)
+            # Someone re-books a department in the journal: account totals still agree with Kingdee ...
+            key, seq, account, dims = rows(
+                pg_dsn, "SELECT e.voucher_key, e.seq, e.account, e.dimensions FROM kdcdc.entries e JOIN kdcdc.vouchers v "
+                        "ON v.key = e.voucher_key WHERE v.book = '001' AND v.status = 'POSTED' AND "
+                        "e.dimensions ? 'FLEX5' ORDER BY v.key, e.seq LIMIT 1")[0]
+            moved = "D02" if dims["FLEX5"] != "D02" else "D03"
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("ALTER TABLE kdcdc.entries DISABLE TRIGGER entries_append_only")
+                conn.execute("UPDATE kdcdc.entries SET dimensions = jsonb_set(dimensions, '{FLEX5}', to_jsonb(%s::text)) "
+                             "WHERE voucher_key = %s AND seq = %s", (moved, key, seq))
+                conn.execute("ALTER TABLE kdcdc.entries ENABLE TRIGGER entries_append_only")
+            per_account = reconcile(journal, client, book="001", period="2026-11")
+            assert not per_account.flagged
+            # ... but by dimension the two department lines of that account are flagged, and the voucher named.
+            by_dim = reconcile(journal, client, book="001", period="2026-11", by_dimension=True)
+            flagged = {a.account: a for a in by_dim.flagged}
+            assert len(flagged) == 2 and all(a.startswith(f"{account}|") for a in flagged)
+            assert sum((a.difference for a in flagged.values()), Decimal(0)) == 0
+            assert key in by_dim.amount_mismatch
+
+            # Source totals from the source database: one account's expected total is 5.00 higher.
+            nets = {a.account: a.journal for a in per_account.accounts}
+            target = sorted(nets)[0]
+            src_db = f"src_{uuid.uuid4().hex[:6]}"
+            with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {src_db}")
+            src_dsn = pg_server_dsn.rsplit("/", 1)[0] + f"/{src_db}"
+            with psycopg.connect(src_dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE expected (book text, period text, account text, net numeric)")
+                for acct, net in nets.items():
+                    conn.execute("INSERT INTO expected VALUES ('001', '2026-11', %s, %s)",
+                                 (acct, net + (Decimal("5.00") if acct == target else 0)))
+            query = "SELECT account, sum(net) FROM expected WHERE book = %(book)s AND period = %(period)s GROUP BY 1"
+            with_source = reconcile(journal, client, book="001", period="2026-11",
+                                    source=source_totals(src_dsn, query, book="001", period="2026-11"))
+        assert [a.account for a in with_source.flagged] == [target]
+        assert with_source.flagged[0].source_difference == Decimal("5.00")
+        html = tmp_path / "recon.html"
+        with_source.write_html(html)
+        text = html.read_text()
+        assert 'class="FLAGGED"' in text and target in text and "<th>source</th>" in text
+        csv_file = tmp_path / "recon.csv"
+        with_source.write_csv(csv_file)
+        assert "FLAGGED" in csv_file.read_text()
+        record(journal, clean)
+        record(journal, with_source)  # the latest run per book is what the service exports
+        metrics = {(s.name, tuple(s.labels.items())): s.value
+                   for fam in JournalBacklog(pg_dsn).collect() for s in fam.samples}
+        assert metrics[("kingdee_cdc_reconciliation_flagged_lines", (("book", "001"),))] == 1
+        assert metrics[("kingdee_cdc_reconciliation_abs_difference", (("book", "001"),))] == 5.0
     finally:
         journal.close()
         sb.stop()
