@@ -197,7 +197,7 @@ def run(
 
     from connector.config import load_settings
     from connector.ops import Metrics
-    from connector.service import build_journal, build_pipeline, build_poster
+    from connector.service import build_pipeline, build_poster, build_relay
 
     settings = load_settings(config)
     _setup_logging(settings)
@@ -209,9 +209,7 @@ def run(
         poster = build_poster(settings, metrics=metrics)
         workers.append((poster, threading.Thread(target=poster.run, name="poster", daemon=True)))
     if with_feedback:
-        from connector.feedback import FeedbackRelay
-
-        relay = FeedbackRelay(build_journal(settings), settings.kafka.librdkafka(), metrics=metrics)
+        relay = build_relay(settings, metrics=metrics)
         workers.append((relay, threading.Thread(target=relay.run, name="feedback", daemon=True)))
     ops = _serve_ops(settings, metrics, _readiness(
         settings, kafka=True, kingdee=with_poster,
@@ -298,18 +296,20 @@ app.add_typer(feedback_app, name="feedback")
 @feedback_app.command("relay")
 def feedback_relay(config: ConfigOpt = None,
                    exit_when_idle: Annotated[bool, typer.Option(help="stop when the outbox is empty")] = False,
-                   prefix: Annotated[str, typer.Option(help="topic prefix; topic = PREFIX.<source system>")]
-                   = "kingdee-cdc.feedback") -> None:
+                   prefix: Annotated[Optional[str], typer.Option(
+                       help="topic prefix; topic = PREFIX.<source system> (default: feedback.topic_prefix)")]
+                   = None) -> None:
     """Relay the journal's feedback outbox to Kafka (one relay per journal)."""
     import signal
 
     from connector.config import load_settings
-    from connector.feedback import FeedbackRelay
-    from connector.service import build_journal
+    from connector.service import build_relay
 
     settings = load_settings(config)
     _setup_logging(settings)
-    relay = FeedbackRelay(build_journal(settings), settings.kafka.librdkafka(), topic_prefix=prefix)
+    relay = build_relay(settings)
+    if prefix:
+        relay.prefix = prefix
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: relay.stop())
     stats = relay.run(exit_when_idle=exit_when_idle)
@@ -319,13 +319,15 @@ def feedback_relay(config: ConfigOpt = None,
 @feedback_app.command("tail")
 def feedback_tail(source: Annotated[str, typer.Option("--source", help="source system, e.g. pos")],
                   config: ConfigOpt = None,
-                  prefix: str = "kingdee-cdc.feedback",
+                  prefix: Annotated[Optional[str], typer.Option(help="default: feedback.topic_prefix")] = None,
                   follow: Annotated[bool, typer.Option(help="keep waiting for new events")] = False) -> None:
     """Print the posting statuses sent to one source system (a reference consumer for upstream teams)."""
     from connector.config import load_settings
     from connector.feedback import tail
+    from connector.service import registry_client
 
     settings = load_settings(config)
+    registry = registry_client(settings) if settings.feedback.format == "avro" else None
 
     def show(e: dict[str, Any]) -> None:
         k = e.get("kingdee") or {}
@@ -334,7 +336,8 @@ def feedback_tail(source: Annotated[str, typer.Option("--source", help="source s
         typer.echo(f"{e['status']:<20} {src.get('table')} {src.get('pk')} {e.get('voucher_key') or ''} "
                    f"{k.get('number') or ''} {reasons}".rstrip())
 
-    tail(settings.kafka.bootstrap_servers, f"{prefix}.{source}", timeout_s=10**9 if follow else 5.0, printer=show)
+    tail({**settings.kafka.librdkafka(), "log_level": "3"}, f"{prefix or settings.feedback.topic_prefix}.{source}",
+         timeout_s=10**9 if follow else 5.0, printer=show, registry=registry)
 
 
 # --------------------------------------------------------------------------- replay

@@ -23,6 +23,8 @@ key                                    default          meaning
 ``kingdee.lcid``                       2052             language
 ``kingdee.verify_tls``                 true             never turn off in production
 ``mapping.rules_dir``                  ``rules``        directory of YAML mapping rules
+``feedback.topic_prefix``              ``kingdee-cdc.feedback``  feedback topics: ``<prefix>.<source system>``
+``feedback.format``                    ``json``         or ``avro`` (through the schema registry)
 ``mapping.chart_source``               ``file``         chart of accounts from ledger.yaml, or ``kingdee`` (BD_Account)
 ``errors.tolerance``                   ``all``          ``all``: dead-letter and continue; ``none``: stop
 ``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  Prometheus endpoint
@@ -151,6 +153,13 @@ class ErrorSettings(_Section):
     tolerance: Literal["all", "none"] = "all"
 
 
+class FeedbackSettings(_Section):
+    #: feedback for source system S goes to ``<topic_prefix>.S``
+    topic_prefix: str = Field("kingdee-cdc.feedback", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
+    #: ``avro`` needs schema_registry.url (schema schemas/feedback.event.avsc, subject <topic>-value)
+    format: Literal["json", "avro"] = "json"
+
+
 class MetricsSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
@@ -172,6 +181,7 @@ class Settings(BaseSettings):
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     errors: ErrorSettings = Field(default_factory=ErrorSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -11,6 +11,9 @@ Protocol (at least once, never lost, ordered per business document):
    this step re-sends those rows later with the same ``event_id`` (consumers de-duplicate on it).
 
 If the broker is down the journal keeps working; the backlog is ``pending()`` and drains on recovery.
+
+Values are JSON by default; with a schema registry client (``feedback.format: avro``) they are Avro in the
+Confluent wire format, schema ``schemas/feedback.event.avsc`` under subject ``<topic>-value``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -28,6 +32,35 @@ from connector.journal import Journal
 
 log = logging.getLogger("kingdee_cdc.feedback")
 _LOCK_ID: Final = 0x6B64_6662  # "kdfb"
+SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schemas" / "feedback.event.avsc"
+
+
+def _opt(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def avro_record(event: dict[str, Any]) -> dict[str, Any]:
+    """A feedback event (as relayed in JSON) shaped for ``feedback.event.avsc``: every field present,
+    identifiers as text, unknown keys dropped."""
+    src = event.get("source") or {}
+    k = event.get("kafka")
+    kd = event.get("kingdee")
+    return {
+        "event_id": str(event["event_id"]), "status": str(event["status"]),
+        "source": {"system": str(src.get("system") or ""), "table": _opt(src.get("table")), "pk": _opt(src.get("pk")),
+                   "position": _opt(src.get("position")), "op": _opt(src.get("op"))},
+        "kafka": {"topic": str(k["topic"]), "partition": int(k["partition"]), "offset": int(k["offset"])}
+        if isinstance(k, dict) else None,
+        "voucher_key": _opt(event.get("voucher_key")), "kind": _opt(event.get("kind")),
+        "reverses": _opt(event.get("reverses")),
+        "kingdee": {"id": _opt(kd.get("id")), "number": _opt(kd.get("number")), "group_no": _opt(kd.get("group_no"))}
+        if isinstance(kd, dict) else None,
+        "reasons": [{"code": str(r.get("code") or ""), "message": str(r.get("message") or ""),
+                     "rule": _opt(r.get("rule")), "field": _opt(r.get("field")), "value": _opt(r.get("value"))}
+                    for r in event.get("reasons") or []],
+        "reversed_by": _opt(event.get("reversed_by")), "note": _opt(event.get("reason")),
+        "ts_ms": int(event["ts_ms"]),
+    }
 
 
 @dataclass(slots=True)
@@ -39,15 +72,29 @@ class RelayStats:
 
 class FeedbackRelay:
     def __init__(self, journal: Journal, producer_conf: dict[str, str], *, topic_prefix: str = "kingdee-cdc.feedback",
-                 batch: int = 1000, metrics: Any = None) -> None:
+                 batch: int = 1000, metrics: Any = None, registry: Any = None) -> None:
         self.journal = journal
         self.metrics = metrics  #: connector.ops.Metrics, optional
+        self._avro: Any = None
+        if registry is not None:  # Avro through the schema registry (subject <topic>-value)
+            from confluent_kafka.schema_registry.avro import AvroSerializer
+
+            self._avro = AvroSerializer(registry, SCHEMA_PATH.read_text(encoding="utf-8"),
+                                        lambda obj, ctx: avro_record(obj))
         self.prefix = topic_prefix
         self.batch = batch
         self.producer = Producer({**producer_conf, "enable.idempotence": "true", "acks": "all", "linger.ms": "5"})
         self._stop = threading.Event()
         #: test hook: called after the broker acknowledged a round, before it is marked sent
         self.before_mark: Callable[[list[int]], None] | None = None
+
+    def _encode(self, topic: str, value: dict[str, Any]) -> bytes:
+        if self._avro is None:
+            return json.dumps(value, ensure_ascii=False, default=str).encode()
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        out: bytes = self._avro(value, SerializationContext(topic, MessageField.VALUE))
+        return out
 
     def topic_for(self, system: str) -> str:
         return f"{self.prefix}.{system}"
@@ -94,9 +141,9 @@ class FeedbackRelay:
             return cb
 
         for row_id, event_id, system, key, status, payload, created in rows:
-            value = {"event_id": event_id, "status": status, "ts_ms": int(created.timestamp() * 1000), **payload}
-            self.producer.produce(self.topic_for(system), key=str(key).encode(),
-                                  value=json.dumps(value, ensure_ascii=False, default=str).encode(),
+            value = {**payload, "event_id": event_id, "status": status, "ts_ms": int(created.timestamp() * 1000)}
+            topic = self.topic_for(system)
+            self.producer.produce(topic, key=str(key).encode(), value=self._encode(topic, value),
                                   headers=[("kdcdc.event_id", event_id.encode()), ("kdcdc.status", status.encode())],
                                   on_delivery=delivered(row_id))
             self.producer.poll(0)
@@ -125,15 +172,28 @@ class FeedbackRelay:
         return len(acked)
 
 
-def tail(bootstrap: str, topic: str, *, from_beginning: bool = True, limit: int | None = None,
-         timeout_s: float = 5.0, printer: Callable[[dict[str, Any]], None] = print) -> int:
-    """Print feedback events (the reference consumer for upstream teams): one JSON object per line."""
+def tail(kafka: str | dict[str, Any], topic: str, *, from_beginning: bool = True, limit: int | None = None,
+         timeout_s: float = 5.0, printer: Callable[[dict[str, Any]], None] = print, registry: Any = None) -> int:
+    """Print feedback events (the reference consumer for upstream teams): one JSON object per line.
+
+    ``kafka`` is a bootstrap address or a librdkafka configuration; with ``registry`` the values are
+    Avro (Confluent wire format) and decoded through it, otherwise JSON.
+    """
     import time
     import uuid
 
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"feedback-tail-{uuid.uuid4().hex[:6]}",
+    conf = {"bootstrap.servers": kafka} if isinstance(kafka, str) else dict(kafka)
+    decode: Callable[[bytes | None], dict[str, Any]] = lambda raw: json.loads(raw or b"{}")  # noqa: E731
+    if registry is not None:
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        avro = AvroDeserializer(registry)
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        decode = lambda raw: dict(avro(raw, ctx) or {})  # noqa: E731
+    c = Consumer({**conf, "group.id": f"feedback-tail-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest" if from_beginning else "latest", "enable.auto.commit": "false"})
     c.subscribe([topic])
     seen: set[str] = set()
@@ -147,7 +207,7 @@ def tail(bootstrap: str, topic: str, *, from_beginning: bool = True, limit: int 
                     break
                 continue
             idle_since = time.monotonic()
-            event = json.loads(m.value() or b"{}")
+            event = decode(m.value())
             if event["event_id"] in seen:  # at-least-once delivery: de-duplicate on the stable id
                 continue
             seen.add(event["event_id"])

@@ -75,6 +75,18 @@ def ledger_context(settings: Settings, rules: Any) -> Any:
     return ledger
 
 
+def build_relay(settings: Settings, *, metrics: Any = None) -> Any:
+    from connector.feedback import FeedbackRelay
+
+    registry = None
+    if settings.feedback.format == "avro":
+        registry = registry_client(settings)
+        if registry is None:
+            raise ConfigError("feedback.format is avro but schema_registry.url is not set")
+    return FeedbackRelay(build_journal(settings), settings.kafka.librdkafka(),
+                         topic_prefix=settings.feedback.topic_prefix, metrics=metrics, registry=registry)
+
+
 def build_kingdee_client(settings: Settings) -> Any:
     from connector.kingdee import KingdeeClient, KingdeeCredentials
 

@@ -84,3 +84,49 @@ def test_every_change_gets_its_status_in_key_order_despite_a_relay_crash(
     assert posted == rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0]
     assert all(r["reasons"] and r["reasons"][0]["message"] for r in rejected)
     assert dict(outcomes).get("REJECTED", 0) == len(rejected)
+
+
+def test_feedback_as_avro_through_the_schema_registry(kafka_bootstrap: str, topic_factory: Callable[..., str],
+                                                      pg_dsn: str) -> None:
+    import io
+    import struct
+
+    import fastavro
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from connector.feedback import SCHEMA_PATH, tail
+
+    topic = topic_factory("fbavro")
+    produce(kafka_bootstrap, topic, 200, seed=3, poison_every=50)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group).run(max_idle_s=2)
+    registry = SchemaRegistryClient.new_client({"url": f"mock://fb-{uuid.uuid4().hex[:6]}"})
+    prefix = f"fba-{uuid.uuid4().hex[:6]}"
+    journal = Journal(pg_dsn, group=group)
+    relay = FeedbackRelay(journal, {"bootstrap.servers": kafka_bootstrap, "log_level": "3"}, topic_prefix=prefix,
+                          registry=registry)
+    relay.run(exit_when_idle=True)
+    journal.close()
+    outbox = {r[0]: r for r in rows(pg_dsn, "SELECT event_id, source_system, status, payload FROM kdcdc.outbox")}
+    pos = [e for e in outbox.values() if e[1] == "pos"]
+    msgs = consume_all(kafka_bootstrap, f"{prefix}.pos", len(pos))
+    assert len(msgs) == len(pos)
+    # Real Confluent wire format: magic 0, the registered schema id, then an Avro body of feedback.event.avsc.
+    schema = fastavro.parse_schema(json.loads(SCHEMA_PATH.read_text()))
+    for m in msgs:
+        magic, schema_id = struct.unpack(">bI", m.value()[:5])
+        assert magic == 0
+        assert json.loads(registry.get_schema(schema_id).schema_str)["name"] == "FeedbackEvent"
+        body = fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), schema, schema)
+        assert isinstance(body, dict)
+        row = outbox[body["event_id"]]
+        assert body["status"] == row[2] and body["source"]["system"] == "pos"
+        if row[2] == "REJECTED":
+            assert body["reasons"] and body["reasons"][0]["code"] == row[3]["reasons"][0]["code"]
+        if row[2] == "DEAD_LETTERED":
+            assert body["reasons"][0]["code"].startswith("DECODE_")
+    # The reference consumer decodes them through the registry too.
+    seen: list[dict[str, Any]] = []
+    tail({"bootstrap.servers": kafka_bootstrap, "log_level": "3"}, f"{prefix}.pos", timeout_s=3,
+         printer=seen.append, registry=registry)
+    assert {e["event_id"] for e in seen} == {e[0] for e in pos}
