@@ -116,7 +116,7 @@ def test_feedback_as_avro_through_the_schema_registry(kafka_bootstrap: str, topi
     for m in msgs:
         magic, schema_id = struct.unpack(">bI", m.value()[:5])
         assert magic == 0
-        assert json.loads(registry.get_schema(schema_id).schema_str)["name"] == "FeedbackEvent"
+        assert json.loads(registry.get_schema(schema_id).schema_str or "{}")["name"] == "FeedbackEvent"
         body = fastavro.schemaless_reader(io.BytesIO(m.value()[5:]), schema, schema)
         assert isinstance(body, dict)
         row = outbox[body["event_id"]]
