@@ -13,9 +13,12 @@ HELM   := $(TOOLS)/helm
 COMPOSECHECK := $(TOOLS)/composecheck
 HELM_VERSION := v3.16.4
 
-.PHONY: setup test unit integration typecheck demo bench dev-up dev-down clean
+.PHONY: setup tools test unit integration typecheck demo bench dev-up dev-down clean
 
-setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(HELM) $(COMPOSECHECK)
+setup: $(STAMP) $(JARS) $(CONNECT_JARS)
+
+# Only the tests need these (helm template, compose validation); the demo does not.
+tools: $(HELM) $(COMPOSECHECK)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,26 +28,30 @@ $(STAMP): pyproject.toml
 
 $(JARS): deploy/kafka/pom.xml $(STAMP)
 	$(PY) -c "from connector.devstack import ensure_kafka_jars; ensure_kafka_jars()"
+	@touch $@
 
 $(HELM):
+	@command -v go >/dev/null || { echo "Go is needed once to build helm and composecheck for the deployment tests (apt-get install golang-go, or https://go.dev/dl)"; exit 1; }
 	GOBIN=$(abspath $(TOOLS)) GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 $(COMPOSECHECK): deploy/tools/go.mod deploy/tools/go.sum deploy/tools/composecheck/main.go
+	@command -v go >/dev/null || { echo "Go is needed once to build composecheck for the deployment tests"; exit 1; }
 	cd deploy/tools && go build -o $(abspath $(COMPOSECHECK)) ./composecheck
 
 # Kafka Connect + the Debezium PostgreSQL connector, for the end-to-end test and the demo.
 $(CONNECT_JARS): deploy/connect/pom.xml deploy/debezium/pom.xml $(STAMP)
 	$(PY) -c "from connector.debezium import ensure_connect_jars; ensure_connect_jars()"
+	@touch $@
 
 # The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
-test: setup
+test: setup tools
 	$(PY) -m mypy connector tests bench
 	$(PY) -m pytest
 
 unit: setup
 	$(PY) -m pytest tests/unit
 
-integration: setup
+integration: setup tools
 	$(PY) -m pytest tests/integration
 
 typecheck: setup

@@ -71,3 +71,9 @@ def test_oversized_record_is_refused_unread() -> None:
     raw = b"{" + b" " * 2048 + b"}"
     result = Decoder(limits=DecoderLimits(max_record_bytes=1024)).decode(raw, kafka=AT)
     assert isinstance(result, DecodeFailure) and result.stage == "limits" and "1024" in result.reason
+
+
+def test_deeply_nested_json_is_a_limits_failure_not_a_crash() -> None:
+    for raw in (b"[" * 200_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+        result = DECODER.decode(raw, kafka=AT)
+        assert isinstance(result, DecodeFailure) and result.stage in ("limits", "json"), result
