@@ -215,7 +215,8 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
                     break
                 expected = sum(counts.values()) + (sum(biz.expected_records.values()) if biz else 0)
                 in_kafka = _log_end(bootstrap, topics)
-                done = _q(dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s", group)[0][0]
+                done, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = 'REJECTED') "
+                                         "FROM kdcdc.event_log WHERE consumer_group = %s", group)[0]
                 stat = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
                 posted = stat.get("POSTED", 0) + stat.get("REVERSED", 0)
                 waiting = stat.get("JOURNALED", 0) + stat.get("POSTING", 0)
@@ -223,7 +224,8 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
                 bar.total = max(expected, in_kafka)
                 bar.n = done
                 bar.set_postfix_str(f"in Kafka {in_kafka:,} · lag {in_kafka - done:,} · posted {posted:,} · "
-                                    f"waiting {waiting:,} · rejected by Kingdee {stat.get('REJECTED_BY_KINGDEE', 0):,}")
+                                    f"waiting {waiting:,} · rejected {rejected:,} · rejected by Kingdee "
+                                    f"{stat.get('REJECTED_BY_KINGDEE', 0):,}")
                 if (traffic_done.is_set() and in_kafka >= expected and done >= in_kafka and waiting == 0
                         and unsent == 0):
                     total = in_kafka
