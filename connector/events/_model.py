@@ -72,8 +72,10 @@ class SourceInfo:
     @property
     def table_id(self) -> str:
         """``db.schema.table`` (or ``db.table`` without a schema): the data collection, stable across topics."""
-        parts = [self.db, self.schema, self.table]
-        return ".".join(p for p in parts if p)
+        db, schema, table = self.db, self.schema, self.table
+        if db and schema and table:  # the usual case, without a generator (asked for every event)
+            return f"{db}.{schema}.{table}"
+        return ".".join(p for p in (db, schema, table) if p)
 
     @property
     def position(self) -> str:

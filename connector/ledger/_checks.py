@@ -93,8 +93,13 @@ class Permission:
     deny_accounts: tuple[str, ...] = ()
 
     def allows_account(self, number: str) -> bool:
-        return _patterns(self.accounts).match(number) is not None and (
-            not self.deny_accounts or _patterns(self.deny_accounts).match(number) is None)
+        return _allows(self.accounts, self.deny_accounts, number)
+
+
+@functools.lru_cache(maxsize=65536)
+def _allows(accounts: tuple[str, ...], deny: tuple[str, ...], number: str) -> bool:
+    """Memoised: a chart has hundreds of accounts, every entry of every event asks."""
+    return _patterns(accounts).match(number) is not None and (not deny or _patterns(deny).match(number) is None)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -200,8 +205,12 @@ def check_accounts(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     out: list[Rejection] = []
     if not ctx.accounts:
         return out
+    accounts = ctx.accounts
     for i, e in enumerate(v.entries, 1):
-        acct = ctx.accounts.get(e.account)
+        acct = accounts.get(e.account)
+        if acct is not None and acct.leaf and not acct.frozen and not acct.required_dimensions \
+                and acct.currencies is None:
+            continue  # the common, unconstrained leaf account: nothing to report
         where = f"entries[{i}].account"
         if acct is None:
             out.append(_rej(v, ReasonCode.UNKNOWN_ACCOUNT, f"第{i}行分录：科目 {e.account} 不存在 (unknown account)",
@@ -315,9 +324,13 @@ def review_pattern(v: Voucher, ctx: LedgerContext) -> list[str]:
     lim = ctx.limits.get(v.source.row.system)
     if lim is None or lim.zscore is None:
         return out
-    counterparty = next((e.dimensions[lim.zscore_dimension] for e in v.entries
-                         if e.dimensions.get(lim.zscore_dimension)), None)
-    if counterparty is None:
+    dim = lim.zscore_dimension
+    counterparty = None
+    for e in v.entries:
+        counterparty = e.dimensions.get(dim)
+        if counterparty:
+            break
+    if not counterparty:
         return out
     z = ctx.history.zscore((v.source.row.system, counterparty), v.debit_total, window=lim.zscore_window,
                            min_samples=lim.zscore_min_samples)

@@ -34,7 +34,7 @@ from connector.ledger._model import (
 )
 from connector.mapping._expr import EvalError, to_date
 from connector.mapping._rules import Rule, RuleSet
-from connector.money import MONEY_CONTEXT, ZERO, quantize, to_money
+from connector.money import MAX_MONEY, MONEY_CONTEXT, ZERO, quantize, to_money
 
 
 class PriorLookup(Protocol):
@@ -99,6 +99,8 @@ def _rejection(e: EvalError, rule: Rule, source: SourceRef | None) -> Rejection:
 
 
 def _money(v: Any, field: str) -> Decimal:
+    if type(v) is Decimal and v.is_finite() and -MAX_MONEY < v < MAX_MONEY:  # decoded amounts: the hot path
+        return v
     try:
         return to_money(v, field=field)
     except MoneyError as e:
@@ -333,8 +335,8 @@ class Mapper:
                     dims[slot] = str(v)
             entries.append(make((
                 ce.account(s), ce.side, amount, (ce.explanation(s) if ce.explanation else explanation)[:500], cur,
-                rate_type, r, amount_for, _optional_money(ce.quantity, s, p_qty),
-                _optional_money(ce.price, s, p_price), ce.unit(s) if ce.unit else None,
+                rate_type, r, amount_for, _optional_money(ce.quantity, s, p_qty) if ce.quantity is not None else None,
+                _optional_money(ce.price, s, p_price) if ce.price is not None else None, ce.unit(s) if ce.unit else None,
                 ce.settle_type(s) if ce.settle_type else None, ce.settle_no(s) if ce.settle_no else None, dims)))
         if spec.rounding is not None:
             entries = self._rounding(spec.rounding, entries, local)
@@ -347,9 +349,9 @@ class Mapper:
     @staticmethod
     def _rounding(spec: Any, entries: list[Entry], local: str) -> list[Entry]:
         """An explicit, visible rounding-difference line (never a silent fix) when within ``max``."""
-        debit = sum((e.debit for e in entries), ZERO)
-        credit = sum((e.credit for e in entries), ZERO)
-        diff = debit - credit
+        diff = ZERO
+        for e in entries:
+            diff = diff + e.amount if e.side is Side.DEBIT else diff - e.amount
         if diff == ZERO or abs(diff) > spec.max:
             return entries
         side = Side.CREDIT if diff > 0 else Side.DEBIT

@@ -251,18 +251,25 @@ class Compiler:
             tree = _ENV.parse(source)
         except TemplateSyntaxError as e:
             raise ExprError(f"invalid template {source!r}: {e.message}") from None
-        parts: list[Compiled] = []
+        pieces: list[str | Compiled] = []  # literal text stays text: no call per literal when rendering
         for stmt in tree.body:
             if not isinstance(stmt, nodes.Output):
                 raise ExprError(f"template {source!r}: only text and {{{{ expressions }}}} are allowed")
             for n in stmt.nodes:
                 if isinstance(n, nodes.TemplateData):
-                    parts.append(_constant(n.data))
+                    pieces.append(n.data)
                 else:
-                    parts.append(self._compile(n, source))
+                    pieces.append(self._compile(n, source))
 
         def render(s: Scope) -> str:
-            return "".join([_text(p(s)) for p in parts])
+            out = []
+            for p in pieces:
+                if type(p) is str:
+                    out.append(p)
+                else:
+                    v = p(s)  # type: ignore[operator]
+                    out.append(v if type(v) is str else _text(v))
+            return "".join(out)
         return render
 
     def value(self, source: Any) -> Compiled:
@@ -328,6 +335,16 @@ class Compiler:
             if obj is None:
                 raise EvalError("MISSING_FIELD", f"{parent} is null, cannot read {path}", path)
             raise EvalError("EXPRESSION_ERROR", f"{parent} is a {type(obj).__name__}, not a record", path)
+        if isinstance(node.node, nodes.Name) and node.node.name in self.names:
+            # row.field — the hot case: one dict lookup each, the general path only to explain a failure
+            name = node.node.name
+
+            def fast(s: Scope) -> Any:
+                try:
+                    return s[name][attr]
+                except (KeyError, TypeError):
+                    return get(s)
+            return fast
         return get
 
     def _c_Getitem(self, node: nodes.Getitem, src: str) -> Compiled:
