@@ -99,6 +99,9 @@ def build_kingdee_client(settings: Settings) -> Any:
         server_url=str(k.server_url), acct_id=str(k.acct_id), username=str(k.username), app_id=k.app_id or "",
         app_secret=k.app_secret.get_secret_value() if k.app_secret else "",
         password=k.password.get_secret_value() if k.password else "", lcid=k.lcid, auth=k.auth)
+    if not k.verify_tls:
+        log.warning("kingdee.verify_tls is off: the Kingdee server's certificate is not checked "
+                    "(acceptable for a test server only)")
     return KingdeeClient(creds, timeout_s=k.timeout_s, verify_tls=k.verify_tls, max_concurrency=k.max_concurrency,
                          rate_limit_per_s=k.rate_limit_per_s)
 
