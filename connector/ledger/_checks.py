@@ -311,15 +311,17 @@ CHECKS: Final[tuple[tuple[str, Check], ...]] = (
 )
 
 
-def review_amount(v: Voucher, ctx: LedgerContext) -> list[str]:
+def review_amount(v: Voucher, ctx: LedgerContext, total: Decimal | None = None) -> list[str]:
     out: list[str] = []
     lim = ctx.limits.get(v.source.row.system)
-    if lim is not None and lim.review_above is not None and v.debit_total > lim.review_above:
-        out.append(f"amount {v.debit_total} above review threshold {lim.review_above}")
+    if lim is not None and lim.review_above is not None:
+        total = v.debit_total if total is None else total
+        if total > lim.review_above:
+            out.append(f"amount {total} above review threshold {lim.review_above}")
     return out
 
 
-def review_pattern(v: Voucher, ctx: LedgerContext) -> list[str]:
+def review_pattern(v: Voucher, ctx: LedgerContext, total: Decimal | None = None) -> list[str]:
     out: list[str] = []
     lim = ctx.limits.get(v.source.row.system)
     if lim is None or lim.zscore is None:
@@ -332,14 +334,15 @@ def review_pattern(v: Voucher, ctx: LedgerContext) -> list[str]:
             break
     if not counterparty:
         return out
-    z = ctx.history.zscore((v.source.row.system, counterparty), v.debit_total, window=lim.zscore_window,
+    total = v.debit_total if total is None else total
+    z = ctx.history.zscore((v.source.row.system, counterparty), total, window=lim.zscore_window,
                            min_samples=lim.zscore_min_samples)
     if z is not None and abs(z) > lim.zscore:
-        out.append(f"amount {v.debit_total} deviates from {counterparty}'s recent pattern (z={z:.1f})")
+        out.append(f"amount {total} deviates from {counterparty}'s recent pattern (z={z:.1f})")
     return out
 
 
-REVIEWS: Final[tuple[tuple[str, Callable[[Voucher, LedgerContext], list[str]]], ...]] = (
+REVIEWS: Final[tuple[tuple[str, Callable[[Voucher, LedgerContext, Decimal | None], list[str]]], ...]] = (
     ("review_amount", review_amount),
     ("review_pattern", review_pattern),
 )
@@ -368,6 +371,9 @@ def check_voucher(v: Voucher, ctx: LedgerContext, *, skip: Iterable[str] = ()) -
         return tuple(found)
     if v.kind is VoucherKind.REVERSAL:
         return v  # undoing a posted voucher is never held back for review
-    reasons = [r for name, review in REVIEWS if name not in skipped for r in review(v, ctx)]
+    if v.source.row.system not in ctx.limits:
+        return v  # no limits for this source: nothing to review
+    total = v.debit_total  # once for every review
+    reasons = [r for name, review in REVIEWS if name not in skipped for r in review(v, ctx, total)]
     return v._replace(review_reasons=tuple(reasons)) if reasons else v
 

@@ -308,12 +308,26 @@ class Mapper:
         rate = _money(rule.rate(s), "voucher.rate") if rule.rate else tables.rate(currency, day, rate_type, local)
         entries: list[Entry] = []
         make = Entry._make  # positional tuple construction: the hot path builds several per event
-        for ce in rule.entries:
+        local_rate = currency == local and rate == 1
+        skip_zero = spec.skip_zero_lines
+        for ce, plain in rule.entry_plan:
             if ce.when is not None and not ce.when(s):
                 continue
             p_amount, p_rate, p_local, p_qty, p_price = ce.paths
             amount_for = _money(ce.amount(s), p_amount)
-            if amount_for == ZERO and spec.skip_zero_lines:
+            if skip_zero and amount_for == ZERO:
+                continue
+            if plain:  # the voucher's currency and rate, no optional fields
+                dims = {}
+                for slot, c in ce.dimensions:
+                    v = c(s)
+                    if v is not None and v != "":
+                        dims[slot] = str(v)
+                entries.append(make((
+                    ce.account(s), ce.side,
+                    amount_for if local_rate else quantize(MONEY_CONTEXT.multiply(amount_for, rate)),
+                    (ce.explanation(s) if ce.explanation else explanation)[:500], currency, rate_type, rate,
+                    amount_for, None, None, None, None, None, dims)))
                 continue
             cur = str(ce.currency(s)) if ce.currency else currency
             if ce.rate is not None:

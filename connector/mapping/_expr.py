@@ -82,7 +82,7 @@ class Tables:
 
     def rate(self, currency: str, on: Any, rate_type: str = "HLTX01_SYS", local: str = "CNY") -> Decimal:
         if currency == local:
-            return Decimal(1)
+            return _ONE
         day = to_date(on)
         series = self.rates.get(currency, {}).get(rate_type, [])
         found: Decimal | None = None
@@ -97,6 +97,7 @@ class Tables:
         return found
 
 
+_ONE: Final = Decimal(1)
 _EPOCH_DATE: Final = date(1970, 1, 1)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 

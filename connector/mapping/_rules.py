@@ -309,6 +309,14 @@ class CompiledEntry:
     #: field paths for messages, built once: amount, rate, local_amount, quantity, price
     paths: tuple[str, str, str, str, str] = ("", "", "", "", "")
 
+    @property
+    def plain(self) -> bool:
+        """Account, side, amount, dimensions and maybe an explanation only: the common entry, built on a
+        fast path (the voucher's currency and rate, nothing optional to evaluate)."""
+        return (self.local_amount is None and self.currency is None and self.rate is None
+                and self.quantity is None and self.price is None and self.unit is None
+                and self.settle_type is None and self.settle_no is None)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
@@ -326,6 +334,11 @@ class Rule:
     currency: Compiled | None
     rate: Compiled | None
     entries: tuple[CompiledEntry, ...]
+    #: (entry, entry.plain) pairs, computed once: what the voucher builder iterates
+    entry_plan: tuple[tuple[CompiledEntry, bool], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entry_plan", tuple((e, e.plain) for e in self.entries))
 
     @property
     def id(self) -> str:
