@@ -30,7 +30,7 @@ from typing import Any, Final
 import httpx
 import psycopg
 
-from connector.devstack import REPO_ROOT, _stop_process, _tail, ensure_maven_jars, free_port
+from connector.devstack import REPO_ROOT, JavaService, _tail, ensure_maven_jars, free_port, log4j2_yaml
 from connector.errors import DevStackError
 from connector.samples import PAYROLL, POS, PURCHASING, SampleGenerator, SampleTable
 
@@ -312,23 +312,7 @@ def _correction(system: str, row: Mapping[str, Any], rng: random.Random) -> dict
 
 
 # --------------------------------------------------------------------------- Kafka Connect + Debezium
-_CONNECT_LOG4J2: Final = """Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: io.debezium
-        level: INFO
-      - name: org.apache.kafka.connect.runtime.Worker
-        level: INFO
-"""
+_CONNECT_LOG4J2: Final = log4j2_yaml("io.debezium", "org.apache.kafka.connect.runtime.Worker")
 
 
 def connector_config(system: str, pg_host: str, pg_port: int, *, user: str = "postgres",
@@ -358,7 +342,7 @@ def connector_config(system: str, pg_host: str, pg_port: int, *, user: str = "po
     }
 
 
-class KafkaConnect:
+class KafkaConnect(JavaService):
     """A standalone Kafka Connect worker on loopback running Debezium PostgreSQL connectors."""
 
     def __init__(self, workdir: Path, bootstrap: str, connectors: Iterable[Mapping[str, str]], *,
@@ -451,13 +435,3 @@ class KafkaConnect:
             time.sleep(0.25)
         self.stop()
         raise DevStackError(f"Debezium connectors not running after {timeout:.0f}s:\n{_tail(self.log_path, 60)}")
-
-    def stop(self) -> None:
-        _stop_process(self.proc, None, signal.SIGTERM, 30)
-        self.proc = None
-
-    def __enter__(self) -> KafkaConnect:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from connector.errors import DevStackError
 
@@ -114,24 +114,37 @@ def ensure_kafka_jars() -> Path:
     return ensure_maven_jars(KAFKA_POM, lib, "Apache Kafka")
 
 
-_LOG4J2: Final = """Configuration:
-  Appenders:
-    Console:
-      name: STDOUT
-      PatternLayout:
-        Pattern: "[%d] %p %m (%c)%n"
-  Loggers:
-    Root:
-      level: WARN
-      AppenderRef:
-        - ref: STDOUT
-    Logger:
-      - name: kafka.server.KafkaRaftServer
-        level: INFO
-"""
+def log4j2_yaml(*info_loggers: str) -> str:
+    """Log4j2 configuration for a JVM child: WARN and above to stdout, INFO for the named loggers."""
+    loggers = "".join(f"      - name: {name}\n        level: INFO\n" for name in info_loggers)
+    return ("Configuration:\n  Appenders:\n    Console:\n      name: STDOUT\n      PatternLayout:\n"
+            '        Pattern: "[%d] %p %m (%c)%n"\n  Loggers:\n    Root:\n      level: WARN\n'
+            "      AppenderRef:\n        - ref: STDOUT\n" + (f"    Logger:\n{loggers}" if loggers else ""))
 
 
-class KafkaBroker:
+_LOG4J2: Final = log4j2_yaml("kafka.server.KafkaRaftServer")
+
+
+class JavaService:
+    """A JVM child process we own: started by ``start()``, stopped with SIGTERM, usable as a context manager."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop_process(self.proc, None, signal.SIGTERM, 30)
+        self.proc = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class KafkaBroker(JavaService):
     """A single-node KRaft Apache Kafka broker on 127.0.0.1 with its own data directory."""
 
     def __init__(self, workdir: Path, *, port: int | None = None, heap: str = "768m",
@@ -224,16 +237,6 @@ class KafkaBroker:
             time.sleep(0.1)
         self.stop()
         raise DevStackError(f"Kafka broker not ready after {timeout:.0f}s:\n{_tail(self.log_path)}")
-
-    def stop(self) -> None:
-        _stop_process(self.proc, None, signal.SIGTERM, 30)
-        self.proc = None
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- PostgreSQL

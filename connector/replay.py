@@ -99,34 +99,12 @@ def dry_run(*, journal: Journal, processor: Processor, kafka_conf: dict[str, str
     each batch only sees what is already journaled, so an update whose create is in the same replay may be
     counted as new twice; the real replay maps them in order.
     """
-    parts = [o.partition for o in show(journal, kafka_conf, topic)]
-    c = Consumer({**kafka_conf, "group.id": f"{journal.group}-dry-run", "enable.auto.commit": "false"})
     summary = ReplaySummary(group=f"{journal.group} (dry run)")
     started = time.monotonic()
-    try:
-        end = _ends(kafka_conf, topic, parts, to_time, journal.group)
-        lows = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in parts}
-        if start.lstrip("-").isdigit():
-            begin = {p: max(lows[p], int(start)) for p in parts}
-        elif start == "earliest":
-            begin = lows
-        else:
-            ts = int(datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() * 1000)
-            found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in parts], timeout=10)
-            begin = {tp.partition: tp.offset if tp.offset >= 0 else end[tp.partition] for tp in found}
-        c.assign([TopicPartition(topic, p, begin[p]) for p in parts if begin[p] < end[p]])
-        remaining = sum(max(0, end[p] - begin[p]) for p in parts)
-        while remaining > 0:
-            msgs = [m for m in c.consume(batch, 1.0) if m.error() is None
-                    and (m.offset() or 0) < end[m.partition() or 0]]
-            if not msgs:
-                continue
-            for rec in processor.process(msgs, journal):
-                summary.outcomes[rec.outcome.value] = summary.outcomes.get(rec.outcome.value, 0) + 1
-            summary.records += len(msgs)
-            remaining -= len(msgs)
-    finally:
-        c.close()
+    for msgs in _read_batches(kafka_conf, topic, start, to_time, f"{journal.group}-dry-run", batch):
+        for rec in processor.process(msgs, journal):
+            summary.outcomes[rec.outcome.value] = summary.outcomes.get(rec.outcome.value, 0) + 1
+        summary.records += len(msgs)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -164,9 +142,10 @@ def rules_tag(rules: Any) -> str:
     return h.hexdigest()[:12]
 
 
-def _read_range(kafka_conf: dict[str, str], topic: str, start: str, to_time: str | None, group: str,
-                batch: int = 2000) -> Iterator[Any]:
-    """The topic's records from ``start`` up to the log end / ``to_time``, in offset order per partition."""
+def _read_batches(kafka_conf: dict[str, str], topic: str, start: str, to_time: str | None, group: str,
+                  batch: int = 2000) -> Iterator[list[Any]]:
+    """The topic's records from ``start`` (earliest, an offset or an ISO time) up to the log end / ``to_time``,
+    in batches, in offset order per partition, with a throwaway consumer (no group offsets written)."""
     c = Consumer({**kafka_conf, "group.id": f"{group}-read", "enable.auto.commit": "false"})
     try:
         md = c.list_topics(topic, timeout=10)
@@ -187,7 +166,8 @@ def _read_range(kafka_conf: dict[str, str], topic: str, start: str, to_time: str
             msgs = [m for m in c.consume(batch, 1.0) if m.error() is None
                     and (m.offset() or 0) < end[m.partition() or 0]]
             remaining -= len(msgs)
-            yield from msgs
+            if msgs:
+                yield msgs
     finally:
         c.close()
 
@@ -206,7 +186,7 @@ def repost_changed(*, journal: Journal, processor: Processor, kafka_conf: dict[s
     started = time.monotonic()
     latest: dict[RowRef, tuple[Any, ChangeEvent]] = {}
     bar = tqdm(unit="ev", desc=f"reading {topic}", disable=not progress, dynamic_ncols=True)
-    for msg in _read_range(kafka_conf, topic, start, to_time, journal.group):
+    for msg in (m for msgs in _read_batches(kafka_conf, topic, start, to_time, journal.group) for m in msgs):
         summary.records += 1
         bar.update(1)
         ev = processor.decoder.decode_message(msg)

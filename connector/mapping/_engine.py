@@ -108,6 +108,16 @@ def _money(v: Any, field: str) -> Decimal:
         raise EvalError(code, str(e), field, v) from None
 
 
+def _dimensions(ce: Any, s: Mapping[str, Any]) -> dict[str, str]:
+    """An entry's dimension values; empty ones are left out (Kingdee wants no blank FDetailID refs)."""
+    dims = {}
+    for slot, c in ce.dimensions:
+        v = c(s)
+        if v is not None and v != "":
+            dims[slot] = str(v)
+    return dims
+
+
 def _optional_money(expr: Any, s: Mapping[str, Any], field: str) -> Decimal | None:
     """Quantity / price: optional, so an absent expression or a null value means "not given"."""
     if expr is None:
@@ -318,11 +328,7 @@ class Mapper:
             if skip_zero and amount_for == ZERO:
                 continue
             if plain:  # the voucher's currency and rate, no optional fields
-                dims = {}
-                for slot, c in ce.dimensions:
-                    v = c(s)
-                    if v is not None and v != "":
-                        dims[slot] = str(v)
+                dims = _dimensions(ce, s)
                 entries.append(make((
                     ce.account(s), ce.side,
                     amount_for if local_rate else quantize(MONEY_CONTEXT.multiply(amount_for, rate)),
@@ -342,11 +348,7 @@ class Mapper:
                 amount = amount_for
             else:
                 amount = quantize(MONEY_CONTEXT.multiply(amount_for, r))
-            dims = {}
-            for slot, c in ce.dimensions:
-                v = c(s)
-                if v is not None and v != "":
-                    dims[slot] = str(v)
+            dims = _dimensions(ce, s)
             entries.append(make((
                 ce.account(s), ce.side, amount, (ce.explanation(s) if ce.explanation else explanation)[:500], cur,
                 rate_type, r, amount_for, _optional_money(ce.quantity, s, p_qty) if ce.quantity is not None else None,
