@@ -96,6 +96,8 @@ def ensure_maven_jars(pom: Path, lib: Path, what: str) -> Path:
                             "apt-get install maven")
     print(f"kingdee-cdc: resolving {what} jars from Maven Central into {lib} …", file=sys.stderr)
     lib.mkdir(parents=True, exist_ok=True)
+    for old in lib.glob("*.jar"):  # a changed POM must not leave other versions on the classpath
+        old.unlink()
     cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
            f"-DoutputDirectory={lib}", "-DincludeScope=runtime"]
     res = subprocess.run(cmd, capture_output=True, text=True)
