@@ -129,3 +129,42 @@ def test_dlq_requeue_after_a_rule_fix_posts_once(
     audited = rows(pg_dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'DLQ_REQUEUED'")[0][0]
     pipe.journal.close()
     assert audited == 2 * len(letters)
+
+
+def test_a_fenced_batch_is_dropped_and_the_partition_resumes_from_the_journal(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str) -> None:
+    """A zombie's view: while this instance works on partition 0, "another instance" journals the next
+    records and moves the offset on. The next write of partition 0 is fenced: nothing of it is written, the
+    partition is re-read from the journal's offset, and every record still has exactly one outcome."""
+    topic = topic_factory("fence", partitions=1)
+    produced = produce(kafka_bootstrap, topic, 600, seed=19)
+    pipe = make_pipeline(kafka_bootstrap, pg_dsn, [topic], batch_size=100)
+    jumped: list[int] = []
+
+    def other_instance_moves_on(result: Any, _: float) -> None:
+        if jumped:
+            return
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT next_offset FROM kdcdc.offsets WHERE consumer_group = %s AND topic = %s",
+                               (pipe.journal.group, topic)).fetchone()
+            assert row is not None
+            nxt = row[0]
+            # the other instance journaled records nxt .. nxt+149 (their outcomes are its business)
+            conn.execute("INSERT INTO kdcdc.event_log (consumer_group, topic, kafka_partition, kafka_offset, outcome) "
+                         "SELECT %s, %s, 0, o, 'SKIPPED' FROM generate_series(%s::bigint, %s::bigint) o",
+                         (pipe.journal.group, topic, nxt, nxt + 149))
+            conn.execute("UPDATE kdcdc.offsets SET next_offset = %s, owner = 'other' WHERE consumer_group = %s",
+                         (nxt + 150, pipe.journal.group))
+            jumped.append(nxt)
+    pipe.on_batch = other_instance_moves_on
+    stats = pipe.run(max_idle_s=2)
+    assert jumped and stats.fenced >= 1
+    got = rows(pg_dsn, "SELECT count(*), count(DISTINCT kafka_offset), min(kafka_offset), max(kafka_offset) "
+                       "FROM kdcdc.event_log WHERE consumer_group = %s", pipe.journal.group)[0]
+    assert got == (produced.count, produced.count, 0, produced.count - 1)  # no gap, no double outcome
+    assert rows(pg_dsn, "SELECT next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
+                pipe.journal.group) == [(produced.count,)]
+    # what this instance journaled never overlaps what "the other" did
+    mine = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s AND kafka_offset "
+                        "BETWEEN %s AND %s AND outcome <> 'SKIPPED'", pipe.journal.group, jumped[0], jumped[0] + 149)
+    assert mine == [(0,)]
