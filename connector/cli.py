@@ -143,6 +143,8 @@ def _readiness(settings: Any, *, kafka: bool, kingdee: bool, assigned: Callable[
 
     from connector.service import journal_dsn
 
+    admin: list[Any] = []  # one librdkafka client for every probe, created on first use
+
     def ready() -> tuple[bool, str]:
         import psycopg
 
@@ -155,7 +157,9 @@ def _readiness(settings: Any, *, kafka: bool, kingdee: bool, assigned: Callable[
             from confluent_kafka.admin import AdminClient
 
             try:
-                AdminClient({**settings.kafka.librdkafka(), "log_level": "0"}).list_topics(timeout=2)
+                if not admin:
+                    admin.append(AdminClient({**settings.kafka.librdkafka(), "log_level": "0"}))
+                admin[0].list_topics(timeout=2)
             except Exception as e:
                 return False, f"kafka unreachable: {type(e).__name__}"
         if kingdee and settings.kingdee.server_url:

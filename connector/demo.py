@@ -70,20 +70,16 @@ def _q(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, args).fetchall()
 
 
-def _log_end(bootstrap: str, topics: list[str]) -> int:
+def _log_end(consumer: Any, topics: list[str]) -> int:
     """Records on ``topics`` so far (sum of high watermarks; missing topics count 0)."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "kdcdc-demo-watermarks", "log_level": "0"})
-    try:
-        md = consumer.list_topics(timeout=5)
-        total = 0
-        for t in topics:
-            for p in (md.topics[t].partitions if t in md.topics and md.topics[t].error is None else {}):
-                total += consumer.get_watermark_offsets(TopicPartition(t, p), timeout=5)[1]
-        return total
-    finally:
-        consumer.close()
+    md = consumer.list_topics(timeout=5)
+    total = 0
+    for t in topics:
+        for p in (md.topics[t].partitions if t in md.topics and md.topics[t].error is None else {}):
+            total += consumer.get_watermark_offsets(TopicPartition(t, p), timeout=5)[1]
+    return total
 
 
 def _create_topics(bootstrap: str, topics: list[str]) -> None:
@@ -207,6 +203,10 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
         t1 = time.monotonic()
         done = posted = 0
         total = sum(counts.values()) + (sum(biz.expected_records.values()) if biz else 0)
+        from confluent_kafka import Consumer
+
+        watermarks = Consumer({"bootstrap.servers": bootstrap, "group.id": "kdcdc-demo-watermarks",
+                               "log_level": "0"})  # one client for the progress line, not one per tick
         with tqdm(total=total, unit="ev", desc="journaled", dynamic_ncols=True, mininterval=1.0) as bar:
             while time.monotonic() - t1 < 900:
                 time.sleep(1.0)
@@ -214,7 +214,7 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
                     print("\na pipeline thread stopped unexpectedly; see the error above", flush=True)
                     break
                 expected = sum(counts.values()) + (sum(biz.expected_records.values()) if biz else 0)
-                in_kafka = _log_end(bootstrap, topics)
+                in_kafka = _log_end(watermarks, topics)
                 done, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = 'REJECTED') "
                                          "FROM kdcdc.event_log WHERE consumer_group = %s", group)[0]
                 stat = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
@@ -231,6 +231,7 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
                     total = in_kafka
                     break
         elapsed = time.monotonic() - t1
+        watermarks.close()
         pipeline.stop()
         poster.stop()
         relay.stop()

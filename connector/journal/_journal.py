@@ -201,9 +201,7 @@ class Journal:
                     fenced.append((topic, part))
             if fenced:
                 raise Fenced(fenced)
-            # 2. vouchers: keys already journaled (replays, redeliveries) are skipped, the rest COPYed in.
-            #    A concurrent insert of the same key (a replay on another partition) raises UniqueViolation,
-            #    which retries the whole batch; the retry then finds the key and skips it.
+            # 2. vouchers: keys already journaled (replays, redeliveries) are skipped (see _insert_vouchers).
             vouchers = [(rec.kafka, v) for rec in records for v in rec.vouchers]
             inserted = self._insert_vouchers(conn, vouchers)
             result.vouchers_inserted = len(inserted)
