@@ -27,6 +27,9 @@ key                                    default          meaning
 ``feedback.format``                    ``json``         or ``avro`` (through the schema registry)
 ``mapping.chart_source``               ``file``         chart of accounts from ledger.yaml, or ``kingdee`` (BD_Account)
 ``errors.tolerance``                   ``all``          ``all``: dead-letter and continue; ``none``: stop
+``transactions.group``                 true             map a header with its lines of one source transaction
+``transactions.hold_s``                30               an incomplete transaction is then mapped event by event
+``transactions.max_held``              100000           records held for transactions at most
 ``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  Prometheus endpoint
 =====================================  ===============  ==================================================
 """
@@ -153,6 +156,14 @@ class ErrorSettings(_Section):
     tolerance: Literal["all", "none"] = "all"
 
 
+class TransactionSettings(_Section):
+    """Source transactions (rules with ``lines:``): hold a transaction's events until all are consumed."""
+
+    group: bool = True
+    hold_s: float = Field(30.0, gt=0, le=3600)
+    max_held: int = Field(100_000, ge=100)
+
+
 class FeedbackSettings(_Section):
     #: feedback for source system S goes to ``<topic_prefix>.S``
     topic_prefix: str = Field("kingdee-cdc.feedback", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
@@ -180,6 +191,7 @@ class Settings(BaseSettings):
     kingdee: KingdeeSettings = Field(default_factory=KingdeeSettings)  # type: ignore[arg-type]
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     errors: ErrorSettings = Field(default_factory=ErrorSettings)
+    transactions: TransactionSettings = Field(default_factory=TransactionSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
     log_format: Literal["text", "json"] = "text"

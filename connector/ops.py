@@ -51,6 +51,12 @@ class Metrics:
                                     ["stage", "reason"], registry=r)
         self.rejections = Counter("kingdee_cdc_rejections_total", "Changes rejected by mapping/checks, by reason code",
                                   ["reason"], registry=r)
+        self.transaction_held = Gauge("kingdee_cdc_transaction_held_records",
+                                      "Records held until their source transaction is complete (rules with lines:)",
+                                      registry=r)
+        self.transactions_ungrouped = Counter(
+            "kingdee_cdc_transactions_ungrouped_total",
+            "Source transactions released event by event because they did not complete in time", registry=r)
         # poster
         self.settled = Counter("kingdee_cdc_vouchers_settled_total",
                                "Poster outcomes: POSTED, REJECTED_BY_KINGDEE, NEEDS_ATTENTION, REVERSED", ["status"],
@@ -90,6 +96,11 @@ class Metrics:
         self.duplicates.inc(result.vouchers_duplicate)
         self.batch_size.observe(len(records))
         self.batch_seconds.observe(seconds)
+
+    def transactions_observed(self, held: int, ungrouped: int) -> None:
+        self.transaction_held.set(held)
+        if ungrouped:
+            self.transactions_ungrouped.inc(ungrouped)
 
     def lag_observed(self, topic: str, partition: int, lag: int) -> None:
         self.lag.labels(topic, str(partition)).set(max(0, lag))

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,11 +24,21 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from connector.errors import ConnectorError, InfraError
-from connector.events import ChangeEvent, DecodeFailure, Decoder, KafkaCoordinates, Op, Tombstone, TransactionMarker
+from connector.events import (
+    ChangeEvent,
+    DecodeFailure,
+    Decoded,
+    Decoder,
+    KafkaCoordinates,
+    Op,
+    Tombstone,
+    TransactionMarker,
+)
 from connector.journal import BatchResult, EventRecord, Fenced, Journal, Outcome
 from connector.ledger import RowRef, canonical_pk
 from connector.logs import event_context
-from connector.mapping import Mapper
+from connector.mapping import InMemoryLedger, Mapper
+from connector.transactions import TRANSACTION_SUFFIX, TransactionGrouper, TxKey
 
 log = logging.getLogger("kingdee_cdc.pipeline")
 
@@ -49,6 +59,10 @@ class PipelineOptions:
     ``retry_for_s``       300          give up (and exit non-zero) after this long of infrastructure errors
     ``start_from``        earliest     where a partition with no journal offset starts
     ``dead_letter_topic`` ``kingdee-cdc.dlq``  Kafka topic for dead letters (empty: journal only)
+    ``group_transactions`` true        hold the events of source transactions that rules with ``lines:``
+                                       need, and map a header with its lines (needs the transaction topic)
+    ``transaction_hold_s`` 30          a transaction not complete after this is mapped event by event
+    ``transaction_max_held`` 100000    records held for transactions at most (then the oldest goes ungrouped)
     ====================  ===========  ==============================================================
     """
 
@@ -59,6 +73,9 @@ class PipelineOptions:
     start_from: str = "earliest"
     dead_letter_topic: str = "kingdee-cdc.dlq"
     connector_name: str = "kingdee-cdc"
+    group_transactions: bool = True
+    transaction_hold_s: float = 30.0
+    transaction_max_held: int = 100_000
 
 
 @dataclass(slots=True)
@@ -70,6 +87,8 @@ class PipelineStats:
     rejected: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+    grouped: int = 0
+    transactions_ungrouped: int = 0
     fenced: int = 0
     retries: int = 0
     paused: set[tuple[str, int]] = field(default_factory=set)
@@ -121,8 +140,16 @@ class Processor:
         self.decoder = decoder
         self.mapper = mapper
 
-    def process(self, msgs: Sequence[Message], journal: Journal) -> list[EventRecord]:
-        decoded = [(m, self.decoder.decode_message(m)) for m in msgs]
+    def decode(self, msgs: Sequence[Message]) -> list[tuple[Message, Decoded]]:
+        return [(m, self.decoder.decode_message(m)) for m in msgs]
+
+    def process(self, msgs: Sequence[Message], journal: Journal, *,
+                decoded: Sequence[tuple[Message, Decoded]] | None = None,
+                groups: Mapping[TxKey, Sequence[int]] | None = None) -> list[EventRecord]:
+        """Outcomes for ``msgs`` (or already ``decoded`` ones). ``groups``: complete source transactions among
+        them (indices of their data events): a document header is mapped together with its lines."""
+        if decoded is None:
+            decoded = self.decode(msgs)
         wanted: list[RowRef] = []
         changes: dict[int, tuple[str, str, str, str, str]] = {}
         for i, (_, d) in enumerate(decoded):
@@ -136,34 +163,73 @@ class Processor:
         # mapping it against today's state could reverse a *later* voucher. Its outcome is DUPLICATE.
         done = journal.journaled_changes(changes.values())
         ledger = journal.prefetch_active(wanted)
-        out = []
+        # Source transactions: each header is mapped with its transaction's events; the lines it takes are
+        # journaled as GROUPED after it (so they wait for the headers of their transaction: ``deferred``).
+        tx_events: dict[int, list[int]] = {}  # header index → its transaction's other data events
+        deferred: set[int] = set()
+        for members in (groups or {}).values():
+            headers = [i for i in members if self._is_header(decoded[i][1])]
+            if headers:
+                for h in headers:
+                    tx_events[h] = [i for i in members if i not in headers]
+                deferred.update(i for i in members if i not in headers)
+        carried: dict[int, EventRecord] = {}  # line index → the header record whose voucher carries it
+        out: dict[int, EventRecord] = {}
         for i, (m, d) in enumerate(decoded):
-            kafka = d.kafka
-            assert kafka is not None
-            if i in changes and changes[i] in done:
-                out.append(EventRecord(outcome=Outcome.DUPLICATE, event=d if isinstance(d, ChangeEvent) else None,
-                                       duplicate_of=tuple(done[changes[i]]), detail="change already journaled",
-                                       kafka=kafka))
-            elif isinstance(d, DecodeFailure):
-                out.append(EventRecord(outcome=Outcome.DEAD_LETTERED, failure=d, detail=f"{d.stage}: {d.reason}",
-                                       kafka=kafka, raw_key=m.key(), raw_value=m.value(), headers=_headers(m)))
-            elif isinstance(d, (Tombstone, TransactionMarker)):
-                out.append(EventRecord(outcome=Outcome.SKIPPED, detail=type(d).__name__, kafka=kafka))
-            else:
-                result = self.mapper.map(d, ledger)
-                ledger.apply(result)
-                if result.rejections:
-                    out.append(EventRecord(outcome=Outcome.REJECTED, event=d, rejections=result.rejections,
-                                           detail=str(result.rejections[0]), kafka=kafka, raw_key=m.key(),
-                                           raw_value=m.value(), headers=_headers(m)))
-                elif result.vouchers:
-                    out.append(EventRecord(outcome=Outcome.VOUCHERED, event=d, vouchers=result.vouchers,
-                                           kafka=kafka))
-                    if i in changes:  # the same change again later in this batch is a duplicate too
-                        done[changes[i]] = [v.key for v in result.vouchers]
-                else:
-                    out.append(EventRecord(outcome=Outcome.SKIPPED, event=d, detail=result.skipped, kafka=kafka))
-        return out
+            if i in deferred:
+                continue
+            out[i] = self._one(i, m, d, changes, done, ledger, decoded, tx_events, carried)
+        for i in sorted(deferred):
+            m, d = decoded[i]
+            header = carried.get(i)
+            if header is not None and header.kafka is not None:
+                assert isinstance(d, ChangeEvent) and d.kafka is not None
+                out[i] = EventRecord(outcome=Outcome.GROUPED, event=d, kafka=d.kafka,
+                                     grouped_into=tuple(v.key for v in header.vouchers),
+                                     detail=f"line of {header.kafka} (source transaction "
+                                            f"{d.transaction.group if d.transaction else '?'})")
+            else:  # no header of its transaction took it: an ordinary event
+                out[i] = self._one(i, m, d, changes, done, ledger, decoded, {}, carried)
+        return [out[i] for i in range(len(decoded))]
+
+    def _is_header(self, d: Decoded) -> bool:
+        if not isinstance(d, ChangeEvent):
+            return False
+        s = d.source
+        return any(r.matches_table(s.name, s.schema, s.table) for r in self.mapper.rules.grouped)
+
+    def _one(self, i: int, m: Message, d: Decoded, changes: Mapping[int, tuple[str, str, str, str, str]],
+             done: dict[tuple[str, ...], list[str]], ledger: InMemoryLedger,
+             decoded: Sequence[tuple[Message, Decoded]], tx_events: Mapping[int, Sequence[int]],
+             carried: dict[int, EventRecord]) -> EventRecord:
+        kafka = d.kafka
+        assert kafka is not None
+        if i in changes and changes[i] in done:
+            return EventRecord(outcome=Outcome.DUPLICATE, event=d if isinstance(d, ChangeEvent) else None,
+                               duplicate_of=tuple(done[changes[i]]), detail="change already journaled", kafka=kafka)
+        if isinstance(d, DecodeFailure):
+            return EventRecord(outcome=Outcome.DEAD_LETTERED, failure=d, detail=f"{d.stage}: {d.reason}",
+                               kafka=kafka, raw_key=m.key(), raw_value=m.value(), headers=_headers(m))
+        if isinstance(d, (Tombstone, TransactionMarker)):
+            return EventRecord(outcome=Outcome.SKIPPED, detail=type(d).__name__, kafka=kafka)
+        members = tx_events.get(i)
+        lines = [e for j in members if isinstance(e := decoded[j][1], ChangeEvent)] if members is not None else None
+        result = self.mapper.map(d, ledger, lines=lines)
+        ledger.apply(result)
+        if result.rejections:
+            return EventRecord(outcome=Outcome.REJECTED, event=d, rejections=result.rejections,
+                               detail=str(result.rejections[0]), kafka=kafka, raw_key=m.key(),
+                               raw_value=m.value(), headers=_headers(m))
+        if result.vouchers:
+            rec = EventRecord(outcome=Outcome.VOUCHERED, event=d, vouchers=result.vouchers, kafka=kafka)
+            if members is not None and lines is not None:
+                index = [j for j in members if isinstance(decoded[j][1], ChangeEvent)]
+                for g in result.grouped:
+                    carried[index[g]] = rec
+            if i in changes:  # the same change again later in this batch is a duplicate too
+                done[changes[i]] = [v.key for v in result.vouchers]
+            return rec
+        return EventRecord(outcome=Outcome.SKIPPED, event=d, detail=result.skipped, kafka=kafka)
 
 
 class Pipeline:
@@ -193,6 +259,20 @@ class Pipeline:
         self.producer = Producer({**base,
                                   "enable.idempotence": "true", "linger.ms": "5"}) \
             if options.dead_letter_topic else None
+        self.grouper = self._grouper()
+
+    def _grouper(self) -> TransactionGrouper | None:
+        """Transaction grouping is on when a rule has ``lines:`` and a Debezium transaction topic is read."""
+        grouped = self.processor.mapper.rules.grouped
+        if not grouped or not self.opts.group_transactions:
+            return None
+        if not any(t.endswith(TRANSACTION_SUFFIX) for t in self.topics):
+            log.warning("rules %s map documents with their lines, but no Debezium transaction topic "
+                        "(<topic.prefix>%s) is consumed: their headers are mapped alone and rejected as "
+                        "LINES_MISSING", ", ".join(r.id for r in grouped), TRANSACTION_SUFFIX)
+            return None
+        return TransactionGrouper(self.processor.mapper.rules, hold_s=self.opts.transaction_hold_s,
+                                  max_held=self.opts.transaction_max_held)
 
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -214,6 +294,8 @@ class Pipeline:
         for p in partitions:
             self.stats.paused.discard((p.topic, p.partition))
             self.assigned.discard((p.topic, p.partition))
+        if self.grouper is not None:  # held records of these partitions are the next owner's to read
+            self.grouper.drop((p.topic, p.partition) for p in partitions)
 
     # ------------------------------------------------------------------ loop
     def stop(self) -> None:
@@ -232,16 +314,19 @@ class Pipeline:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(self.opts.batch_size, self.opts.batch_wait_s)
                 msgs = [m for m in msgs if self._usable(m)]
-                if not msgs:
-                    if self.metrics is not None and self.assigned:
-                        self._observe_lag()
-                    if not self.assigned:  # idle only counts once we own partitions
-                        idle_since = time.monotonic()
-                    elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
-                        break
+                if self.grouper is not None and (msgs or self.grouper.held):
+                    self._handle_grouped(msgs)  # also when idle: held transactions may have timed out
+                elif msgs:
+                    self._handle(msgs)
+                if msgs:
+                    idle_since = time.monotonic()
                     continue
-                idle_since = time.monotonic()
-                self._handle(msgs)
+                if self.metrics is not None and self.assigned:
+                    self._observe_lag()
+                if not self.assigned:  # idle only counts once we own partitions
+                    idle_since = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
         finally:
             self._close()
         return self.stats
@@ -260,14 +345,26 @@ class Pipeline:
         log.warning("kafka: %s", err)
         return False
 
-    def _handle(self, msgs: list[Message]) -> None:
+    def _handle_grouped(self, msgs: list[Message]) -> None:
+        """Decode, hold what waits for its source transaction, and journal what can go now."""
+        assert self.grouper is not None
+        self.grouper.add(self.processor.decode(msgs))
+        release = self.grouper.release()
+        self.stats.transactions_ungrouped += release.expired
+        if self.metrics is not None:
+            self.metrics.transactions_observed(self.grouper.held, release.expired)
+        if release.items:
+            self._handle([m for m, _ in release.items], decoded=release.items, groups=release.groups)
+
+    def _handle(self, msgs: list[Message], *, decoded: Sequence[tuple[Message, Decoded]] | None = None,
+                groups: Mapping[TxKey, Sequence[int]] | None = None) -> None:
         started = time.monotonic()
+        positions: dict[tuple[str, int], tuple[int, int]] = {}
         try:
-            records = self._retry(lambda: self.processor.process(msgs, self.journal))
+            records = self._retry(lambda: self.processor.process(msgs, self.journal, decoded=decoded, groups=groups))
             records = self._apply_tolerance(records)
             if not records:
                 return
-            positions: dict[tuple[str, int], tuple[int, int]] = {}
             for r in records:
                 tp = (r.kafka.topic, r.kafka.partition)
                 first, _ = positions.get(tp, (r.kafka.offset, 0))
@@ -280,7 +377,11 @@ class Pipeline:
         except Fenced as e:
             self.stats.fenced += 1
             log.warning("%s", e)
-            self._reseek(e.partitions)
+            # The whole batch was rolled back: every partition in it — not only the fenced ones — must be
+            # read again from its journal offset, or the records of the others would be skipped.
+            if self.grouper is not None and groups:
+                self.grouper.forget(groups)
+            self._reseek(sorted(positions), fallback={tp: first for tp, (first, _) in positions.items()})
             return
         # 5. advisory: let lag tools see progress (the journal is the truth).
         self.consumer.commit(offsets=[TopicPartition(t, p, nxt) for (t, p), (_, nxt) in positions.items()],
@@ -357,11 +458,16 @@ class Pipeline:
         if self.producer.flush(30) != 0:
             raise InfraError("dead-letter topic did not acknowledge within 30 s")
 
-    def _reseek(self, partitions: Sequence[tuple[str, int]]) -> None:
+    def _reseek(self, partitions: Sequence[tuple[str, int]], fallback: Mapping[tuple[str, int], int]) -> None:
+        """Read ``partitions`` again from the journal's offsets (``fallback``: where this instance started
+        a partition the journal has no offset for yet)."""
+        if self.grouper is not None:  # records held behind the batch are read again too
+            self.grouper.drop(partitions)
         stored = self._retry(lambda: self.journal.stored_offsets(partitions))
-        for t, p in partitions:
-            if (t, p) in stored:
-                self.consumer.seek(TopicPartition(t, p, stored[(t, p)]))
+        for tp in partitions:
+            offset = stored.get(tp, fallback.get(tp))
+            if offset is not None:
+                self.consumer.seek(TopicPartition(tp[0], tp[1], offset))
 
     def _count(self, r: BatchResult) -> None:
         s = self.stats
@@ -372,6 +478,7 @@ class Pipeline:
         s.rejected += r.rejected
         s.dead_lettered += r.dead_lettered
         s.skipped += r.skipped
+        s.grouped += r.grouped
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
         def before_sleep(state: RetryCallState) -> None:

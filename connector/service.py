@@ -54,7 +54,10 @@ def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:
         producer_conf=kafka, topics=settings.kafka.topics, journal=build_journal(settings), processor=processor,
         options=PipelineOptions(tolerance=settings.errors.tolerance, start_from=settings.kafka.start_from,
                                 dead_letter_topic=settings.kafka.dead_letter_topic,
-                                batch_size=settings.kafka.batch_size), **kwargs)
+                                batch_size=settings.kafka.batch_size,
+                                group_transactions=settings.transactions.group,
+                                transaction_hold_s=settings.transactions.hold_s,
+                                transaction_max_held=settings.transactions.max_held), **kwargs)
 
 
 def ledger_context(settings: Settings, rules: Any) -> Any:

@@ -43,6 +43,8 @@ class Outcome(enum.StrEnum):
     DEAD_LETTERED = "DEAD_LETTERED"
     SKIPPED = "SKIPPED"
     DUPLICATE = "DUPLICATE"
+    #: a document line whose change is carried by its header's voucher (same source transaction)
+    GROUPED = "GROUPED"
 
 
 class Fenced(ConnectorError):
@@ -66,6 +68,7 @@ class EventRecord:
     failure: DecodeFailure | None = None
     detail: str | None = None
     duplicate_of: tuple[str, ...] = ()  #: keys of the vouchers this change already produced (replays)
+    grouped_into: tuple[str, ...] = ()  #: GROUPED: keys of the header's vouchers that carry this line
     raw_key: bytes | None = None
     raw_value: bytes | None = None
     headers: tuple[tuple[str, bytes | None], ...] = ()
@@ -79,6 +82,7 @@ class BatchResult:
     rejected: int = 0
     dead_lettered: int = 0
     skipped: int = 0
+    grouped: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -299,7 +303,7 @@ class Journal:
             k = rec.kafka
             ev = rec.event
             outcome = rec.outcome
-            keys = [v.key for v in rec.vouchers] or list(rec.duplicate_of)
+            keys = [v.key for v in rec.vouchers] or list(rec.duplicate_of or rec.grouped_into)
             if outcome is Outcome.VOUCHERED and keys and not any(key in inserted for key in keys):
                 outcome = Outcome.DUPLICATE
             result.outcomes[outcome.value] = result.outcomes.get(outcome.value, 0) + 1
@@ -357,6 +361,8 @@ class Journal:
                                     "DEAD_LETTERED", json.dumps({**base, "status": "DEAD_LETTERED", "reasons": [
                                         {"code": f"DECODE_{(f.stage if f else 'unknown').upper()}",
                                          "message": reason}]}, ensure_ascii=False)))
+            elif outcome is Outcome.GROUPED:
+                result.grouped += 1
             else:
                 result.skipped += 1
         self._copy(cur, "event_log", ("consumer_group", "topic", "kafka_partition", "kafka_offset", "outcome",

@@ -203,6 +203,7 @@ class ReasonCode(enum.StrEnum):
     CLOSED_PERIOD = "CLOSED_PERIOD"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNBALANCED = "UNBALANCED"
+    LINES_MISSING = "LINES_MISSING"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

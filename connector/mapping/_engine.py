@@ -58,6 +58,8 @@ class MapResult:
     vouchers: tuple[Voucher, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     skipped: str | None = None
+    #: indices (into ``Mapper.map``'s ``lines``) of the line events this result's vouchers were built from
+    grouped: tuple[int, ...] = ()
 
     @property
     def rejected(self) -> bool:
@@ -149,8 +151,10 @@ class Mapper:
         self.skip_checks = tuple(skip_checks)
 
     # ------------------------------------------------------------------ public
-    def map(self, event: ChangeEvent, prior: PriorLookup = NO_PRIOR, *, remap: str | None = None) -> MapResult:
-        """Map one change. With ``remap`` (a tag naming the rules version), ``event`` is a row's *latest*
+    def map(self, event: ChangeEvent, prior: PriorLookup = NO_PRIOR, *, remap: str | None = None,
+            lines: Sequence[ChangeEvent] | None = None) -> MapResult:
+        """Map one change. ``lines``: the other change events of the event's source transaction (``None``
+        when it was not grouped by transaction): rules with ``lines:`` take their document lines from them. With ``remap`` (a tag naming the rules version), ``event`` is a row's *latest*
         change and the row's current state is re-mapped against the vouchers in force: unchanged → nothing;
         different → reversals of the vouchers in force plus the corrected voucher, keyed by the tag (so a
         second re-map with the same rules finds its keys and adds nothing); a deleted row → nothing."""
@@ -175,13 +179,15 @@ class Mapper:
             return MapResult(skipped=f"op {event.op.value} not mapped by {', '.join(r.id for r in rules)}")
         vouchers: list[Voucher] = []
         rejections: list[Rejection] = []
+        grouped: set[int] = set()
         for rule in applicable:
             source_ref: SourceRef | None = None
             try:
                 source_ref = self._source_ref(rule, event)
                 if remap is not None:
                     source_ref = source_ref._replace(position=f"{source_ref.position}#remap:{remap}")
-                vouchers.extend(self._apply(rule, event, source_ref, prior, force_repost=remap is not None))
+                vouchers.extend(self._apply(rule, event, source_ref, prior, force_repost=remap is not None,
+                                            lines=lines, used=grouped))
             except EvalError as e:
                 rejections.append(_rejection(e, rule, source_ref))
             except ArithmeticError as e:  # decimal overflow of amount × rate etc. (found by the fuzz test)
@@ -204,8 +210,9 @@ class Mapper:
         if rejections:
             return MapResult(rejections=tuple(rejections))
         if not checked:
-            return MapResult(skipped="no accounting effect (conditions not met, or nothing to reverse/unchanged)")
-        return MapResult(vouchers=tuple(checked))
+            return MapResult(skipped="no accounting effect (conditions not met, or nothing to reverse/unchanged)",
+                             grouped=tuple(sorted(grouped)))
+        return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)))
 
     # ------------------------------------------------------------------ internals
     def _source_ref(self, rule: Rule, event: ChangeEvent) -> SourceRef:
@@ -253,18 +260,56 @@ class Mapper:
         ts = event.source.ts_ms
         return datetime.fromtimestamp(ts / 1000, UTC).date() if ts else fallback
 
+    def _lines(self, rule: Rule, event: ChangeEvent, scope: dict[str, Any], lines: Sequence[ChangeEvent] | None,
+               used: set[int]) -> None:
+        """Put the header's document lines (``lines``: row images, in transaction order) into ``scope`` and
+        record which of the transaction's events they came from. Deleted lines are not lines any more."""
+        spec = rule.spec.lines
+        assert spec is not None
+        rows: list[Mapping[str, Any]] = []
+        picked: list[int] = []
+        join = rule.lines_join
+        for i, ev in enumerate(lines or ()):
+            s = ev.source
+            if ev.after is None or ev.op is Op.DELETE or not rule.is_line(s.name, s.schema, s.table):
+                continue
+            if join is not None and not join({**scope, "line": ev.after}):
+                continue
+            rows.append(ev.after)
+            picked.append(i)
+        scope["lines"] = rows
+        used.update(picked)
+        if not rows and spec.required:
+            tx = event.transaction
+            if lines is None or tx is None:
+                why = ("the event was not grouped with its source transaction (Debezium transaction metadata off, "
+                       "or the transaction topic not consumed)")
+            else:
+                why = f"source transaction {tx.group} carries none of them"
+            raise EvalError("LINES_MISSING", f"rule {rule.id} posts this row with its {spec.table} lines, but {why}",
+                            "lines", spec.table)
+
     def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup, *,
-               force_repost: bool = False) -> list[Voucher]:
+               force_repost: bool = False, lines: Sequence[ChangeEvent] | None = None,
+               used: set[int] | None = None) -> list[Voucher]:
         op = event.op
         if op in (Op.CREATE, Op.READ):
             scope = self._scope(rule, event, event.after)
-            return [self._build(rule, scope, src)] if self._matches(rule, scope) else []
+            if not self._matches(rule, scope):
+                return []
+            if rule.spec.lines is not None:
+                self._lines(rule, event, scope, lines, used if used is not None else set())
+            return [self._build(rule, scope, src)]
         if op is Op.DELETE:
             olds = prior.active(src.row, rule.id)
             return [reverse(o, by=src, on=self._event_date(event, o.date)) for o in olds]
         if op is Op.UPDATE:
             scope = self._scope(rule, event, event.after)
-            new = self._build(rule, scope, src) if self._matches(rule, scope) else None
+            new = None
+            if self._matches(rule, scope):
+                if rule.spec.lines is not None:
+                    self._lines(rule, event, scope, lines, used if used is not None else set())
+                new = self._build(rule, scope, src)
             olds = prior.active(src.row, rule.id)
             mode = "reverse_and_repost" if force_repost else rule.spec.on_update
             if not olds:
@@ -320,40 +365,40 @@ class Mapper:
         make = Entry._make  # positional tuple construction: the hot path builds several per event
         local_rate = currency == local and rate == 1
         skip_zero = spec.skip_zero_lines
-        for ce, plain in rule.entry_plan:
-            if ce.when is not None and not ce.when(s):
+        for ce, plain, es in self._entry_scopes(rule, s):
+            if ce.when is not None and not ce.when(es):
                 continue
             p_amount, p_rate, p_local, p_qty, p_price = ce.paths
-            amount_for = _money(ce.amount(s), p_amount)
+            amount_for = _money(ce.amount(es), p_amount)
             if skip_zero and amount_for == ZERO:
                 continue
             if plain:  # the voucher's currency and rate, no optional fields
-                dims = _dimensions(ce, s)
+                dims = _dimensions(ce, es)
                 entries.append(make((
-                    ce.account(s), ce.side,
+                    ce.account(es), ce.side,
                     amount_for if local_rate else quantize(MONEY_CONTEXT.multiply(amount_for, rate)),
-                    (ce.explanation(s) if ce.explanation else explanation)[:500], currency, rate_type, rate,
+                    (ce.explanation(es) if ce.explanation else explanation)[:500], currency, rate_type, rate,
                     amount_for, None, None, None, None, None, dims)))
                 continue
-            cur = str(ce.currency(s)) if ce.currency else currency
+            cur = str(ce.currency(es)) if ce.currency else currency
             if ce.rate is not None:
-                r = _money(ce.rate(s), p_rate)
+                r = _money(ce.rate(es), p_rate)
             elif cur == currency:
                 r = rate
             else:
                 r = tables.rate(cur, day, rate_type, local)
             if ce.local_amount is not None:
-                amount = _money(ce.local_amount(s), p_local)
+                amount = _money(ce.local_amount(es), p_local)
             elif cur == local and r == 1:
                 amount = amount_for
             else:
                 amount = quantize(MONEY_CONTEXT.multiply(amount_for, r))
-            dims = _dimensions(ce, s)
+            dims = _dimensions(ce, es)
             entries.append(make((
-                ce.account(s), ce.side, amount, (ce.explanation(s) if ce.explanation else explanation)[:500], cur,
-                rate_type, r, amount_for, _optional_money(ce.quantity, s, p_qty) if ce.quantity is not None else None,
-                _optional_money(ce.price, s, p_price) if ce.price is not None else None, ce.unit(s) if ce.unit else None,
-                ce.settle_type(s) if ce.settle_type else None, ce.settle_no(s) if ce.settle_no else None, dims)))
+                ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500], cur,
+                rate_type, r, amount_for, _optional_money(ce.quantity, es, p_qty) if ce.quantity is not None else None,
+                _optional_money(ce.price, es, p_price) if ce.price is not None else None, ce.unit(es) if ce.unit else None,
+                ce.settle_type(es) if ce.settle_type else None, ce.settle_no(es) if ce.settle_no else None, dims)))
         if spec.rounding is not None:
             entries = self._rounding(spec.rounding, entries, local)
         return Voucher(
@@ -361,6 +406,19 @@ class Mapper:
             group=rule.group(s), explanation=explanation, entries=tuple(entries), source=src, rule_id=rule.id,
             rule_version=rule.version, data_centre=(rule.data_centre(s) if rule.data_centre else None)
             or (book_cfg.data_centre if book_cfg else None), attachments=spec.voucher.attachments)
+
+    @staticmethod
+    def _entry_scopes(rule: Rule, s: Mapping[str, Any]) -> list[tuple[Any, bool, Mapping[str, Any]]]:
+        """Each entry with the scope it is evaluated in: per-line entries once per line, with ``line``."""
+        if rule.spec.lines is None:
+            return [(ce, plain, s) for ce, plain in rule.entry_plan]
+        out: list[tuple[Any, bool, Mapping[str, Any]]] = []
+        for ce, plain in rule.entry_plan:
+            if ce.for_each_line:
+                out.extend((ce, plain, {**s, "line": row}) for row in s["lines"])
+            else:
+                out.append((ce, plain, s))
+        return out
 
     @staticmethod
     def _rounding(spec: Any, entries: list[Entry], local: str) -> list[Entry]:

@@ -150,6 +150,17 @@ def _millis_ts(v: Any) -> datetime:
     return _EPOCH + timedelta(milliseconds=int(v))
 
 
+def _exact_sum(items: Any, attribute: str | None) -> Decimal:
+    """``lines | sum(attribute='amount')``: an exact Decimal total (never a float, never ``start=0`` surprises)."""
+    total = Decimal(0)
+    for it in items:
+        v = it[attribute] if attribute is not None else it
+        if isinstance(v, float) or isinstance(v, bool) or not isinstance(v, (int, Decimal)):
+            raise ValueError(f"sum: {attribute or 'item'} {v!r} is not an exact number")
+        total = MONEY_CONTEXT.add(total, v)
+    return total
+
+
 def _coalesce(*args: Any) -> Any:
     return next((a for a in args if a is not None and a != ""), None)
 
@@ -183,6 +194,7 @@ FILTERS: Final[dict[str, Callable[..., Any]]] = {
     "upper": lambda v: str(v).upper(), "lower": lambda v: str(v).lower(), "trim": lambda v: str(v).strip(),
     "string": str, "abs": abs, "round": _round(2, decimal.ROUND_HALF_UP), "dec": _dec,
     "truncate": lambda v, n=50: str(v)[: int(n)], "replace": lambda v, a, b: str(v).replace(str(a), str(b)),
+    "sum": lambda v, attribute=None: _exact_sum(v, attribute), "length": len,
 }
 
 

@@ -33,7 +33,7 @@ from connector.ledger._checks import (
     dimension_slot,
 )
 from connector.ledger._model import Side
-from connector.mapping._expr import Compiled, Compiler, ExprError, Tables
+from connector.mapping._expr import EVENT_NAMES, Compiled, Compiler, ExprError, Tables
 
 
 class RuleError(ConnectorError):
@@ -132,6 +132,8 @@ class EntrySpec(_Model):
     unit: str | None = None
     settle_type: str | None = None
     settle_no: str | None = None
+    #: ``lines``: one entry per line of the document (rules with ``lines:`` only), ``line`` in scope
+    for_each: Literal["lines"] | None = None
 
     @field_validator("dimensions")
     @classmethod
@@ -166,6 +168,18 @@ class VoucherSpec(_Model):
     rate_type: str = "HLTX01_SYS"
 
 
+class LinesSpec(_Model):
+    """``lines:`` — the document's line table: its changes in the *same source transaction* as the header
+    (Debezium transaction metadata) are mapped together with the header into one voucher."""
+
+    table: str
+    system: str | None = None  #: default: the header's system
+    #: which line events belong to this header (``line`` and ``row`` in scope); default: all of the table's
+    join: str | None = None
+    #: a matched header with no lines in its transaction is rejected (LINES_MISSING) instead of posted
+    required: bool = True
+
+
 class RoundingSpec(_Model):
     account: str
     max: Decimal = Decimal("0.05")
@@ -192,6 +206,13 @@ class RuleSpec(_Model):
     voucher: VoucherSpec
     entries: list[EntrySpec] = Field(min_length=2)
     rounding: RoundingSpec | None = None
+    lines: LinesSpec | None = None
+
+    @model_validator(mode="after")
+    def _for_each_needs_lines(self) -> RuleSpec:
+        if self.lines is None and any(e.for_each for e in self.entries):
+            raise ValueError("entries with for_each: lines need a lines: section naming the line table")
+        return self
 
 
 class IgnoredTableSpec(_Model):
@@ -306,6 +327,7 @@ class CompiledEntry:
     unit: Compiled | None
     settle_type: Compiled | None
     settle_no: Compiled | None
+    for_each_line: bool = False
     #: field paths for messages, built once: amount, rate, local_amount, quantity, price
     paths: tuple[str, str, str, str, str] = ("", "", "", "", "")
 
@@ -313,7 +335,7 @@ class CompiledEntry:
     def plain(self) -> bool:
         """Account, side, amount, dimensions and maybe an explanation only: the common entry, built on a
         fast path (the voucher's currency and rate, nothing optional to evaluate)."""
-        return (self.local_amount is None and self.currency is None and self.rate is None
+        return (not self.for_each_line and self.local_amount is None and self.currency is None and self.rate is None
                 and self.quantity is None and self.price is None and self.unit is None
                 and self.settle_type is None and self.settle_no is None)
 
@@ -334,6 +356,8 @@ class Rule:
     currency: Compiled | None
     rate: Compiled | None
     entries: tuple[CompiledEntry, ...]
+    #: ``lines:`` compiled: which line events of the transaction join this header (None: every one)
+    lines_join: Compiled | None = None
     #: (entry, entry.plain) pairs, computed once: what the voucher builder iterates
     entry_plan: tuple[tuple[CompiledEntry, bool], ...] = field(default=(), compare=False, repr=False)
 
@@ -353,6 +377,17 @@ class Rule:
         if m.system != system or table is None:
             return False
         return m.table == table or (schema is not None and m.table == f"{schema}.{table}")
+
+    def line_table(self) -> tuple[str, str] | None:
+        """(system, table) of the document lines mapped with this header, if the rule has ``lines:``."""
+        ln = self.spec.lines
+        return None if ln is None else (ln.system or self.spec.match.system, ln.table)
+
+    def is_line(self, system: str, schema: str | None, table: str | None) -> bool:
+        lt = self.line_table()
+        if lt is None or lt[0] != system or table is None:
+            return False
+        return lt[1] == table or (schema is not None and lt[1] == f"{schema}.{table}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,6 +413,11 @@ class RuleSet:
             if len(self._by_table) < 10_000:
                 self._by_table[k] = found
         return found
+
+    @property
+    def grouped(self) -> tuple[Rule, ...]:
+        """Rules that map a header together with its lines of the same source transaction."""
+        return tuple(r for r in self.rules if r.spec.lines is not None)
 
     def ignored_reason(self, system: str, schema: str | None, table: str | None) -> str | None:
         """Why changes of this table are deliberately not posted (``None``: they are not ignored)."""
@@ -472,7 +512,7 @@ def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, 
             dimensions=dims, quantity=expr(e.quantity, "entries", i, "quantity"),
             price=expr(e.price, "entries", i, "price"), unit=tmpl(e.unit, "entries", i, "unit"),
             settle_type=tmpl(e.settle_type, "entries", i, "settle_type"),
-            settle_no=tmpl(e.settle_no, "entries", i, "settle_no"),
+            settle_no=tmpl(e.settle_no, "entries", i, "settle_no"), for_each_line=e.for_each == "lines",
             paths=tuple(f"entries[{i}].{f}" for f in ("amount", "rate", "local_amount", "quantity",  # type: ignore[arg-type]
                                                        "price"))))
     v = spec.voucher
@@ -487,7 +527,8 @@ def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, 
                 business_date=expr(v.business_date, "voucher", "business_date"), group=group, explanation=expl,
                 data_centre=tmpl(v.data_centre, "voucher", "data_centre"),
                 currency=expr(v.currency, "voucher", "currency"), rate=expr(v.rate, "voucher", "rate"),
-                entries=tuple(entries))
+                entries=tuple(entries),
+                lines_join=expr(spec.lines.join, "lines", "join") if spec.lines is not None else None)
 
 
 def _ledger_context(specs: list[LedgerSpec]) -> LedgerContext:
@@ -560,6 +601,8 @@ def load_rules(directory: str | Path) -> RuleSet:
         rates={cur: {typ: [(d, Decimal(str(r))) for d, r in series.items()] for typ, series in types.items()}
                for spec in lookups for cur, types in spec.rates.items()})
     compiler = Compiler(tables)
+    #: rules with ``lines:`` may also say ``line`` (the line being mapped) and ``lines`` (all of them)
+    line_compiler = Compiler(tables, names=EVENT_NAMES | {"line", "lines"})
     rules: list[Rule] = []
     seen: dict[str, str] = {}
     for name, model, loc in parsed:
@@ -568,7 +611,7 @@ def load_rules(directory: str | Path) -> RuleSet:
                 problems.append(f"{name}:{loc.line(('id',))} id: rule id {model.id!r} already used in {seen[model.id]}")
                 continue
             seen[model.id] = name
-            rule = _compile_rule(model, name, compiler, loc, problems)
+            rule = _compile_rule(model, name, line_compiler if model.lines is not None else compiler, loc, problems)
             if rule is not None:
                 rules.append(rule)
     ledger = _ledger_context([m for _, m, _ in parsed if isinstance(m, LedgerSpec)])

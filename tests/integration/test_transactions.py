@@ -1,0 +1,256 @@
+"""Source transactions on a real broker and database: an order and its lines, written in one source
+transaction and arriving on different topics, become one voucher — held until the transaction is complete,
+crash-safe while held, and released event by event when it never completes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from tests.integration.helpers import RULES, make_pipeline, rows
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules" / "pos-sale-by-line.yaml"
+
+
+def _rules(tmp_path: Path, system: str) -> Path:
+    """The shipped rules with POS sales posted by line, for a source system of this test only."""
+    target = tmp_path / "rules"
+    shutil.copytree(RULES, target, ignore=shutil.ignore_patterns("golden", "pos-sale.yaml"))
+    (target / "pos-sale-by-line.yaml").write_text(
+        EXAMPLE.read_text("utf-8").replace("system: pos", f"system: {system}"), "utf-8")
+    ignored = (target / "ignored.yaml").read_text("utf-8")
+    (target / "ignored.yaml").write_text(ignored.replace("system: pos", f"system: {system}"), "utf-8")
+    return target
+
+
+class Source:
+    """Debezium-shaped JSON change events and transaction markers of one PostgreSQL source system."""
+
+    def __init__(self, bootstrap: str, system: str, orders: str, lines: str) -> None:
+        self.system, self.orders, self.lines, self.tx_topic = system, orders, lines, f"{system}.transaction"
+        self.producer = Producer({"bootstrap.servers": bootstrap, "log_level": "3"})
+        self.lsn = 1000
+        self.produced = 0
+
+    def _send(self, topic: str, key: Any, value: Any, schema: dict[str, Any] | None = None) -> None:
+        body = value if schema is None else {"schema": schema, "payload": value}
+        self.producer.produce(topic, key=json.dumps(key).encode(), value=json.dumps(body).encode())
+        self.produced += 1
+
+    def change(self, txid: int, order: int, table: str, op: str, row: dict[str, Any],
+               before: dict[str, Any] | None = None) -> None:
+        self.lsn += 8
+        source = {"version": "3.3.1.Final", "connector": "postgresql", "name": self.system, "ts_ms": 1794535200000,
+                  "snapshot": "false", "db": "posdb", "schema": "public", "table": table, "txId": txid,
+                  "lsn": self.lsn}
+        value = {"before": _connect(before) if op != "c" else None, "after": _connect(row) if op != "d" else None,
+                 "source": source, "op": op, "ts_ms": 1794535200100,
+                 "transaction": {"id": f"{txid}:{self.lsn}", "total_order": order, "data_collection_order": order}}
+        self._send(self.orders if table == "sales_order" else self.lines, {"id": row["id"]}, value,
+                   _envelope_schema(ORDER_FIELDS if table == "sales_order" else LINE_FIELDS))
+
+    def marker(self, txid: int, status: str, counts: dict[str, int] | None = None) -> None:
+        value: dict[str, Any] = {"status": status, "id": f"{txid}:{self.lsn}", "ts_ms": 1794535200200}
+        if status == "END":
+            counts = counts or {}
+            value |= {"event_count": sum(counts.values()),
+                      "data_collections": [{"data_collection": f"public.{t}", "event_count": n}
+                                           for t, n in counts.items()]}
+        self._send(self.tx_topic, {"id": f"{txid}"}, value)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0
+
+
+# JSON converter with schemas, decimal.handling.mode=precise: amounts are Connect Decimals (base64 bytes).
+ORDER_FIELDS: dict[str, str | int] = {"id": "int64", "order_no": "string", "channel": "string", "store_code": "string",
+                "company_code": "string", "customer_code": "string", "order_date": "string", "currency": "string",
+                "net_amount": 2, "tax_amount": 2, "gross_amount": 2, "points_deduction": 2,
+                "payment_method": "string", "status": "string"}
+LINE_FIELDS: dict[str, str | int] = {"id": "int64", "order_id": "int64", "line_no": "int32", "sku": "string", "quantity": 4, "amount": 2}
+
+
+def _field(name: str, t: str | int) -> dict[str, Any]:
+    if isinstance(t, int):
+        return {"field": name, "type": "bytes", "optional": True, "name": "org.apache.kafka.connect.data.Decimal",
+                "version": 1, "parameters": {"scale": str(t)}}
+    return {"field": name, "type": t, "optional": True}
+
+
+def _envelope_schema(fields: dict[str, str | int]) -> dict[str, Any]:
+    row = {"type": "struct", "optional": True, "fields": [_field(n, t) for n, t in fields.items()]}
+    return {"type": "struct", "name": "envelope", "fields": [
+        {**row, "field": "before"}, {**row, "field": "after"},
+        {"field": "source", "type": "struct", "fields": [
+            _field(n, t) for n, t in (("version", "string"), ("connector", "string"), ("name", "string"),
+                                      ("ts_ms", "int64"), ("snapshot", "string"), ("db", "string"),
+                                      ("schema", "string"), ("table", "string"), ("txId", "int64"),
+                                      ("lsn", "int64"))]},
+        {"field": "op", "type": "string"}, {"field": "ts_ms", "type": "int64", "optional": True},
+        {"field": "transaction", "type": "struct", "optional": True, "fields": [
+            _field("id", "string"), _field("total_order", "int64"), _field("data_collection_order", "int64")]}]}
+
+
+def _connect(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Decimal text → Connect Decimal bytes (base64 of the big-endian unscaled value)."""
+    if row is None:
+        return None
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, str) and k in ("net_amount", "tax_amount", "gross_amount", "points_deduction", "amount",
+                                        "quantity"):
+            d = Decimal(v)
+            unscaled = int(d.scaleb(-d.as_tuple().exponent))  # type: ignore[operator]
+            out[k] = base64.b64encode(unscaled.to_bytes((unscaled.bit_length() + 8) // 8, "big", signed=True)).decode()
+        else:
+            out[k] = v
+    return out
+
+
+def order(id_: int, gross: str, net: str, tax: str, status: str = "PAID") -> dict[str, Any]:
+    return {"id": id_, "order_no": f"SO{id_}", "channel": "STORE", "store_code": "S01", "company_code": "100",
+            "customer_code": None, "order_date": "2026-11-12", "currency": "CNY", "net_amount": net,
+            "tax_amount": tax, "gross_amount": gross, "points_deduction": "0.00",
+            "payment_method": "CASH", "status": status}
+
+
+def line(id_: int, order_id: int, no: int, amount: str) -> dict[str, Any]:
+    return {"id": id_, "order_id": order_id, "line_no": no, "sku": f"SKU{no:03d}", "quantity": "1.0000",
+            "amount": amount}
+
+
+def pk(id_: int) -> str:
+    return f'{{"id":{id_}}}'
+
+
+def _exact_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(30)
+    return name
+
+
+def _log_end(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "wm", "log_level": "3"})
+    out = {}
+    for t in topics:
+        for p in c.list_topics(t, timeout=10).topics[t].partitions:
+            out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+    c.close()
+    return out
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is_complete(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str, tmp_path: Path) -> None:
+    system = f"shop{uuid.uuid4().hex[:8]}"
+    orders, lines = topic_factory("orders"), topic_factory("lines", partitions=2)
+    tx_topic = _exact_topic(kafka_bootstrap, f"{system}.transaction")
+    topics = [orders, lines, tx_topic]
+    rules = _rules(tmp_path, system)
+    src = Source(kafka_bootstrap, system, orders, lines)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+
+    def pipeline(hold_s: float = 30) -> Any:
+        pipe = make_pipeline(kafka_bootstrap, pg_dsn, topics, group=group, rules=rules, batch_size=50)
+        pipe.opts = replace(pipe.opts, transaction_hold_s=hold_s)
+        pipe.grouper = pipe._grouper()
+        assert pipe.grouper is not None
+        return pipe
+
+    # Phase 1: order 1's header and END marker arrive, its lines do not (yet): the header is held, and so is
+    # everything behind it on its partitions (order 2 behind order 1, transaction 102's markers behind 101's
+    # END, and so order 2's lines): only the first BEGIN marker can be journaled.
+    src.marker(101, "BEGIN")
+    src.change(101, 1, "sales_order", "c", order(1, "113.00", "100.00", "13.00"))
+    src.marker(101, "END", {"sales_order": 1, "sales_order_line": 3})
+    src.marker(102, "BEGIN")
+    src.change(102, 1, "sales_order_line", "c", line(21, 2, 1, "20.00"))
+    src.change(102, 2, "sales_order", "c", order(2, "40.00", "35.40", "4.60"))
+    src.change(102, 3, "sales_order_line", "c", line(22, 2, 2, "20.00"))
+    src.marker(102, "END", {"sales_order": 1, "sales_order_line": 2})
+    src.flush()
+    first = pipeline()
+    first.journal.migrate()
+    runner = threading.Thread(target=lambda: first.run())
+    runner.start()
+    try:
+        _wait(lambda: bool(rows(pg_dsn, "SELECT 1 FROM kdcdc.event_log")))
+        time.sleep(2)  # time to (wrongly) journal anything else
+    finally:
+        first.stop()
+        runner.join(30)
+    assert first.stats.records == 1  # (closing dropped the 7 held records: they belong to the next reader)
+    assert rows(pg_dsn, "SELECT topic, kafka_offset, outcome FROM kdcdc.event_log") == [(tx_topic, 0, "SKIPPED")]
+    assert not rows(pg_dsn, "SELECT 1 FROM kdcdc.vouchers")
+    stored = dict(((t, p), o) for t, p, o in rows(
+        pg_dsn, "SELECT topic, kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s", group))
+    assert stored == {(tx_topic, 0): 1}  # nothing held is behind a journal offset: the restart reads it again
+
+    # Phase 2 (a restart): order 1's lines arrive; order 3 has no lines; order 1 is cancelled in a transaction
+    # that deletes its lines; transaction 105 never gets its END marker (released one by one after hold_s).
+    src.change(101, 2, "sales_order_line", "c", line(11, 1, 1, "56.50"))
+    src.change(101, 3, "sales_order_line", "c", line(12, 1, 2, "33.90"))
+    src.change(101, 4, "sales_order_line", "c", line(13, 1, 3, "22.60"))
+    src.marker(103, "BEGIN")
+    src.change(103, 1, "sales_order", "c", order(3, "11.30", "10.00", "1.30"))
+    src.marker(103, "END", {"sales_order": 1})
+    src.marker(104, "BEGIN")
+    for n, (lid, amt) in enumerate([(11, "56.50"), (12, "33.90"), (13, "22.60")], 1):
+        src.change(104, n, "sales_order_line", "d", line(lid, 1, n, amt), before=line(lid, 1, n, amt))
+    src.change(104, 4, "sales_order", "u", order(1, "113.00", "100.00", "13.00", "CANCELLED"),
+               before=order(1, "113.00", "100.00", "13.00"))
+    src.marker(104, "END", {"sales_order": 1, "sales_order_line": 3})
+    src.marker(105, "BEGIN")
+    src.change(105, 1, "sales_order", "c", order(5, "22.60", "20.00", "2.60"))
+    src.change(105, 2, "sales_order_line", "c", line(51, 5, 1, "22.60"))
+    src.flush()
+    second = pipeline(hold_s=2)
+    stats = second.run(max_idle_s=6)
+    assert stats.transactions_ungrouped == 1
+
+    # Exactly one outcome per record, offsets at the log end.
+    log = rows(pg_dsn, "SELECT topic, kafka_partition, kafka_offset, outcome, source_pk, voucher_keys "
+                       "FROM kdcdc.event_log WHERE consumer_group = %s", group)
+    assert len(log) == src.produced == len({(t, p, o) for t, p, o, *_ in log})
+    end = _log_end(kafka_bootstrap, topics)
+    assert dict(((t, p), o) for t, p, o in rows(
+        pg_dsn, "SELECT topic, kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
+        group)) == {tp: n for tp, n in end.items() if n}
+
+    vouchers = {(pk, kind): key for key, pk, kind in rows(
+        pg_dsn, "SELECT key, source_pk, kind FROM kdcdc.vouchers")}
+    pk1, pk2 = pk(1), pk(2)
+    assert set(vouchers) == {(pk1, "original"), (pk1, "reversal"), (pk2, "original")}
+    # Order 1: one revenue entry per line (SKU as material), all 113.00 received, lines GROUPED into it.
+    revenue = rows(pg_dsn, "SELECT amount, dimensions->>'FLEX8' FROM kdcdc.entries WHERE voucher_key = %s "
+                           "AND account = '6001.01' ORDER BY seq", vouchers[(pk1, "original")])
+    assert [(str(a), sku) for a, sku in revenue] == [("50.00", "SKU001"), ("30.00", "SKU002"), ("20.00", "SKU003")]
+    grouped = {(t, pk): keys for t, _, _, outcome, pk, keys in log if outcome == "GROUPED"}
+    assert grouped == {(lines, pk(i)): [vouchers[(pk1 if i < 20 else pk2, "original")]]
+                       for i in (11, 12, 13, 21, 22)}
+    # Order 3 has no lines in its transaction; order 5's transaction never completed: both rejected.
+    rejected = dict(rows(pg_dsn, "SELECT source_pk, code FROM kdcdc.rejections"))
+    assert rejected == {pk(3): "LINES_MISSING", pk(5): "LINES_MISSING"}
+    # The cancellation's line deletes and order 5's line are ordinary (ignored) line events.
+    skipped_lines = {pk for t, _, _, outcome, pk, _ in log if t == lines and outcome == "SKIPPED"}
+    assert skipped_lines == {pk(i) for i in (11, 12, 13, 51)}
+    print(f"\n  transactions: {src.produced} records, {len(grouped)} lines grouped into "
+          f"{len(vouchers)} vouchers, {len(rejected)} rejected, 1 transaction released ungrouped")
