@@ -261,7 +261,7 @@ class Pipeline:
             if options.dead_letter_topic else None
         self.grouper = self._grouper()
 
-    def _grouper(self) -> TransactionGrouper | None:
+    def _grouper(self) -> TransactionGrouper[Message] | None:
         """Transaction grouping is on when a rule has ``lines:`` and a Debezium transaction topic is read."""
         grouped = self.processor.mapper.rules.grouped
         if not grouped or not self.opts.group_transactions:
@@ -271,7 +271,7 @@ class Pipeline:
                         "(<topic.prefix>%s) is consumed: their headers are mapped alone and rejected as "
                         "LINES_MISSING", ", ".join(r.id for r in grouped), TRANSACTION_SUFFIX)
             return None
-        return TransactionGrouper(self.processor.mapper.rules, hold_s=self.opts.transaction_hold_s,
+        return TransactionGrouper[Message](self.processor.mapper.rules, hold_s=self.opts.transaction_hold_s,
                                   max_held=self.opts.transaction_max_held)
 
     # ------------------------------------------------------------------ rebalance

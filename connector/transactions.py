@@ -22,9 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from confluent_kafka import Message
+from typing import Any, Generic, Protocol, TypeVar
 
 from connector.events import ChangeEvent, Decoded, TransactionMarker
 from connector.mapping import RuleSet
@@ -35,6 +33,17 @@ log = logging.getLogger("kingdee_cdc.transactions")
 TRANSACTION_SUFFIX = ".transaction"
 
 TxKey = tuple[str, str]  # (source system = topic prefix, transaction group id)
+
+
+class Record(Protocol):
+    """What the grouper reads of a consumed record (``confluent_kafka.Message`` in the pipeline)."""
+
+    def topic(self) -> str | None: ...
+
+    def partition(self) -> int | None: ...
+
+
+M = TypeVar("M", bound=Record)
 
 
 def data_collection(ev: ChangeEvent) -> str:
@@ -61,16 +70,16 @@ class _Tx:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
+class Release(Generic[M]):
     """Records ready to journal, per partition in offset order, and the transactions among them."""
 
-    items: list[tuple[Message, Decoded]]
+    items: list[tuple[M, Decoded]]
     #: the grouped transactions: key → indices into ``items`` of their data events, in transaction order
     groups: dict[TxKey, list[int]]
     expired: int = 0  #: transactions released ungrouped this time (timeout or memory bound)
 
 
-class TransactionGrouper:
+class TransactionGrouper(Generic[M]):
     """Holds records of transactions that touch grouped tables until each transaction is complete."""
 
     def __init__(self, rules: RuleSet, *, hold_s: float = 30.0, max_held: int = 100_000,
@@ -80,7 +89,7 @@ class TransactionGrouper:
         self.clock = clock
         self._rules = rules.grouped
         self._relevant_cache: dict[tuple[str, str | None, str | None], bool] = {}
-        self._queues: dict[tuple[str, int], list[tuple[Message, Decoded]]] = {}
+        self._queues: dict[tuple[str, int], list[tuple[M, Decoded]]] = {}
         self._txs: dict[TxKey, _Tx] = {}
         #: transactions already released (grouped, or ungrouped after expiry): late or redelivered records of
         #: them pass straight through (an insertion-ordered dict as a bounded LRU)
@@ -108,7 +117,7 @@ class TransactionGrouper:
             return (s.name, d.transaction.group)
         return None
 
-    def _end_key(self, m: Message, d: Decoded) -> TxKey | None:
+    def _end_key(self, m: M, d: Decoded) -> TxKey | None:
         if isinstance(d, TransactionMarker) and d.status == "END":
             system = marker_system(m.topic() or "")
             if system is not None and any(self._dc_relevant(system, dc) for dc in d.data_collections):
@@ -120,7 +129,7 @@ class TransactionGrouper:
         return self.relevant_table(system, first or None, table)
 
     # ------------------------------------------------------------------ public
-    def add(self, items: Iterable[tuple[Message, Decoded]]) -> None:
+    def add(self, items: Iterable[tuple[M, Decoded]]) -> None:
         now = self.clock()
         for m, d in items:
             self._queues.setdefault((m.topic() or "", m.partition() or 0), []).append((m, d))
@@ -158,7 +167,7 @@ class TransactionGrouper:
         for k in keys:
             self._done.pop(k, None)
 
-    def release(self) -> Release:
+    def release(self) -> Release[M]:
         now = self.clock()
         expired = 0
         for k, tx in list(self._txs.items()):
@@ -190,7 +199,7 @@ class TransactionGrouper:
             if not blocked:
                 break
             ready -= blocked
-        items: list[tuple[Message, Decoded]] = []
+        items: list[tuple[M, Decoded]] = []
         groups: dict[TxKey, list[int]] = {}
         for tp, q in list(self._queues.items()):
             n = cut[tp]
@@ -219,7 +228,7 @@ class TransactionGrouper:
         return all(tx.per_table.get(dc, 0) == n for dc, n in tx.end.data_collections.items()
                    if self._dc_relevant(system, dc))
 
-    def _prefix(self, q: Sequence[tuple[Message, Decoded]], ready: set[TxKey]) -> int:
+    def _prefix(self, q: Sequence[tuple[M, Decoded]], ready: set[TxKey]) -> int:
         """How many records at the head of a partition's queue can go now."""
         for i, (m, d) in enumerate(q):
             k = self._key(d) or self._end_key(m, d)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from connector.events import ChangeEvent, KafkaCoordinates, TransactionInfo, TransactionMarker
+from connector.events import ChangeEvent, Decoded, KafkaCoordinates, TransactionInfo, TransactionMarker
 from connector.mapping import load_rules
 from connector.transactions import TransactionGrouper
 from tests.unit.test_mapping import RULES, event, sale
@@ -25,10 +25,10 @@ class Msg:
     p: int
     o: int
 
-    def topic(self) -> str:
+    def topic(self) -> str | None:
         return self.t
 
-    def partition(self) -> int:
+    def partition(self) -> int | None:
         return self.p
 
     def offset(self) -> int:
@@ -80,28 +80,28 @@ class Feed:
 
 
 @pytest.fixture()
-def grouper(tmp_path: Path) -> tuple[TransactionGrouper, Clock]:
+def grouper(tmp_path: Path) -> tuple[TransactionGrouper[Msg], Clock]:
     target = tmp_path / "rules"
     shutil.copytree(RULES, target, ignore=shutil.ignore_patterns("golden", "pos-sale.yaml"))
     shutil.copy(EXAMPLE, target / "pos-sale-by-line.yaml")
     clock = Clock()
-    return TransactionGrouper(load_rules(target), hold_s=30, max_held=100, clock=clock), clock
+    return TransactionGrouper[Msg](load_rules(target), hold_s=30, max_held=100, clock=clock), clock
 
 
 def coords(items: list[Any]) -> list[tuple[str, int, int]]:
     return [(m.t, m.p, m.o) for m, _ in items]
 
 
-def test_records_that_never_wait_pass_straight_through(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_records_that_never_wait_pass_straight_through(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, _ = grouper
     f = Feed()
-    items = [f.header(None, 1), f.other(7), f.end(7, purchase_invoice=1)]  # no tx block / ungrouped tables
+    items: list[tuple[Msg, Decoded]] = [f.header(None, 1), f.other(7), f.end(7, purchase_invoice=1)]  # no tx block / ungrouped tables
     g.add(items)
     r = g.release()
     assert coords(r.items) == coords(items) and r.groups == {} and g.held == 0
 
 
-def test_a_transaction_is_held_until_its_end_marker_counts_are_met(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_a_transaction_is_held_until_its_end_marker_counts_are_met(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, _ = grouper
     f = Feed()
     g.add([f.line(5, 11, 1, order=3), f.header(5, 1, order=1)])
@@ -116,7 +116,7 @@ def test_a_transaction_is_held_until_its_end_marker_counts_are_met(grouper: tupl
     assert [r.items[i][1].transaction.total_order for i in members] == [1, 2, 3]  # type: ignore[union-attr]
 
 
-def test_a_held_record_holds_its_partition_and_only_its_partition(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_a_held_record_holds_its_partition_and_only_its_partition(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, _ = grouper
     f = Feed()
     g.add([f.header(5, 1), f.header(None, 2), f.other(None)])
@@ -127,7 +127,7 @@ def test_a_held_record_holds_its_partition_and_only_its_partition(grouper: tuple
 
 
 def test_a_complete_transaction_behind_an_incomplete_one_waits_everywhere(
-        grouper: tuple[TransactionGrouper, Clock]) -> None:
+        grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, _ = grouper
     f = Feed()
     # tx 5's header is first on the orders partition; tx 6 is complete but its header stands behind it, so
@@ -139,7 +139,7 @@ def test_a_complete_transaction_behind_an_incomplete_one_waits_everywhere(
     assert g.held == 0 and len(r.groups) == 2 and len(r.items) == 5
 
 
-def test_an_incomplete_transaction_goes_ungrouped_after_hold_s(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_an_incomplete_transaction_goes_ungrouped_after_hold_s(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, clock = grouper
     f = Feed()
     g.add([f.header(5, 1), f.line(5, 11, 0, order=2)])
@@ -152,7 +152,7 @@ def test_an_incomplete_transaction_goes_ungrouped_after_hold_s(grouper: tuple[Tr
     assert len(g.release().items) == 2 and g.held == 0
 
 
-def test_dropped_partitions_are_counted_again_when_read_again(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_dropped_partitions_are_counted_again_when_read_again(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, _ = grouper
     f = Feed()
     line = f.line(5, 11, 1, order=2)
@@ -165,10 +165,10 @@ def test_dropped_partitions_are_counted_again_when_read_again(grouper: tuple[Tra
     assert len(r.items) == 4 and len(next(iter(r.groups.values()))) == 3
 
 
-def test_a_forgotten_release_is_grouped_again(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_a_forgotten_release_is_grouped_again(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, _ = grouper
     f = Feed()
-    items = [f.header(5, 1), f.end(5, sales_order=1)]
+    items: list[tuple[Msg, Decoded]] = [f.header(5, 1), f.end(5, sales_order=1)]
     g.add(items)
     assert len(g.release().groups) == 1
     g.add(items[:1])  # a redelivery after the transaction was journaled: it does not wait
@@ -178,7 +178,7 @@ def test_a_forgotten_release_is_grouped_again(grouper: tuple[TransactionGrouper,
     assert len(g.release().groups) == 1
 
 
-def test_memory_bound_releases_the_oldest_transaction_ungrouped(grouper: tuple[TransactionGrouper, Clock]) -> None:
+def test_memory_bound_releases_the_oldest_transaction_ungrouped(grouper: tuple[TransactionGrouper[Msg], Clock]) -> None:
     g, clock = grouper
     f = Feed()
     g.add([f.header(5, 1)])
