@@ -283,13 +283,25 @@ class Journal:
                 outbox.append((f"{v.key}:JOURNALED", v.source.row.system, v.source.row.pk, "JOURNALED", json.dumps(
                     {**base, "voucher_key": v.key, "kind": v.kind.value, "reverses": v.reverses,
                      "status": "JOURNALED", "reason": "REMAPPED"}, ensure_ascii=False)))
-            with self.conn.cursor() as cur:
-                cur.executemany(self.q("INSERT INTO {s}.audit (actor, action, voucher_key, detail) "
-                                       "VALUES (%s, %s, %s, %s)"), audit)
-                cur.executemany(self.q("INSERT INTO {s}.outbox (event_id, source_system, message_key, status, "
-                                       "payload) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"),
-                                outbox)
+            self.insert_audit(self.conn, audit)
+            self.insert_outbox(self.conn, outbox)
         return inserted
+
+    def insert_audit(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[str, str, str | None, str]]) -> None:
+        """Append audit rows (actor, action, voucher key, JSON detail) in one statement."""
+        if rows:
+            conn.execute(self.q("INSERT INTO {s}.audit (actor, action, voucher_key, detail) "
+                                "SELECT a, b, c, d::jsonb FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+                                "AS r(a, b, c, d)"), tuple([r[i] for r in rows] for i in range(4)))
+
+    def insert_outbox(self, conn: psycopg.Connection[Any], rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        """Add feedback rows (event id, source system, message key, status, JSON payload) in one statement;
+        an event id already there is left as it is."""
+        if rows:
+            conn.execute(self.q("INSERT INTO {s}.outbox (event_id, source_system, message_key, status, payload) "
+                                "SELECT a, b, c, d, e::jsonb FROM unnest(%s::text[], %s::text[], %s::text[], "
+                                "%s::text[], %s::text[]) AS r(a, b, c, d, e) ON CONFLICT (event_id) DO NOTHING"),
+                         tuple([r[i] for r in rows] for i in range(5)))
 
     def _copy_outcomes(self, cur: psycopg.Cursor[Any], records: Sequence[EventRecord], inserted: set[str],
                        result: BatchResult) -> None:

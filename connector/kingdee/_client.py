@@ -134,7 +134,7 @@ class KingdeeClient:
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._rate = _RateLimiter(rate_limit_per_s)
         self._session: str | None = None
-        self._session_lock = threading.Lock()
+        self._session_lock = threading.RLock()  # login() holds it while its own call may set the session
         self.calls = 0
         self.relogins = 0
         #: called after every HTTP call with (operation, seconds, outcome): ok | msgcode_N | unavailable |
@@ -197,6 +197,7 @@ class KingdeeClient:
         self._rate.acquire()
         with self._slots:
             self.calls += 1
+            sent_with = self._session
             try:
                 resp = self._http.post(url, content=payload, headers=self._headers(url))
             except httpx.ConnectError as e:
@@ -206,7 +207,9 @@ class KingdeeClient:
                 raise cls(f"no answer from Kingdee ({type(e).__name__}); outcome unknown", operation=service) from e
         sid = resp.cookies.get(SESSION_COOKIE)
         if sid:
-            self._session = sid
+            with self._session_lock:  # a slow answer must not replace a session another call got meanwhile
+                if self._session == sent_with:
+                    self._session = sid
         # The session travels in the kdservice-sessionid header (as the SDK does), never via httpx's cookie jar:
         # a jar would keep sending a lost session after we dropped it.
         self._http.cookies.clear()
@@ -225,7 +228,9 @@ class KingdeeClient:
 
     def call(self, service: str, body: Mapping[str, Any], *, write: bool = False) -> Any:
         """POST ``body`` to ``service``; re-login once on a lost session; classify failures."""
-        for attempt in (1, 2):
+        # Three attempts: with several threads a call can lose a session that another thread's re-login
+        # or a slow answer handed it; a session that is lost three times in a row is a configuration problem.
+        for attempt in (1, 2, 3):
             if self._session is None and self.creds.auth != "signed":
                 self.login()
             result = self._post(service, body, write=write)
@@ -236,7 +241,7 @@ class KingdeeClient:
                 with self._session_lock:
                     self._session = None
                     self.relogins += 1
-                if attempt == 2:
+                if attempt == 3:
                     raise ConfigError("Kingdee keeps answering 会话信息已丢失 after a fresh login: check the "
                                       "user, the app's allowed users and the app link validity (see docs/kingdee.md)")
         raise AssertionError("unreachable")  # pragma: no cover

@@ -341,11 +341,10 @@ class Poster:
                     outbox.append((f"{v.reverses}:REVERSED", c.system, c.pk, "REVERSED", json.dumps(
                         {**payload, "status": "REVERSED", "voucher_key": v.reverses, "reversed_by": o.key},
                         ensure_ascii=False)))
-            with conn.cursor() as cur:
-                cur.executemany(j.q("INSERT INTO {s}.audit (actor, action, voucher_key, detail) VALUES (%s, %s, %s, %s)"),
-                                audit)
-                cur.executemany(j.q("INSERT INTO {s}.outbox (event_id, source_system, message_key, status, payload) "
-                                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"), outbox)
+            # One statement each (not executemany: its pipeline mode stalled for seconds at a time under
+            # psycopg 3.3 while the worker threads were busy with HTTP)
+            j.insert_audit(conn, audit)
+            j.insert_outbox(conn, outbox)
         for o in outcomes:
             if o.status != "POSTED":
                 v = claimed[o.key].voucher

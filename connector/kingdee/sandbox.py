@@ -17,11 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -594,7 +595,14 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return [[envelope(False, errors=[{"FieldName": "FormId", "Message": "表单不存在", "DIndex": 0}],
                               msg_code=5)]]
         keys = [k.strip() for k in str(data.get("FieldKeys") or "").split(",") if k.strip()]
-        pred = compile_filter(str(data.get("FilterString") or ""))
+        flt = str(data.get("FilterString") or "")
+        pred = compile_filter(flt)
+        # The poster's look-up by key ("FEXPLANATION like '%kdcdc:K%' or …", up to a chunk of keys) would
+        # evaluate every term on every entry of every voucher: narrow to the entries carrying one of the
+        # keys first (Kingdee answers it from its database), then apply the full filter to those.
+        markers = _marker_keys(flt)
+        if markers is not None and form == "GL_VOUCHER":
+            pred = _narrowed(pred, markers)
         rows = []
         if form == "BD_Account":
             rows = [r for r in self.server.state.account_rows() if pred(r)]
@@ -612,6 +620,31 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if op == "BillQuery":
             return [{k: r.get(k.lower()) for k in keys} for r in rows]
         return [[r.get(k.lower()) for k in keys] for r in rows]
+
+
+_MARKER_TERM = re.compile(r"\s*FEXPLANATION\s+like\s+'%kdcdc:([^%']+)%'\s*", re.IGNORECASE)
+_MARKER_IN_TEXT = re.compile(r"kdcdc:([^\]\s]+)")
+
+
+def _marker_keys(flt: str) -> frozenset[str] | None:
+    """The keys of a filter that is only ``FEXPLANATION like '%kdcdc:<key>%'`` terms joined by ``or``."""
+    terms = re.split(r"\s+or\s+", flt, flags=re.IGNORECASE) if flt.strip() else []
+    found = [_MARKER_TERM.fullmatch(t) for t in terms]
+    if not found or not all(found):
+        return None
+    return frozenset(m.group(1) for m in found if m is not None)
+
+
+def _narrowed(pred: Callable[[Mapping[str, Any]], bool], keys: frozenset[str]
+              ) -> Callable[[Mapping[str, Any]], bool]:
+    def check(row: Mapping[str, Any]) -> bool:
+        # LIKE '%kdcdc:K%' holds when K is a prefix of the marker's key: test the prefixes, not every term
+        m = _MARKER_IN_TEXT.search(str(row.get("fexplanation") or ""))
+        if m is None:
+            return False
+        marker = m.group(1)
+        return any(marker[:i] in keys for i in range(1, len(marker) + 1)) and pred(row)
+    return check
 
 
 _HEADER_FIELDS = {"fvoucherid", "fbillno", "fvouchergroupno", "fdate", "fyear", "fperiod", "fdocumentstatus",
