@@ -29,7 +29,7 @@ from connector.kingdee.poster import Poster
 from connector.kingdee.sandbox import RunningSandbox, start_sandbox
 from connector.mapping import load_rules
 from connector.money import quantize
-from tests.integration.helpers import RULES, make_pipeline, rows
+from tests.integration.helpers import RULES, consume_all, make_pipeline, rows
 from tests.integration.test_poster import client_for
 
 pytestmark = pytest.mark.integration
@@ -68,15 +68,25 @@ def record_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
         consumer.close()
 
 
-def wait_for_records(bootstrap: str, expected: dict[str, int], timeout_s: float = 90) -> None:
+def wait_for_records(bootstrap: str, expected: dict[str, int], timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     got: dict[str, int] = {}
     while time.monotonic() < deadline:
         got = record_counts(bootstrap, list(expected))
         if all(got[t] >= n for t, n in expected.items()):
+            print(f"\n  debezium e2e: all records after {timeout_s - (deadline - time.monotonic()):.0f} s")
             return
         time.sleep(0.5)
-    raise AssertionError(f"Debezium produced {got}, expected at least {expected}")
+    short = [t for t, n in expected.items() if got.get(t, 0) < n]
+    seen = {t: [_op(m.value()) for m in consume_all(bootstrap, t, got[t], timeout_s=10)] for t in short}
+    raise AssertionError(f"Debezium produced {got}, expected at least {expected}; ops on the short topics: {seen}")
+
+
+def _op(value: bytes | None) -> str:
+    if value is None:
+        return "tombstone"
+    payload = json.loads(value).get("payload") or {}
+    return f"{payload.get('op')}:{(payload.get('after') or payload.get('before') or {}).get('id')}"
 
 
 @pytest.fixture
