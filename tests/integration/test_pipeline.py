@@ -205,6 +205,7 @@ def test_a_fenced_batch_with_several_partitions_rereads_all_of_them(
         if msgs:
             pipe._handle(msgs)
     pipe.consumer.close()
+    pipe.journal.close()
     got = rows(pg_dsn, "SELECT kafka_partition, count(*), count(DISTINCT kafka_offset), min(kafka_offset) "
                        "FROM kdcdc.event_log WHERE consumer_group = %s GROUP BY 1 ORDER BY 1", pipe.journal.group)
     offsets = dict(rows(pg_dsn, "SELECT kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
