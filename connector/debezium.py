@@ -316,10 +316,13 @@ _CONNECT_LOG4J2: Final = log4j2_yaml("io.debezium", "org.apache.kafka.connect.ru
 
 
 def connector_config(system: str, pg_host: str, pg_port: int, *, user: str = "postgres",
-                     snapshot_mode: str = "initial", transaction_metadata: bool = True) -> dict[str, str]:
-    """The Debezium PostgreSQL connector configuration for one business database."""
+                     snapshot_mode: str = "initial", transaction_metadata: bool = True,
+                     topic_prefix: str | None = None) -> dict[str, str]:
+    """The Debezium PostgreSQL connector configuration for one business database. ``topic_prefix`` (default:
+    the system name) is also the ``source.name`` of its events, which mapping rules match as the system."""
+    prefix = topic_prefix or system
     return {
-        "name": f"kdcdc-{system}",
+        "name": f"kdcdc-{prefix}",
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "tasks.max": "1",
         "database.hostname": pg_host,
@@ -327,7 +330,7 @@ def connector_config(system: str, pg_host: str, pg_port: int, *, user: str = "po
         "database.user": user,
         "database.password": "unused-trust-auth",
         "database.dbname": database_name(system),
-        "topic.prefix": system,
+        "topic.prefix": prefix,
         "plugin.name": "pgoutput",
         "slot.name": f"kdcdc_{system}",
         "publication.name": f"kdcdc_{system}",

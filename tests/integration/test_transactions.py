@@ -254,3 +254,60 @@ def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is
     assert skipped_lines == {pk(i) for i in (11, 12, 13, 51)}
     print(f"\n  transactions: {src.produced} records, {len(grouped)} lines grouped into "
           f"{len(vouchers)} vouchers, {len(rejected)} rejected, 1 transaction released ungrouped")
+
+
+def test_real_debezium_orders_with_lines_become_one_voucher_each(
+        kafka_bootstrap: str, pg_dsn: str, tmp_path: Path) -> None:
+    """The same through the real chain — PostgreSQL → Debezium (transaction metadata on) → Kafka: the
+    transaction ids (``txId:lsn``, different on BEGIN/data/END) and END counts (``schema.table``) as
+    Debezium really writes them group each order with its lines."""
+    from connector.debezium import BusinessDatabases, KafkaConnect, connector_config
+    from connector.devstack import EmbeddedPostgres
+    from tests.integration.test_debezium_e2e import pos_amounts, wait_for_records
+
+    system = f"posgrp{uuid.uuid4().hex[:6]}"
+    with EmbeddedPostgres(tmp_path / "business", durable=False) as business:
+        biz = BusinessDatabases(business.dsn(), systems=("pos",)).create()
+        connect = KafkaConnect(tmp_path / "connect", kafka_bootstrap,
+                               [connector_config("pos", "127.0.0.1", business.port, topic_prefix=system)]).start()
+        try:
+            time.sleep(3)  # the (empty) snapshot is done and streaming has begun
+            orders = [biz.insert("pos", lines=n, payment_method="CASH", currency="CNY", **pos_amounts(g))
+                      for n, g in ((1, "113.00"), (2, "226.00"), (3, "100.00"), (3, "56.50"), (2, "1130.00"))]
+            biz.update("pos", orders[1].row_id, status="CANCELLED")  # header only: a reversal, no lines needed
+            biz.delete("pos", orders[4].row_id)  # its lines and the header in one transaction
+            data = {f"{system}.public.sales_order": 5 + 1 + 2, f"{system}.public.sales_order_line": 11 + 2 * 2}
+            tx_topic = f"{system}.transaction"
+            wait_for_records(kafka_bootstrap, {**data, tx_topic: 2 * 7})
+        finally:
+            connect.stop()
+            biz.close()
+    rules = _rules(tmp_path, system)
+    topics = [*data, tx_topic]
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    pipe = make_pipeline(kafka_bootstrap, pg_dsn, topics, group=group, rules=rules)
+    stats = pipe.run(max_idle_s=4)
+    assert stats.transactions_ungrouped == 0
+    end = _log_end(kafka_bootstrap, topics)
+    log = rows(pg_dsn, "SELECT topic, outcome, source_pk, voucher_keys FROM kdcdc.event_log WHERE consumer_group = %s",
+               group)
+    assert len(log) == sum(end.values())
+    assert not rows(pg_dsn, "SELECT code, message FROM kdcdc.rejections")
+    originals = {pk_: key for key, pk_ in rows(
+        pg_dsn, "SELECT key, source_pk FROM kdcdc.vouchers WHERE kind = 'original'")}
+    assert set(originals) == {pk(o.row_id) for o in orders}
+    for i, o in enumerate(orders):  # one revenue entry per order line, the order's net revenue (± rounding)
+        entries = rows(pg_dsn, "SELECT account, side, amount, dimensions->>'FLEX8' FROM kdcdc.entries "
+                               "WHERE voucher_key = %s", originals[pk(o.row_id)])
+        revenue = [(a, sku) for acct, side, a, sku in entries if acct.startswith("6001.0") and acct != "6001.09"]
+        expected_lines = (1, 2, 3, 3, 2)[i]
+        assert len(revenue) == expected_lines and {sku for _, sku in revenue} == {
+            f"SKU{i + 1:03d}" for i in range(expected_lines)}
+        net = Decimal(str((o.row or {})["net_amount"]))
+        assert abs(sum(a for a, _ in revenue) - net) <= Decimal("0.05")
+    grouped = [keys for t, outcome, _, keys in log if outcome == "GROUPED"]
+    assert len(grouped) == 11 and all(k[0] in originals.values() for k in grouped)
+    reversals = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE kind = 'reversal'")[0][0]
+    assert reversals == 2  # the cancellation and the delete
+    print(f"\n  debezium transactions: {sum(end.values())} records, {len(grouped)} lines grouped into "
+          f"{len(originals)} vouchers, {reversals} reversals")
