@@ -44,6 +44,7 @@ def _encoded(n: int, seed: int) -> list[tuple[bytes, bytes]]:
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float | None = None) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": "5", "log_level": "3"})
+    p.list_topics(topic, timeout=30)  # connect and learn the leaders first: not part of any measured latency
     start = time.monotonic()
     for i, (k, v) in enumerate(records):
         if rate:

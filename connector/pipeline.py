@@ -54,7 +54,7 @@ class PipelineOptions:
     option                default      meaning
     ====================  ===========  ==============================================================
     ``batch_size``        2000         records per journal transaction (upper bound)
-    ``batch_wait_s``      0.1          how long to wait for a batch to fill
+    ``batch_wait_s``      0.1          how long to wait for a record when none is fetched (then poll again)
     ``tolerance``         ``all``      ``all``: dead-letter poison and continue; ``none``: pause the partition
     ``retry_for_s``       300          give up (and exit non-zero) after this long of infrastructure errors
     ``start_from``        earliest     where a partition with no journal offset starts
@@ -312,8 +312,7 @@ class Pipeline:
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
-                msgs = self.consumer.consume(self.opts.batch_size, self.opts.batch_wait_s)
-                msgs = [m for m in msgs if self._usable(m)]
+                msgs = [m for m in self._next_batch() if self._usable(m)]
                 if self.grouper is not None and (msgs or self.grouper.held):
                     self._handle_grouped(msgs)  # also when idle: held transactions may have timed out
                 elif msgs:
@@ -330,6 +329,20 @@ class Pipeline:
         finally:
             self._close()
         return self.stats
+
+    def _next_batch(self) -> list[Message]:
+        """What is already fetched, up to ``batch_size``; if nothing is, wait up to ``batch_wait_s`` for the
+        first record and take what came with it. Under load the batch is what queued up while the previous
+        one was journaled (large batches, few commits); at a low rate a record is journaled as soon as it
+        arrives instead of waiting for the batch to fill (low latency)."""
+        n = self.opts.batch_size
+        msgs = self.consumer.consume(n, 0)
+        if msgs:
+            return msgs
+        msgs = self.consumer.consume(1, self.opts.batch_wait_s)
+        if msgs and n > 1:
+            msgs += self.consumer.consume(n - 1, 0)
+        return msgs
 
     def _usable(self, m: Message) -> bool:
         err = m.error()
