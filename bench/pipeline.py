@@ -103,12 +103,16 @@ def latency(bootstrap: str, dsn: str, rate: float, seconds: float) -> dict[str, 
         lat.extend(now_ms - r.kafka.timestamp_ms for r in records if r.kafka.timestamp_ms)
         return res
     pipe.journal.write_batch = timed  # type: ignore[method-assign]
-    runner = threading.Thread(target=lambda: pipe.run(max_idle_s=8))
+    runner = threading.Thread(target=pipe.run)
     runner.start()
     time.sleep(4)  # group join
     proc = multiprocessing.get_context("spawn").Process(target=_produce, args=(bootstrap, topic, _encoded(n, 2), rate))
     proc.start()
     proc.join()
+    deadline = time.monotonic() + 120  # (not idle-based: a slow producer start must not end the run early)
+    while len(lat) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pipe.stop()
     runner.join()
     lat.sort()
     return {"rate": rate, "events": len(lat), "p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)],
