@@ -163,33 +163,54 @@ class Processor:
         # mapping it against today's state could reverse a *later* voucher. Its outcome is DUPLICATE.
         done = journal.journaled_changes(changes.values())
         ledger = journal.prefetch_active(wanted)
-        # Source transactions: each header is mapped with its transaction's events; the lines it takes are
-        # journaled as GROUPED after it (so they wait for the headers of their transaction: ``deferred``).
+        # Source transactions: each header is mapped with its transaction's other data events; the lines it
+        # takes are journaled as GROUPED. A line can only be decided once its headers are mapped, so records
+        # are taken partition by partition, in order, and a partition whose next record is such a line waits.
         tx_events: dict[int, list[int]] = {}  # header index → its transaction's other data events
-        deferred: set[int] = set()
+        needs: dict[int, list[int]] = {}  # line index → the header indices that must be mapped first
         for members in (groups or {}).values():
             headers = [i for i in members if self._is_header(decoded[i][1])]
-            if headers:
-                for h in headers:
-                    tx_events[h] = [i for i in members if i not in headers]
-                deferred.update(i for i in members if i not in headers)
+            for h in headers:
+                tx_events[h] = [i for i in members if i not in headers]
+            for i in members:
+                if headers and i not in headers:
+                    needs[i] = headers
         carried: dict[int, EventRecord] = {}  # line index → the header record whose voucher carries it
         out: dict[int, EventRecord] = {}
-        for i, (m, d) in enumerate(decoded):
-            if i in deferred:
-                continue
-            out[i] = self._one(i, m, d, changes, done, ledger, decoded, tx_events, carried)
-        for i in sorted(deferred):
+
+        def run(i: int) -> None:
             m, d = decoded[i]
             header = carried.get(i)
-            if header is not None and header.kafka is not None:
-                assert isinstance(d, ChangeEvent) and d.kafka is not None
+            if header is not None and header.kafka is not None and isinstance(d, ChangeEvent) and d.kafka:
                 out[i] = EventRecord(outcome=Outcome.GROUPED, event=d, kafka=d.kafka,
                                      grouped_into=tuple(v.key for v in header.vouchers),
                                      detail=f"line of {header.kafka} (source transaction "
                                             f"{d.transaction.group if d.transaction else '?'})")
-            else:  # no header of its transaction took it: an ordinary event
-                out[i] = self._one(i, m, d, changes, done, ledger, decoded, {}, carried)
+            else:  # an ordinary event, or a line no header of its transaction took
+                out[i] = self._one(i, m, d, changes, done, ledger, decoded, tx_events, carried)
+
+        queues: dict[tuple[str | None, int | None], list[int]] = {}
+        for i, (m, _) in enumerate(decoded):
+            queues.setdefault((m.topic(), m.partition()), []).append(i)
+        heads = {tp: 0 for tp in queues}
+        while len(out) < len(decoded):
+            progressed = False
+            for tp, q in queues.items():
+                while heads[tp] < len(q):
+                    i = q[heads[tp]]
+                    if i in out:  # mapped early (a header its own line was waiting for)
+                        heads[tp] += 1
+                        continue
+                    if any(h not in out for h in needs.get(i, ())):
+                        break
+                    run(i)
+                    heads[tp] += 1
+                    progressed = True
+            if not progressed:  # header and line on one partition, the line first: map the header now
+                blocked = next(q[heads[tp]] for tp, q in queues.items() if heads[tp] < len(q))
+                for h in needs[blocked]:
+                    if h not in out:
+                        run(h)
         return [out[i] for i in range(len(decoded))]
 
     def _is_header(self, d: Decoded) -> bool:

@@ -311,3 +311,27 @@ def test_real_debezium_orders_with_lines_become_one_voucher_each(
     assert reversals == 2  # the cancellation and the delete
     print(f"\n  debezium transactions: {sum(end.values())} records, {len(grouped)} lines grouped into "
           f"{len(originals)} vouchers, {reversals} reversals")
+
+
+def test_lines_before_their_header_on_one_partition_are_still_grouped(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str, tmp_path: Path) -> None:
+    """Header and lines routed to one topic partition (e.g. by an SMT), the lines first: the header is
+    mapped ahead of its own lines so that they can be grouped; the next order's line stays in order."""
+    system = f"shop{uuid.uuid4().hex[:8]}"
+    one = topic_factory("doc")
+    tx_topic = _exact_topic(kafka_bootstrap, f"{system}.transaction")
+    src = Source(kafka_bootstrap, system, one, one)
+    src.change(201, 1, "sales_order_line", "c", line(31, 3, 1, "11.30"))
+    src.change(201, 2, "sales_order", "c", order(3, "11.30", "10.00", "1.30"))
+    src.marker(201, "END", {"sales_order": 1, "sales_order_line": 1})
+    src.change(202, 1, "sales_order_line", "c", line(41, 4, 1, "22.60"))
+    src.change(202, 2, "sales_order", "c", order(4, "22.60", "20.00", "2.60"))
+    src.marker(202, "END", {"sales_order": 1, "sales_order_line": 1})
+    src.flush()
+    pipe = make_pipeline(kafka_bootstrap, pg_dsn, [one, tx_topic], rules=_rules(tmp_path, system))
+    pipe.run(max_idle_s=3)
+    log = dict(((o, pk_), (outcome, keys)) for o, pk_, outcome, keys in rows(
+        pg_dsn, "SELECT kafka_offset, source_pk, outcome, voucher_keys FROM kdcdc.event_log WHERE topic = %s", one))
+    assert [log[(o, p_)][0] for o, p_ in sorted(log)] == ["GROUPED", "VOUCHERED", "GROUPED", "VOUCHERED"]
+    assert log[(0, pk(31))][1] == log[(1, pk(3))][1] and log[(2, pk(41))][1] == log[(3, pk(4))][1]
+    assert not rows(pg_dsn, "SELECT 1 FROM kdcdc.rejections")
