@@ -139,6 +139,7 @@ class Processor:
     def __init__(self, decoder: Decoder, mapper: Mapper) -> None:
         self.decoder = decoder
         self.mapper = mapper
+        self._grouped = mapper.rules.grouped  # rules with lines:, looked up per grouped record
 
     def decode(self, msgs: Sequence[Message]) -> list[tuple[Message, Decoded]]:
         return [(m, self.decoder.decode_message(m)) for m in msgs]
@@ -189,6 +190,10 @@ class Processor:
             else:  # an ordinary event, or a line no header of its transaction took
                 out[i] = self._one(i, m, d, changes, done, ledger, decoded, tx_events, carried)
 
+        if not needs:  # no line waits for a header: simply in order
+            for i in range(len(decoded)):
+                run(i)
+            return [out[i] for i in range(len(decoded))]
         queues: dict[tuple[str | None, int | None], list[int]] = {}
         for i, (m, _) in enumerate(decoded):
             queues.setdefault((m.topic(), m.partition()), []).append(i)
@@ -217,7 +222,7 @@ class Processor:
         if not isinstance(d, ChangeEvent):
             return False
         s = d.source
-        return any(r.matches_table(s.name, s.schema, s.table) for r in self.mapper.rules.grouped)
+        return any(r.matches_table(s.name, s.schema, s.table) for r in self._grouped)
 
     def _one(self, i: int, m: Message, d: Decoded, changes: Mapping[int, tuple[str, str, str, str, str]],
              done: dict[tuple[str, ...], list[str]], ledger: InMemoryLedger,

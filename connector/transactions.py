@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from connector.events import ChangeEvent, Decoded, TransactionMarker
 from connector.mapping import RuleSet
@@ -244,6 +244,3 @@ class TransactionGrouper(Generic[M]):
         self._done[k] = None
         while len(self._done) > 100_000:
             del self._done[next(iter(self._done))]
-
-    def describe(self) -> dict[str, Any]:
-        return {"held_records": self.held, "open_transactions": len(self._txs)}

@@ -290,15 +290,14 @@ class Mapper:
                             "lines", spec.table)
 
     def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup, *,
-               force_repost: bool = False, lines: Sequence[ChangeEvent] | None = None,
-               used: set[int] | None = None) -> list[Voucher]:
+               force_repost: bool, lines: Sequence[ChangeEvent] | None, used: set[int]) -> list[Voucher]:
         op = event.op
         if op in (Op.CREATE, Op.READ):
             scope = self._scope(rule, event, event.after)
             if not self._matches(rule, scope):
                 return []
             if rule.spec.lines is not None:
-                self._lines(rule, event, scope, lines, used if used is not None else set())
+                self._lines(rule, event, scope, lines, used)
             return [self._build(rule, scope, src)]
         if op is Op.DELETE:
             olds = prior.active(src.row, rule.id)
@@ -308,7 +307,7 @@ class Mapper:
             new = None
             if self._matches(rule, scope):
                 if rule.spec.lines is not None:
-                    self._lines(rule, event, scope, lines, used if used is not None else set())
+                    self._lines(rule, event, scope, lines, used)
                 new = self._build(rule, scope, src)
             olds = prior.active(src.row, rule.id)
             mode = "reverse_and_repost" if force_repost else rule.spec.on_update
