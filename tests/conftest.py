@@ -19,9 +19,8 @@ from psycopg import sql
 
 from connector.devstack import EmbeddedPostgres, KafkaBroker
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "debezium"
-if not FIXTURES.exists():  # CI clones next to a copy of shared/
-    FIXTURES = Path(os.environ.get("KDCDC_FIXTURES", FIXTURES))
+#: Published Debezium change events (origin and licence of each in SOURCES.md there).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "debezium"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,7 +1,7 @@
 """K/3 Cloud WebAPI client: authentication, sessions, response parsing, error classes, limits.
 
 Every call is ``POST {server}/{service}.common.kdsvc`` with a JSON body. Errors are classified by what the
-caller must do (``shared/reference/kingdee-webapi.md`` §3):
+caller must do (``docs/reference/kingdee-webapi.md`` §3):
 
 * ``KingdeeSessionLost`` (MsgCode 1): re-login once, then a configuration error if it persists;
 * ``KingdeeRetryable`` (MsgCode 13 网控 / 14 调用限制, connection refused): nothing happened — retry;

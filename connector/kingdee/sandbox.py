@@ -1,7 +1,7 @@
 """A Kingdee K/3 Cloud compatible sandbox: the WebAPI endpoints kingdee-cdc uses, for ``GL_VOUCHER``.
 
 Same URL scheme (``{server}/{service}.common.kdsvc``), request bodies, response envelopes and MsgCodes as
-K/3 Cloud (``shared/reference/kingdee-webapi.md``); verifies the SDK's signed headers and issues
+K/3 Cloud (``docs/reference/kingdee-webapi.md``); verifies the SDK's signed headers and issues
 ``kdservice-sessionid`` sessions; enforces what Kingdee enforces on a voucher (known book, voucher group,
 leaf accounts, required dimensions, known base data, open period, balance); numbers vouchers per
 book/period/group; Submit/Audit/UnAudit/Delete status transitions; ExecuteBillQuery/BillQuery filters.

@@ -1,6 +1,6 @@
 """Vouchers at the edges: Kingdee ``GL_VOUCHER`` Save ``Model`` JSON, the canonical Avro record, readable text.
 
-``to_kingdee`` follows the field facts in ``shared/reference/kingdee-webapi.md`` §4: references as
+``to_kingdee`` follows the field facts in ``docs/reference/kingdee-webapi.md`` §4: references as
 ``{"FNumber": …}``, dimensions as an *object* ``FDetailID`` with full ``FDETAILID__<slot>`` keys, ``FDC``
 1/-1, explanation ≤ 500 characters. The voucher key goes into a configurable custom header field and/or
 as a ``[kdcdc:<key>]`` marker in the first entry's explanation so an ambiguous post can be found again.

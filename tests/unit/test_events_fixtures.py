@@ -1,4 +1,4 @@
-"""Every real Debezium event in ../shared/fixtures/debezium decodes to the values it states."""
+"""Every real Debezium event in tests/fixtures/debezium (copied, with SOURCES.md) decodes to the values it states."""
 
 from __future__ import annotations
 
