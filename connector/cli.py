@@ -584,11 +584,49 @@ RulesDir = Annotated[Path, typer.Argument(help="directory of rule files (rule, l
 
 
 @mapping_app.command("check")
-def mapping_check(rules: RulesDir) -> None:
-    """Validate rule files: unknown keys, bad expressions, unknown accounts (file:line key in every message)."""
-    from connector.mapping import load_rules
+def mapping_check(
+    rules: RulesDir,
+    schemas: Annotated[Optional[Path], typer.Option(
+        "--schemas", exists=True, file_okay=False, metavar="DIR",
+        help="directory of Debezium envelope schemas <system>.<table>.envelope.avsc: the columns rules may read "
+             "(default: schemas/ next to the rules directory, else ./schemas, if either exists)")] = None,
+    sample: Annotated[Optional[list[Path]], typer.Option(
+        "--sample", exists=True, dir_okay=False, metavar="FILE",
+        help="Debezium JSON event file (one event, or one per line) whose row images show a table's columns; "
+             "repeatable")] = None,
+) -> None:
+    """Validate rule files: unknown keys, bad expressions, unknown accounts, then what loads but cannot post —
+    unknown fields, missing required dimensions, accounts and books outside the source's permissions
+    (file:line key in every message; exit 1 on any error)."""
+    from connector.events import ChangeEvent, DecodeFailure, Decoder, KafkaCoordinates
+    from connector.mapping import RuleError, load_rules
+    from connector.mapping._lint import lint_rules, with_account_suggestions
 
-    rs = load_rules(rules)
+    try:
+        rs = load_rules(rules)
+    except RuleError as e:
+        raise RuleError(with_account_suggestions(rules, e.problems)) from None
+    if schemas is None:
+        schemas = next((d for d in (rules.resolve().parent / "schemas", Path("schemas")) if d.is_dir()), None)
+    events: list[ChangeEvent] = []
+    decoder = Decoder()
+    for path in sample or ():
+        for n, rec in enumerate(_records_in(path)):
+            ev = decoder.decode(rec, kafka=KafkaCoordinates(topic=str(path), partition=0, offset=n))
+            if isinstance(ev, DecodeFailure):
+                _fail(f"--sample {path}: record {n + 1} is not a Debezium JSON event ({ev.stage}: {ev.reason})")
+            if isinstance(ev, ChangeEvent):  # transaction markers and tombstones show no columns
+                events.append(ev)
+    problems = lint_rules(rs, schemas_dir=schemas, samples=events)
+    colour = {"error": typer.colors.RED, "warning": typer.colors.YELLOW, "info": None}
+    for p in problems:
+        typer.secho(str(p), fg=colour[p.severity])
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = sum(p.severity == "warning" for p in problems)
+    if errors:
+        typer.secho(f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''} "
+                    f"in {len(rs.rules)} rules: these rules cannot post as written", fg=typer.colors.RED)
+        raise typer.Exit(1)
     typer.echo(f"{len(rs.rules)} rules OK ({', '.join(r.id for r in rs.rules)}); "
                f"{len(rs.ledger.accounts)} accounts, {len(rs.ledger.books)} books, {len(rs.golden)} golden cases")
 
