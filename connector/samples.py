@@ -26,7 +26,7 @@ import fastavro
 from connector.money import quantize
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parent / "schemas"
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH: Final = datetime(1970, 1, 1)  # MicroTimestamp: a wall clock without zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ class SampleGenerator:
         i = self._next_id(t)
         r = self.rng
         d = self._day()
-        created = datetime(d.year, d.month, d.day, r.randint(8, 20), r.randint(0, 59), tzinfo=UTC)
+        created = datetime(d.year, d.month, d.day, r.randint(8, 20), r.randint(0, 59))
         if t is POS:
             gross = _money(r, 10, 3000)
             net = quantize(gross / (1 + _VAT))

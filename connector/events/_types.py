@@ -212,17 +212,24 @@ def _plain_bytes(path: str) -> Converter:
     return conv
 
 
+_LOCAL_EPOCH: Final = datetime(1970, 1, 1)
+
+#: Debezium's Timestamp / MicroTimestamp / NanoTimestamp (and Connect's Timestamp, which Debezium uses for
+#: ``time.precision.mode=connect``) encode a column *without* time zone: the wall clock as if it were UTC.
+#: They become naive datetimes, so a 23:30 entry keeps its date. ``ZonedTimestamp`` and Avro's own
+#: ``timestamp-millis``/``-micros`` are instants and stay aware (UTC); mapping converts instants to the
+#: account book's time zone (docs/decisions/0005).
 _INT_SEMANTICS: Final[dict[str, tuple[Callable[[int], Any], type | tuple[type, ...]]]] = {
     "io.debezium.time.Date": (lambda d: _EPOCH_DATE + timedelta(days=d), date),
     "org.apache.kafka.connect.data.Date": (lambda d: _EPOCH_DATE + timedelta(days=d), date),
     "avro.date": (lambda d: _EPOCH_DATE + timedelta(days=d), date),
-    "io.debezium.time.Timestamp": (lambda ms: _EPOCH + timedelta(milliseconds=ms), datetime),
-    "org.apache.kafka.connect.data.Timestamp": (lambda ms: _EPOCH + timedelta(milliseconds=ms), datetime),
+    "io.debezium.time.Timestamp": (lambda ms: _LOCAL_EPOCH + timedelta(milliseconds=ms), datetime),
+    "org.apache.kafka.connect.data.Timestamp": (lambda ms: _LOCAL_EPOCH + timedelta(milliseconds=ms), datetime),
     "avro.timestamp-millis": (lambda ms: _EPOCH + timedelta(milliseconds=ms), datetime),
-    "io.debezium.time.MicroTimestamp": (lambda us: _EPOCH + timedelta(microseconds=us), datetime),
+    "io.debezium.time.MicroTimestamp": (lambda us: _LOCAL_EPOCH + timedelta(microseconds=us), datetime),
     "avro.timestamp-micros": (lambda us: _EPOCH + timedelta(microseconds=us), datetime),
     # Python datetimes stop at microseconds: nanoseconds are truncated (documented in docs/decisions).
-    "io.debezium.time.NanoTimestamp": (lambda ns: _EPOCH + timedelta(microseconds=ns // 1000), datetime),
+    "io.debezium.time.NanoTimestamp": (lambda ns: _LOCAL_EPOCH + timedelta(microseconds=ns // 1000), datetime),
     "io.debezium.time.Time": (lambda ms: _time_of_day(ms * 1000), time),
     "org.apache.kafka.connect.data.Time": (lambda ms: _time_of_day(ms * 1000), time),
     "avro.time-millis": (lambda ms: _time_of_day(ms * 1000), time),
