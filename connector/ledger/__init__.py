@@ -9,7 +9,10 @@ from connector.ledger._model import (
     SourceRef,
     Voucher,
     VoucherKind,
+    REVERSAL_PREFIX,
     canonical_pk,
+    content_digest,
+    reversal_key,
     reverse,
     voucher_key,
 )
@@ -20,6 +23,7 @@ from connector.ledger._checks import (
     Account,
     AmountHistory,
     Book,
+    Cutover,
     LedgerContext,
     Limits,
     Permission,
@@ -38,8 +42,8 @@ from connector.ledger._serde import (
     voucher_to_json,
 )
 
-__all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "LedgerContext", "Limits", "Permission",
+__all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "Cutover", "LedgerContext", "Limits", "Permission",
            "check_voucher", "dimension_slot", "key_marker", "kingdee_json", "render_entry", "to_kingdee",
            "voucher_from_avro", "voucher_from_json", "voucher_summary", "voucher_to_avro", "voucher_to_json",
            "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "Voucher", "VoucherKind",
-           "canonical_pk", "reverse", "voucher_key"]
+           "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "voucher_key"]

@@ -14,9 +14,12 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+import datetime as dt
+from datetime import date
 from decimal import Decimal
-from typing import Final
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
 
 from connector.ledger._model import ReasonCode, Rejection, Side, Voucher, VoucherKind
 from connector.money import CENT, MONEY_CONTEXT, ZERO
@@ -72,15 +75,35 @@ class Book:
     #: Periods (``YYYY-MM``) accepting postings; ``None`` = every period not in ``closed_periods``.
     open_periods: frozenset[str] | None = None
     closed_periods: frozenset[str] = frozenset()
-    #: ISO currency code → Kingdee currency number (``CNY`` → ``PRE001``).
+    #: ISO currency code → Kingdee currency number (``CNY`` → ``PRE001``): the book's currency table.
     currency_numbers: Mapping[str, str] = field(default_factory=lambda: {"CNY": "PRE001"})
     auto_submit: bool = False
     auto_audit: bool = False
+    #: The book's time zone: instants (``ZonedTimestamp``, ``ts_ms``) become dates in it.
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    #: Where a voucher whose date falls in a closed period goes — reversals, reposts and late documents
+    #: alike: the first open period after it (红字冲销 in the current period, as accountants do), or its
+    #: original period (then a closed period rejects it, CLOSED_PERIOD).
+    reverse_in: Literal["first_open_period", "original_period"] = "first_open_period"
+    #: A rate given by the source may differ from the rate table's by at most this fraction (0.05 = 5 %).
+    rate_band: Decimal = Decimal("0.05")
 
     def period_open(self, period: str) -> bool:
         if period in self.closed_periods:
             return False
         return self.open_periods is None or period in self.open_periods
+
+    def knows_currency(self, currency: str) -> bool:
+        return currency == self.local_currency or currency in self.currency_numbers
+
+    def first_open_on_or_after(self, day: date, *, months: int = 240) -> date | None:
+        """``day`` if its period is open, else the first day of the first open period after it."""
+        year, month = day.year, day.month
+        for i in range(months):
+            if self.period_open(f"{year:04d}-{month:02d}"):
+                return day if i == 0 else date(year, month, 1)
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,9 +196,43 @@ class LedgerContext:
     history: AmountHistory = field(default_factory=AmountHistory)
     #: Tolerance between ``amount`` and ``amount_for × rate`` (rounding of one line).
     rate_tolerance: Decimal = CENT
+    #: A source system without an entry in ``permissions`` posts nothing (``deny``) unless the ledger file
+    #: says ``permissions: {default: allow}``.
+    default_permission: Literal["deny", "allow"] = "deny"
+    #: Decimals per currency (ISO 4217 minor units plus the ledger's ``currency_places``); 2 when not listed.
+    currency_places: Mapping[str, int] = field(default_factory=dict)
+    #: Amounts with more digits than this (integer + decimals) are implausible and held for review:
+    #: 15 digits is 10^13 in a 2-decimal currency — also the limit below which a double is exact.
+    max_amount_digits: int = 15
+    #: Per source system: where history ends (``Cutover``); earlier rows are opening state, not posted.
+    cutover: Mapping[str, Cutover] = field(default_factory=dict)
+    _max: dict[str, Decimal] = field(default_factory=dict, repr=False, compare=False)
 
     def label(self, slot: str) -> str:
         return self.dimension_labels.get(slot) or DIMENSION_LABELS.get(slot, slot)
+
+    def places(self, currency: str) -> int:
+        return self.currency_places.get(currency, 2)
+
+    def max_amount(self, currency: str) -> Decimal:
+        """The smallest implausible amount in ``currency`` (10^(max_amount_digits − places))."""
+        found = self._max.get(currency)
+        if found is None:
+            found = self._max[currency] = Decimal(10) ** (self.max_amount_digits - self.places(currency))
+        return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cutover:
+    """Where a source system's history ends when kingdee-cdc takes over from an earlier process.
+
+    ``date``: snapshot rows (``op r``) dated before it are recorded as opening state — in force, so later
+    updates and deletes reverse them, but never posted (the ledger already has them). ``lsn``: every change
+    with a source LSN below it is history (snapshot rows carry the snapshot's LSN).
+    """
+
+    date: dt.date | None = None
+    lsn: int | None = None
 
 
 Check = Callable[[Voucher, LedgerContext], list[Rejection]]
@@ -222,7 +279,7 @@ def check_accounts(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
         if acct.frozen:
             out.append(_rej(v, ReasonCode.FROZEN_ACCOUNT, f"第{i}行分录：科目（{acct.label}）已禁用 (frozen)", where,
                        e.account))
-        missing = sorted(s for s in acct.required_dimensions if not e.dimensions.get(s)) \
+        missing = sorted(s for s in acct.required_dimensions if not (e.dimensions.get(s) or "").strip()) \
             if acct.required_dimensions else None
         if missing:
             names = "、".join(ctx.label(s) for s in missing)
@@ -240,8 +297,24 @@ def check_currency(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     book = ctx.books.get(v.book)
     local = book.local_currency if book else None
     for i, e in enumerate(v.entries, 1):
-        if e.rate == 1 and e.amount == e.amount_for and (local is None or e.currency == local):
+        if e.rate == 1 and e.amount == e.amount_for and (local is None or e.currency == local) \
+                and abs(e.amount) < ctx.max_amount(e.currency):
             continue  # the common local-currency line: nothing to reconcile
+        if book is not None and not book.knows_currency(e.currency):
+            out.append(_rej(v, ReasonCode.UNKNOWN_CURRENCY,
+                       f"entry {i}: currency {e.currency!r} is not in book {v.book}'s currency table "
+                       f"({', '.join(sorted({book.local_currency, *book.currency_numbers}))})",
+                       f"entries[{i}].currency", e.currency))
+            continue
+        if e.rate <= 0:
+            out.append(_rej(v, ReasonCode.INVALID_RATE, f"entry {i}: exchange rate {e.rate} for {e.currency} must be "
+                                                        "above 0", f"entries[{i}].rate", e.rate))
+            continue
+        for what, amount, cur in (("amount", e.amount_for, e.currency), ("local amount", e.amount, local)):
+            if cur is not None and abs(amount) >= ctx.max_amount(cur):
+                out.append(_rej(v, ReasonCode.AMOUNT_OUT_OF_RANGE,
+                           f"entry {i}: {what} {amount} {cur} has more than {ctx.max_amount_digits} digits — "
+                           "implausible, held back for review", f"entries[{i}].amount", amount))
         expected = MONEY_CONTEXT.multiply(e.amount_for, e.rate)
         if abs(MONEY_CONTEXT.subtract(e.amount, expected)) > ctx.rate_tolerance:
             out.append(_rej(v, ReasonCode.CURRENCY_INCONSISTENT,
@@ -257,6 +330,8 @@ def check_period(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     out: list[Rejection] = []
     book = ctx.books.get(v.book)
     period = f"{v.date.year:04d}-{v.date.month:02d}"
+    if v.opening:
+        return out  # opening state is never posted: its period may well be closed
     if book is not None and not book.period_open(period):
         out.append(_rej(v, ReasonCode.CLOSED_PERIOD, f"accounting period {period} of book {v.book} is closed (期间已结账)",
                    "date", v.date.isoformat()))
@@ -267,6 +342,11 @@ def check_permissions(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     out: list[Rejection] = []
     perm = ctx.permissions.get(v.source.row.system)
     if perm is None:
+        if ctx.default_permission == "deny" and (ctx.accounts or ctx.books):
+            out.append(_rej(v, ReasonCode.PERMISSION_DENIED,
+                            f"source system {v.source.row.system!r} has no entry under permissions: in the ledger "
+                            "file, so it may post nothing (add one, or say permissions: {default: allow})",
+                            "permissions", v.source.row.system))
         return out
     if perm.books is not None and v.book not in perm.books:
         out.append(_rej(v, ReasonCode.PERMISSION_DENIED,
@@ -280,22 +360,38 @@ def check_permissions(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
 
 
 def check_balance(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
-    """Debits equal credits in local currency, to the cent. Always runs, always last."""
+    """Debits equal credits in local currency, to the cent — and in the transaction currency too when every
+    line is in one currency. Always runs, always last."""
     out: list[Rejection] = []
-    debit = credit = ZERO
+    debit = credit = debit_for = credit_for = ZERO
+    currency = v.entries[0].currency if v.entries else None
+    single = True
     for e in v.entries:
         if e.side is Side.DEBIT:
             debit = MONEY_CONTEXT.add(debit, e.amount)
+            debit_for = MONEY_CONTEXT.add(debit_for, e.amount_for)
         else:
             credit = MONEY_CONTEXT.add(credit, e.amount)
+            credit_for = MONEY_CONTEXT.add(credit_for, e.amount_for)
+        if e.currency != currency:
+            single = False
     if debit != credit:
         diff = MONEY_CONTEXT.subtract(debit, credit)
         out.append(_rej(v, ReasonCode.UNBALANCED,
                    f"debits {debit} ≠ credits {credit} (difference {diff}); add an explicit rounding rule if this "
                    "is a rounding difference", "entries", diff))
+    elif single and debit_for != credit_for:
+        diff = MONEY_CONTEXT.subtract(debit_for, credit_for)
+        out.append(_rej(v, ReasonCode.UNBALANCED,
+                   f"in {currency}: debits {debit_for} ≠ credits {credit_for} (difference {diff}); a voucher in one "
+                   "currency must balance in it, not only after conversion", "entries", diff))
+    book = ctx.books.get(v.book)
+    places = ctx.places(book.local_currency) if book else 2
+    step = Decimal(1).scaleb(-places)
     for i, e in enumerate(v.entries, 1):
-        if e.amount != e.amount.quantize(CENT, context=MONEY_CONTEXT):
-            out.append(_rej(v, ReasonCode.INVALID_AMOUNT, f"entry {i}: amount {e.amount} has more than 2 decimals",
+        if e.amount != e.amount.quantize(step, context=MONEY_CONTEXT):
+            out.append(_rej(v, ReasonCode.INVALID_AMOUNT,
+                       f"entry {i}: local amount {e.amount} has more than {places} decimals",
                        f"entries[{i}].amount", e.amount))
     return out
 

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from connector.money import MONEY_CONTEXT, ZERO
 
-KEY_VERSION: Final = "v1"
+KEY_VERSION: Final = "v2"
 
 
 class Side(enum.StrEnum):
@@ -70,15 +70,33 @@ def canonical_pk(values: Mapping[str, Any]) -> str:
                       ensure_ascii=False)
 
 
-def voucher_key(source: SourceRef, rule_id: str, role: str = "post") -> str:
-    """Deterministic voucher key from the *source identity* (system, table, pk, position, op) + rule + role.
+def voucher_key(row: RowRef, rule_id: str, role: str, content: str, after: str = "") -> str:
+    """Deterministic voucher key from the *source row* and its *accounting content* — never the log position.
 
-    The same change always yields the same key, whichever topic it was replayed from; the key goes into the
-    Kingdee voucher so an ambiguous post can be looked up before it is retried.
+    ``role`` is ``post`` or ``delta``; ``content`` is ``content_digest`` of the voucher; ``after`` is the key
+    of the row's previous voucher under this rule (``""`` for its first). So a row read again with unchanged
+    content (a second snapshot, an incremental snapshot, a replay) maps to the key already journaled and
+    posts nothing, while A → B → A gives three distinct keys. The key goes into the Kingdee voucher so an
+    ambiguous post can be looked up before it is retried.
     """
-    text = "|".join((KEY_VERSION, source.row.system, source.row.table, source.row.pk, source.position, source.op,
-                     rule_id, role))
+    text = "|".join((KEY_VERSION, row.system, row.table, row.pk, rule_id, role, content, after))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def reversal_key(original_key: str) -> str:
+    """A voucher is reversed at most once: the reversal's key depends on the original's key alone."""
+    return hashlib.sha256(f"{KEY_VERSION}|reverse|{original_key}".encode()).hexdigest()[:32]
+
+
+def content_digest(v: Voucher) -> str:
+    """A digest of what the voucher books: book, date (as the rule gave it, before any period policy moved
+    it), voucher group and the lines (account, side, amounts, currency, rate, dimensions, quantity) — not the
+    explanations, not the source position."""
+    lines = sorted((e.account, e.side.value, str(e.amount), str(e.amount_for), e.currency, str(e.rate.normalize()),
+                    tuple(sorted(e.dimensions.items())),
+                    None if e.quantity is None else str(e.quantity.normalize())) for e in v.entries)
+    text = repr((v.book, (v.original_date or v.date).isoformat(), v.group, lines))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 _NO_DIMENSIONS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -145,6 +163,11 @@ class Voucher(NamedTuple):
     attachments: int = 0  #: 附件数 ``FATTACHMENTS``
     #: Set by limit checks: post as a draft for a human instead of auto-submit/audit.
     review_reasons: tuple[str, ...] = ()
+    #: The date the rule gave when the book's period policy moved the voucher into an open period
+    #: (``date`` is then the first day of that period); ``None`` when not moved.
+    original_date: dt.date | None = None
+    #: Opening state recorded at a source's cutover: in force (later changes reverse it) but never posted.
+    opening: bool = False
 
     def total(self, side: Side) -> Decimal:
         """Exact local-currency total of one side (38-digit money context, never rounded)."""
@@ -167,17 +190,31 @@ class Voucher(NamedTuple):
         return bool(self.review_reasons)
 
 
-def reverse(original: Voucher, *, by: SourceRef, on: dt.date | None = None) -> Voucher:
-    """The red-ink reversal (红字冲销) of ``original`` caused by change ``by`` (an update or delete)."""
+REVERSAL_PREFIX: Final = "冲销 "
+
+
+def reverse(original: Voucher, *, by: SourceRef, on: dt.date | None = None, opening: bool = False) -> Voucher:
+    """The red-ink reversal (红字冲销) of ``original`` caused by change ``by`` (an update, a delete or a
+    re-read with other content): same accounts and sides, negated amounts; the header and every line
+    explanation say 冲销 (the poster adds the original's Kingdee number). Dated ``on`` — by default the
+    original's date, never earlier (the period policy may move it later)."""
+    when = on or original.date
+    if when < original.date:
+        when = original.date
     return original._replace(
-        key=voucher_key(by, original.rule_id, f"reverse:{original.key}"),
+        key=reversal_key(original.key),
         kind=VoucherKind.REVERSAL,
         reverses=original.key,
-        date=on or original.date,
-        explanation=f"冲销 {original.explanation}"[:500],
-        entries=tuple(e.negated() for e in original.entries),
+        date=when,
+        original_date=None,
+        explanation=f"{REVERSAL_PREFIX}{original.explanation}"[:500],
+        entries=tuple(e._replace(amount=-e.amount, amount_for=-e.amount_for,
+                                 quantity=-e.quantity if e.quantity is not None else None,
+                                 explanation=f"{REVERSAL_PREFIX}{e.explanation or original.explanation}"[:500])
+                      for e in original.entries),
         source=by,
         review_reasons=(),
+        opening=opening,
     )
 
 
@@ -204,6 +241,13 @@ class ReasonCode(enum.StrEnum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     UNBALANCED = "UNBALANCED"
     LINES_MISSING = "LINES_MISSING"
+    UNKNOWN_CURRENCY = "UNKNOWN_CURRENCY"  #: not in the book's currency table
+    INVALID_RATE = "INVALID_RATE"  #: an exchange rate of 0 or below
+    RATE_OUT_OF_BAND = "RATE_OUT_OF_BAND"  #: a source rate too far from the rate table's
+    TOO_MANY_DECIMALS = "TOO_MANY_DECIMALS"  #: more decimals than the currency has (USD 113.005)
+    NEGATIVE_AMOUNT = "NEGATIVE_AMOUNT"  #: a negative amount on a rule that does not allow it
+    AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"  #: an implausibly large amount, held for review
+    UNMATCHED = "UNMATCHED"  #: a row of a table whose every row must post matched no rule
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

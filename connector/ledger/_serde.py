@@ -117,7 +117,7 @@ def to_avro_record(v: Voucher) -> dict[str, Any]:
         "key": v.key, "kind": v.kind.value, "reverses": v.reverses, "book": v.book, "data_centre": v.data_centre,
         "date": v.date, "business_date": v.business_date, "group": v.group, "explanation": v.explanation,
         "attachments": v.attachments, "rule_id": v.rule_id, "rule_version": v.rule_version,
-        "review_reasons": list(v.review_reasons),
+        "review_reasons": list(v.review_reasons), "original_date": v.original_date, "opening": v.opening,
         "source": {"system": v.source.row.system, "table": v.source.row.table, "pk": v.source.row.pk,
                    "position": v.source.position, "op": v.source.op, "ts_ms": v.source.ts_ms},
         "entries": [{
@@ -138,6 +138,7 @@ def from_avro_record(r: Mapping[str, Any]) -> Voucher:
         data_centre=r["data_centre"], date=r["date"], business_date=r["business_date"], group=r["group"],
         explanation=r["explanation"], attachments=r["attachments"], rule_id=r["rule_id"],
         rule_version=r["rule_version"], review_reasons=tuple(r["review_reasons"]),
+        original_date=r.get("original_date"), opening=bool(r.get("opening", False)),
         source=SourceRef(row=RowRef(system=s["system"], table=s["table"], pk=s["pk"]), position=s["position"],
                          op=s["op"], ts_ms=s["ts_ms"]),
         entries=tuple(Entry(
@@ -184,6 +185,10 @@ def voucher_summary(v: Voucher, local: str = "CNY") -> dict[str, Any]:
     }
     if v.reverses:
         out["reverses"] = v.reverses
+    if v.original_date is not None:
+        out["original_date"] = v.original_date.isoformat()
+    if v.opening:
+        out["opening"] = True
     if v.review_reasons:
         out["review"] = list(v.review_reasons)
     return out
@@ -209,6 +214,10 @@ def voucher_to_json(v: Voucher) -> bytes:
                      None if e.price is None else str(e.price), e.unit, e.settle_type, e.settle_no,
                      dict(e.dimensions) if e.dimensions else None] for e in v.entries],
     }
+    if v.original_date is not None:
+        doc["original_date"] = v.original_date.isoformat()
+    if v.opening:
+        doc["opening"] = True
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -226,6 +235,8 @@ def voucher_from_json(raw: bytes) -> Voucher:
         business_date=dt.date.fromisoformat(d["business_date"]) if d["business_date"] else None,
         group=d["group"], explanation=d["explanation"], attachments=d["attachments"], rule_id=d["rule_id"],
         rule_version=d["rule_version"], review_reasons=tuple(d["review_reasons"]),
+        original_date=dt.date.fromisoformat(d["original_date"]) if d.get("original_date") else None,
+        opening=bool(d.get("opening", False)),
         source=SourceRef(row=RowRef(system=s[0], table=s[1], pk=s[2]), position=s[3], op=s[4], ts_ms=s[5]),
         entries=tuple(Entry(account=e[0], side=Side(e[1]), amount=Decimal(e[2]), explanation=e[3], currency=e[4],
                             rate_type=e[5], rate=Decimal(e[6]), amount_for=Decimal(e[7]), quantity=dec(e[8]),
