@@ -10,15 +10,17 @@ An event's outcome is all or nothing: one rejection and none of its vouchers are
 from __future__ import annotations
 
 
+import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from connector.errors import MoneyError
 from connector.events import ChangeEvent, Op
-from connector.ledger._checks import LedgerContext, check_voucher
+from connector.ledger._checks import Book, LedgerContext, check_voucher
 from connector.ledger._model import (
     Entry,
     ReasonCode,
@@ -29,23 +31,33 @@ from connector.ledger._model import (
     Voucher,
     VoucherKind,
     canonical_pk,
+    content_digest,
     reverse,
     voucher_key,
 )
-from connector.mapping._expr import EvalError, to_date
-from connector.mapping._rules import Rule, RuleSet
+from connector.mapping._expr import BOOK_TZ, DEFAULT_TZ, MAX_ITEMS, EvalError, number, to_date, truth
+from connector.mapping._rules import RoundingSpec, Rule, RuleSet
 from connector.money import MAX_MONEY, MONEY_CONTEXT, ZERO, quantize, to_money
 
 
 class PriorLookup(Protocol):
-    """The vouchers currently in force (posted, not yet reversed) for a source row and rule, oldest first."""
+    """What the journal knows about a source row under a rule."""
 
-    def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]: ...
+    def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
+        """The vouchers currently in force (not reversed), oldest first."""
+        ...
+
+    def latest(self, row: RowRef, rule_id: str) -> str | None:
+        """Key of the row's newest non-reversal voucher under the rule, in force or not (``None``: none yet)."""
+        ...
 
 
 class _NoPrior:
     def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
         return ()
+
+    def latest(self, row: RowRef, rule_id: str) -> str | None:
+        return None
 
 
 NO_PRIOR: PriorLookup = _NoPrior()
@@ -71,15 +83,24 @@ class InMemoryLedger:
 
     def __init__(self) -> None:
         self._active: dict[tuple[RowRef, str], list[Voucher]] = {}
+        self._latest: dict[tuple[RowRef, str], str] = {}
         self.posted: list[Voucher] = []
 
     def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
         return tuple(self._active.get((row, rule_id), ()))
 
+    def latest(self, row: RowRef, rule_id: str) -> str | None:
+        return self._latest.get((row, rule_id))
+
     def seed(self, vouchers: Iterable[Voucher]) -> None:
         """Start from vouchers already in force (e.g. read from the journal), oldest first."""
         for v in vouchers:
             self._active.setdefault((v.source.row, v.rule_id), []).append(v)
+            self._latest[(v.source.row, v.rule_id)] = v.key
+
+    def seed_latest(self, latest: Mapping[tuple[RowRef, str], str]) -> None:
+        """The newest voucher key per row and rule, including reversed ones (read from the journal)."""
+        self._latest.update(latest)
 
     def apply(self, result: MapResult) -> None:
         for v in result.vouchers:
@@ -89,6 +110,7 @@ class InMemoryLedger:
                 slot[:] = [x for x in slot if x.key != v.reverses]
             else:
                 slot.append(v)
+                self._latest[(v.source.row, v.rule_id)] = v.key
 
 
 def _rejection(e: EvalError, rule: Rule, source: SourceRef | None) -> Rejection:
@@ -97,26 +119,46 @@ def _rejection(e: EvalError, rule: Rule, source: SourceRef | None) -> Rejection:
     except ValueError:
         code = ReasonCode.EXPRESSION_ERROR
     return Rejection(code=code, message=e.message, rule=rule.id, field=e.field,
-                     value=None if e.value is None else str(e.value), source=source)
+                     value=None if e.value is None else str(e.value)[:200], source=source)
+
+
+def describe_failure(e: BaseException) -> str:
+    """A readable reason for an unexpected failure while mapping one event (it becomes a rejection)."""
+    if isinstance(e, MemoryError):
+        return "ran out of memory evaluating the rule (an expression builds too much data)"
+    if isinstance(e, RecursionError):
+        return "the rule's expressions recurse too deeply"
+    if isinstance(e, KeyError):
+        return f"a value has no key {str(e)[:100]}"
+    text = str(e)
+    return f"{type(e).__name__}: {text[:300]}{'…' if len(text) > 300 else ''}"
 
 
 def _money(v: Any, field: str) -> Decimal:
+    """A rule's amount as an exact Decimal, in any decimal mode (text and binary floats included)."""
     if type(v) is Decimal and v.is_finite() and -MAX_MONEY < v < MAX_MONEY:  # decoded amounts: the hot path
         return v
+    if v is None:
+        raise EvalError("MISSING_FIELD", f"{field} is empty (null)", field)
     try:
-        return to_money(v, field=field)
+        return to_money(number(v, field), field=field)
+    except EvalError as e:
+        raise EvalError(e.code if e.code != "EXPRESSION_ERROR" else "INVALID_AMOUNT", e.message, field, e.value) from None
     except MoneyError as e:
-        code = "FLOAT_AMOUNT" if isinstance(v, float) else "INVALID_AMOUNT"
-        raise EvalError(code, str(e), field, v) from None
+        raise EvalError("INVALID_AMOUNT", str(e), field, v) from None
 
 
 def _dimensions(ce: Any, s: Mapping[str, Any]) -> dict[str, str]:
-    """An entry's dimension values; empty ones are left out (Kingdee wants no blank FDetailID refs)."""
+    """An entry's dimension values; empty and blank ones are left out (a blank is not a value, and Kingdee
+    wants no blank FDetailID refs)."""
     dims = {}
     for slot, c in ce.dimensions:
         v = c(s)
-        if v is not None and v != "":
-            dims[slot] = str(v)
+        if v is None or v == "":
+            continue
+        text = v if type(v) is str else str(v)
+        if text.strip():
+            dims[slot] = text
     return dims
 
 
@@ -129,11 +171,12 @@ def _optional_money(expr: Any, s: Mapping[str, Any], field: str) -> Decimal | No
 
 
 def _same_lines(a: Sequence[Voucher], b: Voucher) -> bool:
-    """Would posting ``b`` change nothing compared with the active vouchers ``a``?"""
+    """Would posting ``b`` change nothing compared with the active vouchers ``a``? Dates compare as the rule
+    gave them (before a period policy moved them)."""
     if len(a) != 1:
         return False
     old = a[0]
-    if (old.book, old.date, old.group) != (b.book, b.date, b.group):
+    if (old.book, old.original_date or old.date, old.group) != (b.book, b.original_date or b.date, b.group):
         return False
 
     def lines(v: Voucher) -> list[tuple[Any, ...]]:
@@ -142,22 +185,63 @@ def _same_lines(a: Sequence[Voucher], b: Voucher) -> bool:
     return lines(old) == lines(b)
 
 
-class Mapper:
-    """Applies a ``RuleSet`` to change events. Pure: no I/O; the only state is the limits' amount history."""
+def _period(d: date) -> str:
+    return f"{d.year:04d}-{d.month:02d}"
 
-    def __init__(self, rules: RuleSet, *, ledger: LedgerContext | None = None, skip_checks: Sequence[str] = ()) -> None:
+
+def _exact_floats(img: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Binary floats (Debezium ``decimal.handling.mode=double``) as the Decimal of their shortest repr."""
+    if img is None:
+        return None
+    return {k: (Decimal(repr(v)) if type(v) is float and math.isfinite(v) else v) for k, v in img.items()}
+
+
+#: Differences of exact source amounts below this are arithmetic noise (38-digit division), not data errors.
+_NOISE: Final = Decimal("1e-9")
+
+
+class Mapper:
+    """Applies a ``RuleSet`` to change events. Pure: no I/O; the only state is the limits' amount history.
+
+    ``time_budget_s`` bounds the work one event may cause (checked between entries and lines); together
+    with the expression bounds of ``_expr`` no rule can hold the pipeline on one event.
+    """
+
+    def __init__(self, rules: RuleSet, *, ledger: LedgerContext | None = None, skip_checks: Sequence[str] = (),
+                 time_budget_s: float = 2.0) -> None:
         self.rules = rules
         self.ledger = ledger if ledger is not None else rules.ledger
         self.skip_checks = tuple(skip_checks)
+        self.time_budget_s = time_budget_s
+        zones = {b.timezone for b in self.ledger.books.values()}
+        #: the zone conditions are evaluated in before a rule names its book: the books' one zone, if shared
+        self.default_tz = next(iter(zones)) if len(zones) == 1 else DEFAULT_TZ
+        self._deadline = 0.0
 
     # ------------------------------------------------------------------ public
     def map(self, event: ChangeEvent, prior: PriorLookup = NO_PRIOR, *, remap: str | None = None,
             lines: Sequence[ChangeEvent] | None = None) -> MapResult:
         """Map one change. ``lines``: the other change events of the event's source transaction (``None``
-        when it was not grouped by transaction): rules with ``lines:`` take their document lines from them. With ``remap`` (a tag naming the rules version), ``event`` is a row's *latest*
-        change and the row's current state is re-mapped against the vouchers in force: unchanged → nothing;
-        different → reversals of the vouchers in force plus the corrected voucher, keyed by the tag (so a
-        second re-map with the same rules finds its keys and adds nothing); a deleted row → nothing."""
+        when it was not grouped by transaction): rules with ``lines:`` take their document lines from them.
+
+        The row's *state* decides: a create, a snapshot read or an update is compared with the vouchers in
+        force for the row — the same accounting content posts nothing (a row read again), other content
+        reverses them and posts the new voucher (or the difference, or nothing: ``on_update``); a delete
+        reverses. With ``remap`` (a tag naming the rules version), ``event`` is a row's *latest* change and
+        its current state is re-mapped against the vouchers in force even where ``on_update`` says
+        otherwise; a deleted row → nothing.
+
+        Never raises for a bad event or a bad rule: whatever fails becomes the event's rejection."""
+        try:
+            return self._map(event, prior, remap, lines)
+        except Exception as e:  # the last line of defence: one event must never stop the pipeline
+            src = event.source
+            return MapResult(rejections=(Rejection(
+                code=ReasonCode.EXPRESSION_ERROR, value=src.table_id,
+                message=f"the event could not be mapped: {describe_failure(e)}"),))
+
+    def _map(self, event: ChangeEvent, prior: PriorLookup, remap: str | None,
+             lines: Sequence[ChangeEvent] | None) -> MapResult:
         if remap is not None:
             if event.op is Op.DELETE or event.after is None:
                 return MapResult(skipped="row deleted: nothing in force to correct")
@@ -180,20 +264,38 @@ class Mapper:
         vouchers: list[Voucher] = []
         rejections: list[Rejection] = []
         grouped: set[int] = set()
+        matched = False
+        self._deadline = time.perf_counter() + self.time_budget_s
         for rule in applicable:
             source_ref: SourceRef | None = None
+            token = BOOK_TZ.set(self.default_tz)
             try:
                 source_ref = self._source_ref(rule, event)
                 if remap is not None:
                     source_ref = source_ref._replace(position=f"{source_ref.position}#remap:{remap}")
-                vouchers.extend(self._apply(rule, event, source_ref, prior, force_repost=remap is not None,
-                                            lines=lines, used=grouped))
+                made, hit = self._apply(rule, event, source_ref, prior, force_repost=remap is not None,
+                                        lines=lines, used=grouped)
+                vouchers.extend(made)
+                matched = matched or hit
             except EvalError as e:
                 rejections.append(_rejection(e, rule, source_ref))
             except ArithmeticError as e:  # decimal overflow of amount × rate etc. (found by the fuzz test)
                 rejections.append(Rejection(code=ReasonCode.INVALID_AMOUNT, rule=rule.id, source=source_ref,
                                             message=f"amounts out of range for ledger arithmetic "
                                                     f"({type(e).__name__})"))
+            except Exception as e:  # KeyError, RecursionError, MemoryError …: this event's rejection, not a crash
+                rejections.append(Rejection(code=ReasonCode.EXPRESSION_ERROR, rule=rule.id, source=source_ref,
+                                            message=f"rule {rule.id} failed on this event: {describe_failure(e)}"))
+            finally:
+                BOOK_TZ.reset(token)
+        if not rejections and not matched and event.op in (Op.CREATE, Op.READ, Op.UPDATE):
+            every = [r for r in rules if r.spec.coverage == "every_row"]
+            if every:
+                conds = "; ".join(f"{r.id} ({r.spec.match.when or 'every row'})" for r in rules)
+                rejections.append(Rejection(
+                    code=ReasonCode.UNMATCHED, rule=every[0].id, value=src.table_id,
+                    message=f"this {src.table} row matches none of the rules for its table — {conds} — but every "
+                            f"row must post (coverage: every_row in {', '.join(r.id for r in every)})"))
         checked: list[Voucher] = []
         for v in vouchers:
             try:
@@ -210,11 +312,17 @@ class Mapper:
         if rejections:
             return MapResult(rejections=tuple(rejections))
         if not checked:
-            return MapResult(skipped="no accounting effect (conditions not met, or nothing to reverse/unchanged)",
-                             grouped=tuple(sorted(grouped)))
+            why = ("unchanged: the row's vouchers in force already book this content" if matched
+                   else "no accounting effect (conditions not met, or nothing to reverse)")
+            return MapResult(skipped=why, grouped=tuple(sorted(grouped)))
         return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)))
 
     # ------------------------------------------------------------------ internals
+    def _check_time(self) -> None:
+        if time.perf_counter() > self._deadline:
+            raise EvalError("EXPRESSION_ERROR", f"mapping this event took longer than {self.time_budget_s:g} s "
+                                                "(the rule's expressions do too much work)")
+
     def _source_ref(self, rule: Rule, event: ChangeEvent) -> SourceRef:
         cols = rule.spec.key_columns
         if cols:
@@ -233,17 +341,10 @@ class Mapper:
         src = event.source
         return SourceRef(RowRef(src.name, src.table_id, pk), src.position, event.op.value, src.ts_ms)
 
-    def _scope(self, rule: Rule, event: ChangeEvent, row: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _scope(self, event: ChangeEvent, row: Mapping[str, Any] | None) -> dict[str, Any]:
         before, after = event.before, event.after
-        if rule.spec.float_fields and event.float_fields:
-            allowed = set(rule.spec.float_fields)
-
-            def exact(img: Mapping[str, Any] | None, prefix: str) -> Mapping[str, Any] | None:
-                if img is None:
-                    return None
-                return {k: (Decimal(repr(v)) if isinstance(v, float) and (k in allowed or f"{prefix}.{k}" in allowed)
-                            else v) for k, v in img.items()}
-            before, after = exact(before, "before"), exact(after, "after")
+        if event.float_fields:  # double mode: every float as the exact Decimal of its shortest repr
+            before, after = _exact_floats(before), _exact_floats(after)
             row = after if row is event.after else before
         src = event.source
         return {"row": row, "before": before, "after": after, "key": event.key or {}, "op": event.op.value,
@@ -254,11 +355,7 @@ class Mapper:
     def _matches(self, rule: Rule, scope: Mapping[str, Any]) -> bool:
         if scope["row"] is None:
             return False
-        return rule.when is None or bool(rule.when(scope))
-
-    def _event_date(self, event: ChangeEvent, fallback: date) -> date:
-        ts = event.source.ts_ms
-        return datetime.fromtimestamp(ts / 1000, UTC).date() if ts else fallback
+        return rule.when is None or truth(rule.when(scope))
 
     def _lines(self, rule: Rule, event: ChangeEvent, scope: dict[str, Any], lines: Sequence[ChangeEvent] | None,
                used: set[int]) -> None:
@@ -273,10 +370,15 @@ class Mapper:
             s = ev.source
             if ev.after is None or ev.op is Op.DELETE or not rule.is_line(s.name, s.schema, s.table):
                 continue
-            if join is not None and not join({**scope, "line": ev.after}):
+            after = _exact_floats(ev.after) if ev.float_fields else ev.after
+            if join is not None and not truth(join({**scope, "line": after})):
                 continue
-            rows.append(ev.after)
+            rows.append(after)  # type: ignore[arg-type]
             picked.append(i)
+            if len(rows) > MAX_ITEMS:
+                raise EvalError("EXPRESSION_ERROR", f"the document has more than {MAX_ITEMS:,} {spec.table} lines",
+                                "lines", spec.table)
+        self._check_time()
         scope["lines"] = rows
         used.update(picked)
         if not rows and spec.required:
@@ -289,42 +391,83 @@ class Mapper:
             raise EvalError("LINES_MISSING", f"rule {rule.id} posts this row with its {spec.table} lines, but {why}",
                             "lines", spec.table)
 
+    def _history(self, event: ChangeEvent, new: Voucher | None, olds: Sequence[Voucher]) -> bool:
+        """Is this change before its source's cutover (opening state: journaled, in force, never posted)?"""
+        c = self.ledger.cutover.get(event.source.name)
+        if c is None:
+            return False
+        if c.lsn is not None:
+            return event.source.lsn is not None and event.source.lsn < c.lsn
+        # A date cutover: snapshot rows dated before it, of rows nothing but opening state was recorded for.
+        return (c.date is not None and event.op is Op.READ and new is not None and new.date < c.date
+                and all(o.opening for o in olds))
+
     def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup, *,
-               force_repost: bool, lines: Sequence[ChangeEvent] | None, used: set[int]) -> list[Voucher]:
-        op = event.op
-        if op in (Op.CREATE, Op.READ):
-            scope = self._scope(rule, event, event.after)
-            if not self._matches(rule, scope):
-                return []
+               force_repost: bool, lines: Sequence[ChangeEvent] | None, used: set[int]
+               ) -> tuple[list[Voucher], bool]:
+        """The vouchers this change makes under ``rule``, and whether the row matched the rule."""
+        olds = prior.active(src.row, rule.id)
+        if event.op is Op.DELETE:
+            history = self._history(event, None, olds)
+            return [self._reversal(o, src, history) for o in olds], True
+        if event.op not in (Op.CREATE, Op.READ, Op.UPDATE):
+            return [], False
+        scope = self._scope(event, event.after)
+        new: Voucher | None = None
+        matched = self._matches(rule, scope)
+        if matched:
             if rule.spec.lines is not None:
                 self._lines(rule, event, scope, lines, used)
-            return [self._build(rule, scope, src)]
-        if op is Op.DELETE:
-            olds = prior.active(src.row, rule.id)
-            return [reverse(o, by=src, on=self._event_date(event, o.date)) for o in olds]
-        if op is Op.UPDATE:
-            scope = self._scope(rule, event, event.after)
-            new = None
-            if self._matches(rule, scope):
-                if rule.spec.lines is not None:
-                    self._lines(rule, event, scope, lines, used)
-                new = self._build(rule, scope, src)
-            olds = prior.active(src.row, rule.id)
-            mode = "reverse_and_repost" if force_repost else rule.spec.on_update
-            if not olds:
-                return [new] if new is not None else []
-            if mode == "ignore":
-                return []
-            reversals = [reverse(o, by=src, on=self._event_date(event, o.date)) for o in olds]
-            if new is None:
-                return reversals
-            if mode == "reverse_and_repost":
-                return [] if _same_lines(olds, new) else [*reversals, new]
-            delta = self._delta(new, olds, src, rule)
-            return [delta] if delta is not None else []
-        return []
+            new = self._build(rule, scope, src)
+        history = self._history(event, new, olds)
+        after = prior.latest(src.row, rule.id) or ""
+        if not olds:
+            return ([] if new is None else [self._settle(self._keyed(new, rule, "post", after), history)]), matched
+        mode = "reverse_and_repost" if force_repost else rule.spec.on_update
+        if new is not None and _same_lines(olds, new):
+            return [], matched  # read again, or changed in nothing the ledger sees
+        if mode == "ignore":
+            return [], matched
+        reversals = [self._reversal(o, src, history) for o in olds]
+        if new is None:
+            return reversals, matched
+        if mode == "reverse_and_repost":
+            return [*reversals, self._settle(self._keyed(new, rule, "post", after), history)], matched
+        delta = self._delta(new, olds, rule, after)
+        return ([self._settle(delta, history)] if delta is not None else []), matched
 
-    def _delta(self, new: Voucher, olds: Sequence[Voucher], src: SourceRef, rule: Rule) -> Voucher | None:
+    @staticmethod
+    def _keyed(v: Voucher, rule: Rule, role: str, after: str) -> Voucher:
+        return v._replace(key=voucher_key(v.source.row, rule.id, role, content_digest(v), after))
+
+    def _reversal(self, original: Voucher, by: SourceRef, history: bool) -> Voucher:
+        """Red-ink reversal, dated with the original (never before it), then moved by the period policy."""
+        return self._settle(reverse(original, by=by, on=original.date), history)
+
+    def _settle(self, v: Voucher, history: bool) -> Voucher:
+        """Opening state at a cutover is recorded as is; anything to post must land in an open period:
+        the book's policy moves it to the first open period (default) or rejects it (``original_period``)."""
+        if history:
+            return v._replace(opening=True)
+        book = self.ledger.books.get(v.book)
+        if book is None:
+            return v
+        period = _period(v.date)
+        if book.period_open(period):
+            return v
+        what = "reversal" if v.kind is VoucherKind.REVERSAL else "voucher"
+        if book.reverse_in == "original_period":
+            raise EvalError("CLOSED_PERIOD", f"the {what} falls in period {period} of book {v.book}, which is closed "
+                                             "(期间已结账), and the book posts corrections in their original period "
+                                             "(reverse_in: original_period)", "date", v.date.isoformat())
+        moved = book.first_open_on_or_after(v.date)
+        if moved is None:
+            raise EvalError("CLOSED_PERIOD", f"period {period} of book {v.book} is closed (期间已结账) and no later "
+                                             "period is open", "date", v.date.isoformat())
+        return v._replace(date=moved, original_date=v.original_date or v.date,
+                          business_date=v.business_date or v.date)
+
+    def _delta(self, new: Voucher, olds: Sequence[Voucher], rule: Rule, after: str) -> Voucher | None:
         """``post_delta``: the lines of ``new`` minus the lines in force, netted per account/side/dimension."""
         net: dict[tuple[Any, ...], Entry] = {}
         for e, sign in [(e, 1) for e in new.entries] + [(e, -1) for o in olds for e in o.entries]:
@@ -340,8 +483,53 @@ class Mapper:
         lines = tuple(e for e in net.values() if e.amount != ZERO or e.amount_for != ZERO)
         if not lines:
             return None
-        return new._replace(key=voucher_key(src, rule.id, "delta"), kind=VoucherKind.DELTA, entries=lines,
-                       reverses=olds[-1].key, explanation=f"调整 {new.explanation}"[:500])
+        delta = new._replace(kind=VoucherKind.DELTA, entries=lines, reverses=olds[-1].key,
+                             explanation=f"调整 {new.explanation}"[:500])
+        return self._keyed(delta, rule, "delta", after)
+
+    # ------------------------------------------------------------------ building one voucher
+    def _currency(self, value: Any, book: Book | None, field: str) -> str:
+        if value is None or (type(value) is str and not value.strip()):
+            raise EvalError("UNKNOWN_CURRENCY", "the currency is empty", field)
+        cur = value if type(value) is str else str(value)
+        if book is not None and not book.knows_currency(cur):
+            known = ", ".join(sorted({book.local_currency, *book.currency_numbers}))
+            raise EvalError("UNKNOWN_CURRENCY", f"currency {cur!r} is not in book {book.number}'s currency table "
+                                                f"({known})", field, cur)
+        return cur
+
+    def _source_rate(self, value: Any, currency: str, day: date, rate_type: str, book: Book | None,
+                     field: str) -> Decimal:
+        """A rate the rule takes from the source row: above 0, and within the book's band of the rate table."""
+        if value is None:
+            raise EvalError("NO_EXCHANGE_RATE", f"the row gives no exchange rate for {currency} (empty)", field)
+        r = _money(value, field)
+        if r <= 0:
+            raise EvalError("INVALID_RATE", f"exchange rate {r} for {currency} must be above 0", field, r)
+        if book is not None and currency != book.local_currency:
+            table = self.rules.tables.table_rate(currency, day, rate_type)
+            if table is not None and abs(MONEY_CONTEXT.divide(r, table) - 1) > book.rate_band:
+                off = MONEY_CONTEXT.divide(r, table) - 1
+                raise EvalError("RATE_OUT_OF_BAND",
+                                f"rate {r} for {currency} on {day} is {quantize(abs(off) * 100, 1)}% away from the "
+                                f"rate table's {table.normalize()} (allowed ±{quantize(book.rate_band * 100, 1)}%)",
+                                field, r)
+        return r
+
+    def _amount(self, raw: Any, currency: str, field: str, allow_negative: bool) -> tuple[Decimal, Decimal]:
+        """(the amount at the currency's precision, its exact value before the rule's own rounding)."""
+        exact = getattr(raw, "exact", None)
+        v = _money(raw, field)
+        places = self.ledger.places(currency)
+        q = v.quantize(Decimal(1).scaleb(-places), context=MONEY_CONTEXT)
+        if q != v:
+            raise EvalError("TOO_MANY_DECIMALS", f"{currency} amount {v} has more decimals than {currency}'s {places}; "
+                                                 "it is not rounded away — round it in the rule if that is intended",
+                            field, v)
+        if q < 0 and not allow_negative:
+            raise EvalError("NEGATIVE_AMOUNT", f"amount {q} is negative; this rule does not allow negative amounts "
+                                               "(allow_negative: true if they are legitimate)", field, q)
+        return q, (exact if exact is not None else q)
 
     def _build(self, rule: Rule, s: Mapping[str, Any], src: SourceRef) -> Voucher:
         spec = rule.spec
@@ -349,6 +537,8 @@ class Mapper:
         if not book:
             raise EvalError("UNKNOWN_BOOK", "the book expression gave an empty value", "voucher.book")
         book_cfg = self.ledger.books.get(book)
+        if book_cfg is not None:
+            BOOK_TZ.set(book_cfg.timezone)  # instants become this book's local dates from here on
         local = book_cfg.local_currency if book_cfg else "CNY"
         try:
             day = to_date(rule.date(s))
@@ -356,58 +546,76 @@ class Mapper:
         except EvalError as e:
             raise EvalError(e.code, e.message, e.field or "voucher.date", e.value) from None
         explanation = rule.explanation(s)[:500]
-        currency = str(rule.currency(s)) if rule.currency else local
+        currency = self._currency(rule.currency(s), book_cfg, "voucher.currency") if rule.currency else local
         rate_type = spec.voucher.rate_type
         tables = self.rules.tables
-        rate = _money(rule.rate(s), "voucher.rate") if rule.rate else tables.rate(currency, day, rate_type, local)
+        if rule.rate:
+            rate = self._source_rate(rule.rate(s), currency, day, rate_type, book_cfg, "voucher.rate")
+        else:
+            rate = tables.rate(currency, day, rate_type, local)
+        local_places = self.ledger.places(local)
         entries: list[Entry] = []
+        exact_for: list[Decimal] = []  # per entry, signed: debit +, credit −
+        exact_local: list[Decimal] = []
         make = Entry._make  # positional tuple construction: the hot path builds several per event
         local_rate = currency == local and rate == 1
         skip_zero = spec.skip_zero_lines
         for ce, plain, es in self._entry_scopes(rule, s):
-            if ce.when is not None and not ce.when(es):
+            if ce.when is not None and not truth(ce.when(es)):
                 continue
             p_amount, p_rate, p_local, p_qty, p_price = ce.paths
-            amount_for = _money(ce.amount(es), p_amount)
-            if skip_zero and amount_for == ZERO:
-                continue
+            allow_negative = spec.allow_negative if ce.allow_negative is None else ce.allow_negative
+            sign = 1 if ce.side is Side.DEBIT else -1
             if plain:  # the voucher's currency and rate, no optional fields
-                dims = _dimensions(ce, es)
+                amount_for, exact = self._amount(ce.amount(es), currency, p_amount, allow_negative)
+                if local_rate:
+                    amount, x_local = amount_for, exact
+                else:
+                    amount = quantize(MONEY_CONTEXT.multiply(amount_for, rate), local_places)
+                    x_local = MONEY_CONTEXT.multiply(exact, rate)
+                exact_for.append(exact if sign > 0 else -exact)
+                exact_local.append(x_local if sign > 0 else -x_local)
+                if skip_zero and amount_for == ZERO:
+                    continue
                 entries.append(make((
-                    ce.account(es), ce.side,
-                    amount_for if local_rate else quantize(MONEY_CONTEXT.multiply(amount_for, rate)),
-                    (ce.explanation(es) if ce.explanation else explanation)[:500], currency, rate_type, rate,
-                    amount_for, None, None, None, None, None, dims)))
+                    ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500],
+                    currency, rate_type, rate, amount_for, None, None, None, None, None, _dimensions(ce, es))))
                 continue
-            cur = str(ce.currency(es)) if ce.currency else currency
+            self._check_time()
+            cur = self._currency(ce.currency(es), book_cfg, f"entries[{ce.index}].currency") if ce.currency \
+                else currency
+            amount_for, exact = self._amount(ce.amount(es), cur, p_amount, allow_negative)
             if ce.rate is not None:
-                r = _money(ce.rate(es), p_rate)
+                r = self._source_rate(ce.rate(es), cur, day, rate_type, book_cfg, p_rate)
             elif cur == currency:
                 r = rate
             else:
                 r = tables.rate(cur, day, rate_type, local)
             if ce.local_amount is not None:
-                amount = _money(ce.local_amount(es), p_local)
+                amount, x_local = self._amount(ce.local_amount(es), local, p_local, allow_negative)
             elif cur == local and r == 1:
-                amount = amount_for
+                amount, x_local = amount_for, exact
             else:
-                amount = quantize(MONEY_CONTEXT.multiply(amount_for, r))
-            dims = _dimensions(ce, es)
+                amount = quantize(MONEY_CONTEXT.multiply(amount_for, r), local_places)
+                x_local = MONEY_CONTEXT.multiply(exact, r)
+            exact_for.append(exact if sign > 0 else -exact)
+            exact_local.append(x_local if sign > 0 else -x_local)
+            if skip_zero and amount_for == ZERO and amount == ZERO:
+                continue
             entries.append(make((
                 ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500], cur,
                 rate_type, r, amount_for, _optional_money(ce.quantity, es, p_qty) if ce.quantity is not None else None,
                 _optional_money(ce.price, es, p_price) if ce.price is not None else None, ce.unit(es) if ce.unit else None,
-                ce.settle_type(es) if ce.settle_type else None, ce.settle_no(es) if ce.settle_no else None, dims)))
-        if spec.rounding is not None:
-            entries = self._rounding(spec.rounding, entries, local)
+                ce.settle_type(es) if ce.settle_type else None, ce.settle_no(es) if ce.settle_no else None,
+                _dimensions(ce, es))))
+        entries = self._balance(spec.rounding, entries, exact_for, exact_local, local, rate)
         return Voucher(
-            key=voucher_key(src, rule.id, "post"), book=book, date=day, business_date=bday,
+            key="", book=book, date=day, business_date=bday,
             group=rule.group(s), explanation=explanation, entries=tuple(entries), source=src, rule_id=rule.id,
             rule_version=rule.version, data_centre=(rule.data_centre(s) if rule.data_centre else None)
             or (book_cfg.data_centre if book_cfg else None), attachments=spec.voucher.attachments)
 
-    @staticmethod
-    def _entry_scopes(rule: Rule, s: Mapping[str, Any]) -> list[tuple[Any, bool, Mapping[str, Any]]]:
+    def _entry_scopes(self, rule: Rule, s: Mapping[str, Any]) -> list[tuple[Any, bool, Mapping[str, Any]]]:
         """Each entry with the scope it is evaluated in: per-line entries once per line, with ``line``."""
         if rule.spec.lines is None:
             return [(ce, plain, s) for ce, plain in rule.entry_plan]
@@ -417,16 +625,55 @@ class Mapper:
                 out.extend((ce, plain, {**s, "line": row}) for row in s["lines"])
             else:
                 out.append((ce, plain, s))
+        if len(out) > MAX_ITEMS:
+            raise EvalError("EXPRESSION_ERROR", f"the voucher would have {len(out):,} lines; at most {MAX_ITEMS:,}")
         return out
 
-    @staticmethod
-    def _rounding(spec: Any, entries: list[Entry], local: str) -> list[Entry]:
-        """An explicit, visible rounding-difference line (never a silent fix) when within ``max``."""
-        diff = ZERO
-        for e in entries:
-            diff = diff + e.amount if e.side is Side.DEBIT else diff - e.amount
-        if diff == ZERO or abs(diff) > spec.max:
+    def _balance(self, spec: RoundingSpec | None, entries: list[Entry], exact_for: list[Decimal],
+                 exact_local: list[Decimal], local: str, rate: Decimal) -> list[Entry]:
+        """Decide what a difference between debits and credits is.
+
+        A difference already in the source amounts (gross ≠ net + tax) is a data error: UNBALANCED with the
+        amounts, never absorbed. Only differences this voucher creates — converting to local currency, or the
+        rule's own rounding of a proportional split (``round…`` helpers) — may go to the explicit ``rounding:``
+        line, and only up to its ``max``. Without ``rounding:`` they are left for the balance check to reject.
+        """
+        if not entries:
             return entries
-        side = Side.CREDIT if diff > 0 else Side.DEBIT
-        return [*entries, Entry(account=spec.account, side=side, amount=abs(diff), amount_for=abs(diff),
-                                currency=local, explanation=spec.explanation)]
+        currencies = {e.currency for e in entries}
+        single = len(currencies) == 1
+        cur = entries[0].currency
+        source_diff = sum(exact_for, ZERO) if single else sum(exact_local, ZERO)
+        if abs(source_diff) > _NOISE:
+            debit = sum((x for x in (exact_for if single else exact_local) if x > 0), ZERO)
+            credit = -sum((x for x in (exact_for if single else exact_local) if x < 0), ZERO)
+            unit = cur if single else local
+            places = self.ledger.places(unit)
+
+            def shown(d: Decimal) -> str:
+                q = d.quantize(Decimal(1).scaleb(-places), context=MONEY_CONTEXT)
+                return f"{q if q == d else d.normalize():f}"
+            raise EvalError("UNBALANCED", f"the source amounts do not balance: debits {shown(debit)} ≠ credits "
+                                          f"{shown(credit)} {unit} (difference {shown(source_diff)}); a difference "
+                                          "in the data is not a rounding difference and is never booked away",
+                            "entries", shown(source_diff))
+        if spec is None:
+            return entries
+        out = list(entries)
+        if single:  # the rule's own rounding of a split leaves a difference in the transaction currency
+            diff_for = ZERO
+            for e in out:
+                diff_for = diff_for + e.amount_for if e.side is Side.DEBIT else diff_for - e.amount_for
+            if diff_for != ZERO and abs(diff_for) <= spec.max:
+                amount = abs(diff_for) if cur == local and rate == 1 else \
+                    quantize(MONEY_CONTEXT.multiply(abs(diff_for), rate), self.ledger.places(local))
+                out.append(Entry(account=spec.account, side=Side.CREDIT if diff_for > 0 else Side.DEBIT,
+                                 amount=amount, amount_for=abs(diff_for), currency=cur, rate=rate,
+                                 explanation=spec.explanation))
+        diff = ZERO
+        for e in out:
+            diff = diff + e.amount if e.side is Side.DEBIT else diff - e.amount
+        if diff != ZERO and abs(diff) <= spec.max:  # conversion rounding, in local currency
+            out.append(Entry(account=spec.account, side=Side.CREDIT if diff > 0 else Side.DEBIT, amount=abs(diff),
+                             amount_for=abs(diff), currency=local, explanation=spec.explanation))
+        return out

@@ -19,6 +19,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,13 +28,14 @@ from connector.errors import ConnectorError
 from connector.ledger._checks import (
     Account,
     Book,
+    Cutover,
     LedgerContext,
     Limits,
     Permission,
     dimension_slot,
 )
 from connector.ledger._model import Side
-from connector.mapping._expr import EVENT_NAMES, Compiled, Compiler, ExprError, Tables
+from connector.mapping._expr import CURRENCY_PLACES, EVENT_NAMES, Compiled, Compiler, ExprError, Tables
 
 
 class RuleError(ConnectorError):
@@ -134,6 +136,8 @@ class EntrySpec(_Model):
     settle_no: str | None = None
     #: ``lines``: one entry per line of the document (rules with ``lines:`` only), ``line`` in scope
     for_each: Literal["lines"] | None = None
+    #: a negative amount is a data error unless allowed (here or for the whole rule)
+    allow_negative: bool | None = None
 
     @field_validator("dimensions")
     @classmethod
@@ -201,8 +205,14 @@ class RuleSpec(_Model):
     match: MatchSpec
     key_columns: list[str] = Field(default_factory=list)
     on_update: Literal["reverse_and_repost", "post_delta", "ignore"] = "reverse_and_repost"
+    #: no longer needed: binary floats (Debezium double mode) are read exactly via their shortest repr
     float_fields: list[str] = Field(default_factory=list)
     skip_zero_lines: bool = True
+    #: ``every_row``: every row of the table must post — a row that matches no rule of the table is rejected
+    #: (UNMATCHED) instead of skipped
+    coverage: Literal["matched_rows", "every_row"] = "matched_rows"
+    #: amounts below zero are rejected (NEGATIVE_AMOUNT) unless the rule or the entry allows them
+    allow_negative: bool = False
     voucher: VoucherSpec
     entries: list[EntrySpec] = Field(min_length=2)
     rounding: RoundingSpec | None = None
@@ -246,6 +256,21 @@ class LookupsSpec(_Model):
                                              "exact")
         return v
 
+    @field_validator("rates")
+    @classmethod
+    def _positive_rates(cls, v: dict[str, dict[str, dict[date, str | int | Decimal]]]
+                        ) -> dict[str, dict[str, dict[date, str | int | Decimal]]]:
+        for cur, types in v.items():
+            for typ, series in types.items():
+                for day, r in series.items():
+                    try:
+                        ok = Decimal(str(r)).is_finite() and Decimal(str(r)) > 0
+                    except ArithmeticError:
+                        ok = False
+                    if not ok:
+                        raise ValueError(f"rates.{cur}.{typ}.{day}: {r!r} is not an exchange rate above 0")
+        return v
+
 
 class AccountFile(_Model):
     number: str
@@ -267,6 +292,39 @@ class BookFile(_Model):
     currency_numbers: dict[str, str] = Field(default_factory=lambda: {"CNY": "PRE001"})
     auto_submit: bool = False
     auto_audit: bool = False
+    #: IANA time zone of the book: datetimes with a zone and ts_ms-derived dates become its local date
+    timezone: str = "Asia/Shanghai"
+    #: where vouchers dated in a closed period go (corrections and late documents alike)
+    reverse_in: Literal["first_open_period", "original_period"] = "first_open_period"
+    #: how far (as a fraction) a rate from the source may be from the rate table's
+    rate_band: Decimal = Field(Decimal("0.05"), gt=0, lt=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai)") from None
+        return v
+
+    @field_validator("rate_band", mode="before")
+    @classmethod
+    def _exact_band(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, float) else v
+
+
+class CutoverFile(_Model):
+    """``cutover: {pos: {date: 2026-11-01}}`` or ``{lsn: 123456}``: history before it is opening state."""
+
+    on: date | None = Field(None, alias="date")
+    lsn: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> CutoverFile:
+        if (self.on is None) == (self.lsn is None):
+            raise ValueError("give exactly one of date or lsn")
+        return self
 
 
 class PermissionFile(_Model):
@@ -288,14 +346,41 @@ class LedgerSpec(_Model):
     accounts: list[AccountFile] = Field(default_factory=list)
     books: list[BookFile] = Field(default_factory=list)
     permissions: dict[str, PermissionFile] = Field(default_factory=dict)
+    #: ``permissions: {default: allow}`` lets systems without an entry post anywhere; the default is deny
+    default_permission: Literal["deny", "allow"] | None = None
     limits: dict[str, LimitsFile] = Field(default_factory=dict)
     dimension_labels: dict[str, str] = Field(default_factory=dict)
+    #: decimals per currency where ISO 4217's minor units are not what the books use
+    currency_places: dict[str, int] = Field(default_factory=dict)
+    #: more digits than this (integer + decimals) is an implausible amount, rejected for review
+    max_amount_digits: int = Field(15, ge=3, le=30)
+    cutover: dict[str, CutoverFile] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _permission_default(cls, data: Any) -> Any:
+        """``permissions: {default: allow, pos: {...}}``: the ``default`` key is the policy, not a system."""
+        if isinstance(data, Mapping) and isinstance(data.get("permissions"), Mapping) \
+                and isinstance(data["permissions"].get("default"), str):
+            perms = dict(data["permissions"])
+            data = {**data, "permissions": perms, "default_permission": perms.pop("default")}
+        return data
+
+    @field_validator("currency_places")
+    @classmethod
+    def _places(cls, v: dict[str, int]) -> dict[str, int]:
+        for cur, n in v.items():
+            if not 0 <= n <= 6:
+                raise ValueError(f"currency_places.{cur}: {n} decimals; expected 0 to 6")
+        return v
 
 
 class GoldenCase(_Model):
     name: str
     events: list[dict[str, Any]]
     expect: list[dict[str, Any]]
+    #: run only in these Debezium decimal modes (default: all three where the table's schema is known)
+    decimal_modes: list[Literal["precise", "string", "double"]] | None = None
 
 
 class GoldenSpec(_Model):
@@ -328,6 +413,8 @@ class CompiledEntry:
     settle_type: Compiled | None
     settle_no: Compiled | None
     for_each_line: bool = False
+    #: negative amounts allowed for this entry (``None``: as the rule says)
+    allow_negative: bool | None = None
     #: field paths for messages, built once: amount, rate, local_amount, quantity, price
     paths: tuple[str, str, str, str, str] = ("", "", "", "", "")
 
@@ -513,6 +600,7 @@ def _compile_rule(spec: RuleSpec, file: str, compiler: Compiler, loc: _Located, 
             price=expr(e.price, "entries", i, "price"), unit=tmpl(e.unit, "entries", i, "unit"),
             settle_type=tmpl(e.settle_type, "entries", i, "settle_type"),
             settle_no=tmpl(e.settle_no, "entries", i, "settle_no"), for_each_line=e.for_each == "lines",
+            allow_negative=e.allow_negative,
             paths=tuple(f"entries[{i}].{f}" for f in ("amount", "rate", "local_amount", "quantity",  # type: ignore[arg-type]
                                                        "price"))))
     v = spec.voucher
@@ -537,7 +625,17 @@ def _ledger_context(specs: list[LedgerSpec]) -> LedgerContext:
     perms: dict[str, Permission] = {}
     limits: dict[str, Limits] = {}
     labels: dict[str, str] = {}
+    places: dict[str, int] = dict(CURRENCY_PLACES)
+    cutover: dict[str, Cutover] = {}
+    default_permission: Literal["deny", "allow"] = "deny"
+    max_digits = 15
     for s in specs:
+        places.update(s.currency_places)
+        cutover.update({system: Cutover(date=c.on, lsn=c.lsn) for system, c in s.cutover.items()})
+        if s.default_permission is not None:
+            default_permission = s.default_permission
+        if "max_amount_digits" in s.model_fields_set:
+            max_digits = s.max_amount_digits
         for a in s.accounts:
             accounts[a.number] = Account(
                 number=a.number, name=a.name, direction=Side(a.direction), leaf=a.leaf, frozen=a.frozen,
@@ -548,7 +646,8 @@ def _ledger_context(specs: list[LedgerSpec]) -> LedgerContext:
                 number=b.number, name=b.name, local_currency=b.local_currency, data_centre=b.data_centre,
                 open_periods=frozenset(b.open_periods) if b.open_periods is not None else None,
                 closed_periods=frozenset(b.closed_periods), currency_numbers=dict(b.currency_numbers),
-                auto_submit=b.auto_submit, auto_audit=b.auto_audit)
+                auto_submit=b.auto_submit, auto_audit=b.auto_audit, timezone=ZoneInfo(b.timezone),
+                reverse_in=b.reverse_in, rate_band=b.rate_band)
         for system, p in s.permissions.items():
             perms[system] = Permission(system=system, books=frozenset(p.books) if p.books is not None else None,
                                        accounts=tuple(p.accounts), deny_accounts=tuple(p.deny_accounts))
@@ -557,7 +656,9 @@ def _ledger_context(specs: list[LedgerSpec]) -> LedgerContext:
                                     zscore_dimension=dimension_slot(lim.zscore_dimension),
                                     zscore_window=lim.zscore_window, zscore_min_samples=lim.zscore_min_samples)
         labels.update({dimension_slot(k): v for k, v in s.dimension_labels.items()})
-    return LedgerContext(accounts=accounts, books=books, permissions=perms, limits=limits, dimension_labels=labels)
+    return LedgerContext(accounts=accounts, books=books, permissions=perms, limits=limits, dimension_labels=labels,
+                         currency_places=places, cutover=cutover, default_permission=default_permission,
+                         max_amount_digits=max_digits)
 
 
 _KINDS: dict[str, type[_Model]] = {"rule": RuleSpec, "ignore": IgnoreSpec, "lookups": LookupsSpec, "ledger": LedgerSpec,
@@ -596,10 +697,12 @@ def load_rules(directory: str | Path) -> RuleSet:
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
                 problems.append(f"{name}:{line} {_fmt_loc(path_)}: {msg}")
     lookups = [m for _, m, _ in parsed if isinstance(m, LookupsSpec)]
+    ledger = _ledger_context([m for _, m, _ in parsed if isinstance(m, LedgerSpec)])
     tables = Tables(
         lookups={k: v for spec in lookups for k, v in spec.lookups.items()},
         rates={cur: {typ: [(d, Decimal(str(r))) for d, r in series.items()] for typ, series in types.items()}
-               for spec in lookups for cur, types in spec.rates.items()})
+               for spec in lookups for cur, types in spec.rates.items()},
+        currency_places=ledger.currency_places)
     compiler = Compiler(tables)
     #: rules with ``lines:`` may also say ``line`` (the line being mapped) and ``lines`` (all of them)
     line_compiler = Compiler(tables, names=EVENT_NAMES | {"line", "lines"})
@@ -614,7 +717,6 @@ def load_rules(directory: str | Path) -> RuleSet:
             rule = _compile_rule(model, name, line_compiler if model.lines is not None else compiler, loc, problems)
             if rule is not None:
                 rules.append(rule)
-    ledger = _ledger_context([m for _, m, _ in parsed if isinstance(m, LedgerSpec)])
     locs = {name: loc for name, _, loc in parsed}
     for rule in rules:  # literal and looked-up accounts can be checked against the chart at load time
         if not ledger.accounts:

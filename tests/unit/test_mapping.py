@@ -118,34 +118,33 @@ def test_missing_field_names_the_field(mapper: Mapper) -> None:
     assert r.rejections[0].field == "row.tax_amount" and r.rejections[0].rule == "pos-sale"
 
 
-def test_float_amount_is_refused_and_opt_in_accepts_it(tmp_path: Path) -> None:
-    row = sale(net_amount=100.0, tax_amount=13.0, gross_amount=113.0, points_deduction=0.0)
-    r = Mapper(load_rules(RULES)).map(event("pos", "sales_order", after=row))
-    assert only_rejection(r) is ReasonCode.FLOAT_AMOUNT
-    opt_in = (RULES / "pos-sale.yaml").read_text().replace(
-        "on_update: reverse_and_repost", "on_update: reverse_and_repost\nfloat_fields: [net_amount, tax_amount, "
-        "gross_amount, points_deduction]")
-    d = rules_with(tmp_path, **{"pos-sale": opt_in})
-    ok = Mapper(load_rules(d)).map(event("pos", "sales_order", after=row))
-    assert ok.vouchers and [render_entry(e) for e in ok.vouchers[0].entries] == [
-        "debit 1001 113.0", "credit 6001.01 100.0", "credit 2221.01.05 13.0"]
-    assert isinstance(ok.vouchers[0].entries[0].amount, Decimal)
+def test_binary_floats_give_the_voucher_precise_decimals_give(mapper: Mapper) -> None:
+    precise = mapper.map(event("pos", "sales_order", after=sale(net_amount=Decimal("100.10"),
+                                                                tax_amount=Decimal("13.01"),
+                                                                gross_amount=Decimal("113.11"))))
+    double = mapper.map(event("pos", "sales_order", after=sale(net_amount=100.1, tax_amount=13.01,
+                                                               gross_amount=113.11, points_deduction=0.0)))
+    assert double.vouchers and [render_entry(e) for e in double.vouchers[0].entries] == [
+        "debit 1001 113.11", "credit 6001.01 100.10", "credit 2221.01.05 13.01"]
+    assert double.vouchers[0].key == precise.vouchers[0].key
+    assert all(isinstance(e.amount, Decimal) for e in double.vouchers[0].entries)
 
 
-def test_more_than_two_decimals_is_invalid_not_rounded(mapper: Mapper) -> None:
+def test_more_than_two_decimals_is_rejected_not_rounded(mapper: Mapper) -> None:
     r = mapper.map(event("pos", "sales_order", after=sale(net_amount=Decimal("100.004"),
                                                           gross_amount=Decimal("113.004"))))
-    assert only_rejection(r) is ReasonCode.INVALID_AMOUNT
+    assert only_rejection(r) is ReasonCode.TOO_MANY_DECIMALS
+    assert "113.004" in r.rejections[0].message and "CNY's 2" in r.rejections[0].message
 
 
-def test_unbalanced_by_one_cent_is_rejected_with_difference(mapper: Mapper) -> None:
+def test_a_difference_in_the_source_amounts_is_unbalanced_never_a_rounding_line(mapper: Mapper) -> None:
+    # pos-sale has a rounding rule (max 0.05), but gross ≠ net + tax is a data error, even by one cent
     r = mapper.map(event("pos", "sales_order", after=sale(tax_amount=Decimal("13.01"))))
-    # pos-sale has a rounding rule (max 0.05): a cent is absorbed *visibly* on 6603.03 …
-    assert r.vouchers and render_entry(r.vouchers[0].entries[-1]) == "debit 6603.03 0.01"
-    # … but above the rule's maximum it is rejected, never fixed.
-    r = mapper.map(event("pos", "sales_order", after=sale(tax_amount=Decimal("13.10"))))
     assert only_rejection(r) is ReasonCode.UNBALANCED
-    assert r.rejections[0].value == "-0.10" and "difference -0.10" in r.rejections[0].message
+    assert r.rejections[0].value == "-0.01"
+    assert "debits 113.00 ≠ credits 113.01 CNY (difference -0.01)" in r.rejections[0].message
+    r = mapper.map(event("pos", "sales_order", after=sale(tax_amount=Decimal("13.10"))))
+    assert only_rejection(r) is ReasonCode.UNBALANCED and "difference -0.10" in r.rejections[0].message
 
 
 def test_unknown_non_leaf_and_frozen_accounts(tmp_path: Path) -> None:
@@ -176,9 +175,14 @@ def test_missing_dimension_uses_kingdee_wording(mapper: Mapper) -> None:
     assert r.rejections[0].message == "第1行分录：科目（1122-应收账款）设置的下列必录维度未录入或不可用：客户"
 
 
-def test_closed_period_and_unknown_book(mapper: Mapper) -> None:
-    assert only_rejection(mapper.map(event("pos", "sales_order", after=sale(order_date="2026-10-31")))) \
-        is ReasonCode.CLOSED_PERIOD
+def test_closed_period_and_unknown_book(mapper: Mapper, tmp_path: Path) -> None:
+    moved = mapper.map(event("pos", "sales_order", after=sale(order_date="2026-10-31")))
+    assert moved.vouchers[0].date.isoformat() == "2026-11-01"  # reverse_in: first_open_period (the default)
+    assert moved.vouchers[0].original_date and moved.vouchers[0].original_date.isoformat() == "2026-10-31"
+    ledger = (RULES / "ledger.yaml").read_text().replace("reverse_in: first_open_period", "reverse_in: original_period")
+    strict = Mapper(load_rules(rules_with(tmp_path, ledger=ledger)))
+    r = strict.map(event("pos", "sales_order", after=sale(order_date="2026-10-31")))
+    assert only_rejection(r) is ReasonCode.CLOSED_PERIOD and "2026-10 of book 001" in r.rejections[0].message
     r = mapper.map(event("pos", "sales_order", after=sale(company_code="999")))
     assert only_rejection(r) is ReasonCode.MISSING_FIELD and "company_books" in r.rejections[0].message
 
@@ -215,8 +219,14 @@ def test_currency_not_allowed_and_inconsistent(tmp_path: Path) -> None:
 
 
 def test_no_exchange_rate(mapper: Mapper) -> None:
+    r = mapper.map(event("pos", "sales_order", after=sale(currency="EUR")))
+    assert only_rejection(r) is ReasonCode.NO_EXCHANGE_RATE and r.rejections[0].value == "EUR@2026-11-12"
+
+
+def test_a_currency_outside_the_books_table_is_unknown(mapper: Mapper) -> None:
     r = mapper.map(event("pos", "sales_order", after=sale(currency="JPY")))
-    assert only_rejection(r) is ReasonCode.NO_EXCHANGE_RATE and r.rejections[0].value == "JPY@2026-11-12"
+    assert only_rejection(r) is ReasonCode.UNKNOWN_CURRENCY
+    assert "'JPY' is not in book 001's currency table (CNY, EUR, USD)" in r.rejections[0].message
 
 
 def test_invalid_date(mapper: Mapper) -> None:
@@ -288,7 +298,8 @@ def test_post_delta_posts_only_the_difference(tmp_path: Path) -> None:
 def test_ignore_mode_keeps_the_first_voucher(tmp_path: Path) -> None:
     m, led = _modes(tmp_path, "ignore"), InMemoryLedger()
     led.apply(m.map(event("pos", "sales_order", after=sale(), lsn=1), led))
-    r = m.map(event("pos", "sales_order", "u", after=sale(gross_amount=Decimal("1.00")), lsn=2), led)
+    r = m.map(event("pos", "sales_order", "u", after=sale(net_amount=Decimal("200.00"), tax_amount=Decimal("26.00"),
+                                                          gross_amount=Decimal("226.00")), lsn=2), led)
     assert r.skipped and not r.vouchers
 
 
@@ -305,8 +316,9 @@ def test_keys_come_from_source_identity_not_kafka(mapper: Mapper) -> None:
     ev = event("pos", "sales_order", after=sale(), lsn=77)
     a = mapper.map(replace(ev, kafka=KafkaCoordinates(topic="pos.public.sales_order", partition=0, offset=5)))
     b = mapper.map(replace(ev, kafka=KafkaCoordinates(topic="pos.replay", partition=3, offset=90210)))
-    c = mapper.map(event("pos", "sales_order", after=sale(), lsn=78))
-    assert a.vouchers[0].key == b.vouchers[0].key != c.vouchers[0].key
+    c = mapper.map(event("pos", "sales_order", "r", after=sale(), lsn=78))  # the same row read again
+    d = mapper.map(event("pos", "sales_order", after=sale(order_no="SO1-B", payment_method="ALIPAY"), lsn=77))
+    assert a.vouchers[0].key == b.vouchers[0].key == c.vouchers[0].key != d.vouchers[0].key
 
 
 # --------------------------------------------------------------------------- rule files
