@@ -204,9 +204,11 @@ class BusinessDatabases:
         conn = self._conn(system)
         with conn.transaction():
             _insert(conn, table.table, row)
+            share = (row["gross_amount"] / lines).quantize(Decimal("0.01")) if lines else Decimal(0)
             for n in range(lines):
                 self._line_id += 1
-                amount = (row["gross_amount"] / lines).quantize(Decimal("0.01"))
+                # the lines add up to the order's gross: the last one takes the cents the split leaves over
+                amount = share if n < lines - 1 else row["gross_amount"] - share * (lines - 1)
                 _insert(conn, "sales_order_line", {"id": self._line_id, "order_id": row["id"], "line_no": n + 1,
                                                    "sku": f"SKU{n + 1:03d}", "quantity": Decimal("1.0000"),
                                                    "amount": amount})

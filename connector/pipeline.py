@@ -30,7 +30,6 @@ from connector.events import (
     Decoded,
     Decoder,
     KafkaCoordinates,
-    Op,
     Tombstone,
     TransactionMarker,
 )
@@ -158,8 +157,9 @@ class Processor:
                 s = d.source
                 ref = RowRef(system=s.name, table=s.table_id, pk=canonical_pk(d.key))
                 changes[i] = (ref.system, ref.table, ref.pk, s.position, d.op.value)
-                if d.op in (Op.UPDATE, Op.DELETE):
-                    wanted.append(ref)
+                # every change is compared with the row's state: a create or snapshot read of a row already
+                # in force (read again) posts nothing, an update reverses, a re-created row gets a new key
+                wanted.append(ref)
         # A change that already produced vouchers (a replay from any topic, a redelivery) is not mapped again:
         # mapping it against today's state could reverse a *later* voucher. Its outcome is DUPLICATE.
         done = journal.journaled_changes(changes.values())

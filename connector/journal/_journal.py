@@ -144,17 +144,24 @@ class Journal:
 
     # ------------------------------------------------------------------ prior vouchers
     def prefetch_active(self, rows: Iterable[RowRef]) -> InMemoryLedger:
-        """The vouchers in force for ``rows``, as a ledger the mapper can read and the batch can extend."""
+        """What the journal knows of ``rows``, as a ledger the mapper can read and the batch can extend: the
+        vouchers in force, and each row's newest voucher key per rule (in force or reversed)."""
         ledger = InMemoryLedger()
         wanted = list({(r.system, r.table, r.pk) for r in rows})
         if not wanted:
             return ledger
+        args = ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted])
         cur = self.conn.execute(self.q(
             "SELECT payload FROM {s}.vouchers WHERE kind <> 'reversal' AND reversed_by IS NULL AND "
             "(source_system, source_table, source_pk) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) "
-            "ORDER BY journaled_at, kafka_offset, key"),
-            ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted]))
+            "ORDER BY seq"), args)
         ledger.seed(voucher_from_json(bytes(r[0])) for r in cur.fetchall())
+        cur = self.conn.execute(self.q(
+            "SELECT DISTINCT ON (source_system, source_table, source_pk, rule_id) source_system, source_table, "
+            "source_pk, rule_id, key FROM {s}.vouchers WHERE kind <> 'reversal' AND "
+            "(source_system, source_table, source_pk) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])) "
+            "ORDER BY source_system, source_table, source_pk, rule_id, seq DESC"), args)
+        ledger.seed_latest({(RowRef(r[0], r[1], r[2]), r[3]): r[4] for r in cur.fetchall()})
         return ledger
 
     def journaled_changes(self, changes: Iterable[tuple[str, str, str, str, str]]) -> dict[tuple[str, ...], list[str]]:
@@ -240,7 +247,8 @@ class Journal:
                     "COPY {s}.vouchers (key, kind, reverses, book, data_centre, voucher_date, "
                     "voucher_group, explanation, debit_total, review, source_system, source_table, "
                     "source_pk, source_position, source_op, source_ts_ms, topic, kafka_partition, "
-                    "kafka_offset, kafka_ts_ms, rule_id, rule_version, payload) FROM STDIN")) as copy:
+                    "kafka_offset, kafka_ts_ms, rule_id, rule_version, payload, status, original_date) "
+                    "FROM STDIN")) as copy:
                 for k, v in new:
                     copy.write_row((
                         v.key, v.kind.value, v.reverses, v.book, v.data_centre, v.date, v.group,
@@ -248,7 +256,7 @@ class Journal:
                         v.source.row.table, v.source.row.pk, v.source.position, v.source.op,
                         v.source.ts_ms, k.topic if k else None, k.partition if k else None,
                         k.offset if k else None, k.timestamp_ms if k else None, v.rule_id, v.rule_version,
-                        voucher_to_json(v)))
+                        voucher_to_json(v), "OPENING" if v.opening else "JOURNALED", v.original_date))
             reversals = [(v.reverses, v.key) for _, v in new if v.kind is VoucherKind.REVERSAL and v.reverses]
             if reversals:
                 cur.execute(self.q(

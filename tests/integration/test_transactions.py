@@ -32,6 +32,8 @@ def _rules(tmp_path: Path, system: str) -> Path:
         EXAMPLE.read_text("utf-8").replace("system: pos", f"system: {system}"), "utf-8")
     ignored = (target / "ignored.yaml").read_text("utf-8")
     (target / "ignored.yaml").write_text(ignored.replace("system: pos", f"system: {system}"), "utf-8")
+    ledger = (target / "ledger.yaml").read_text("utf-8")  # the test's system may post what POS may
+    (target / "ledger.yaml").write_text(ledger.replace("permissions:\n  pos:", f"permissions:\n  {system}:"), "utf-8")
     return target
 
 
