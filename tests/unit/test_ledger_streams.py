@@ -130,16 +130,16 @@ def stream_ledger(ops: Sequence[tuple[str, Any, Any]], journal: Journaling) -> S
     return StreamRun(out, db, booked, mapper)
 
 
-def _net(vouchers: Sequence[Voucher]) -> Counter[tuple[Any, ...]]:
+def _net(vouchers: Sequence[Voucher]) -> dict[tuple[Any, ...], Decimal]:
     """Signed local and transaction amounts per account, dimension and currency (zero entries dropped)."""
-    net: Counter[tuple[Any, ...]] = Counter()
+    net: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
     for v in vouchers:
         for e in v.entries:
             sign = 1 if e.side.value == "debit" else -1
             k = (e.account, tuple(sorted(e.dimensions.items())), e.currency)
             net[(*k, "local")] += sign * e.amount
             net[(*k, "for")] += sign * e.amount_for
-    return Counter({k: v for k, v in net.items() if v != 0})
+    return {k: v for k, v in net.items() if v != 0}
 
 
 def check_ledger(run: StreamRun) -> None:
