@@ -235,17 +235,18 @@ def run(
 @app.command()
 def post(config: ConfigOpt = None,
          exit_when_idle: Annotated[bool, typer.Option(help="stop when nothing is left to post")] = False) -> None:
-    """Post journaled vouchers to Kingdee (idempotent; several posters may run side by side)."""
+    """Post journaled vouchers to Kingdee (idempotent; several posters may run side by side). Every
+    kingdee.duplicate_scan_every_s it also scans Kingdee for voucher keys held more than once."""
     import signal
 
     from connector.config import load_settings
+    from connector.kingdee.poster import poster_from_settings
     from connector.ops import Metrics
-    from connector.service import build_poster
 
     settings = load_settings(config)
     _setup_logging(settings)
     metrics = Metrics()
-    poster = build_poster(settings, metrics=metrics)
+    poster = poster_from_settings(settings, metrics=metrics)
     ops = _serve_ops(settings, metrics, _readiness(settings, kafka=False, kingdee=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poster.stop())
@@ -254,7 +255,61 @@ def post(config: ConfigOpt = None,
     finally:
         ops.stop()
     typer.echo(f"posted {stats.posted}, found after timeouts {stats.found_after_timeout}, rejected by Kingdee "
-               f"{stats.rejected}, needs attention {stats.needs_attention}, ambiguous calls {stats.ambiguous_calls}")
+               f"{stats.rejected}, needs attention {stats.needs_attention}, ambiguous calls {stats.ambiguous_calls}, "
+               f"outcomes unknown {stats.unknown}, leases taken over {stats.taken_over}, extra copies deleted "
+               f"{stats.duplicates_deleted} / flagged {stats.duplicates_flagged}")
+
+
+@app.command("scan-duplicates")
+def scan_duplicates(config: ConfigOpt = None,
+                    book: Annotated[Optional[str], typer.Option("--book", help="only this book")] = None,
+                    period: Annotated[Optional[str], typer.Option("--period", help="only this period (YYYY-MM)")] = None,
+                    flag_only: Annotated[bool, typer.Option("--flag-only", help="delete nothing, only flag "
+                                                            "(as kingdee.delete_duplicates: false does)")] = False,
+                    ) -> None:
+    """Find vouchers Kingdee holds more than once (the same key marker or key field) in the periods the journal
+    posted to: unaudited extra copies with the same lines are deleted, keeping the copy the journal recorded;
+    audited ones are flagged for a person. Exit 1 while any copy waits for a person."""
+    from dataclasses import replace
+
+    from connector.config import load_settings
+    from connector.kingdee.poster import poster_from_settings
+
+    if period is not None and not (len(period) == 7 and period[4] == "-" and period.replace("-", "").isdigit()):
+        _fail(f"--period must be YYYY-MM, got {period!r}")
+    settings = load_settings(config)
+    _setup_logging(settings)
+    poster = poster_from_settings(settings)
+    if flag_only:
+        poster.opts = replace(poster.opts, delete_duplicates=False)
+    try:
+        poster.journal.migrate()
+        periods = poster.periods(book=book, period=period)
+        if not periods:
+            typer.echo("the journal has posted nothing" + (f" to book {book}" if book else "")
+                       + (f" in {period}" if period else ""))
+            return
+        scan = poster.scan_duplicates(periods)
+    finally:
+        poster.client.close()
+        poster.journal.close()
+    if scan.skipped:
+        _fail(f"no scan: {scan.skipped}; try again shortly", code=3)
+    typer.echo(f"scanned {len(scan.periods)} periods ({', '.join(f'{b} {p}' for b, p in scan.periods[:6])}"
+               f"{' …' if len(scan.periods) > 6 else ''}): {scan.vouchers_seen} vouchers with keys, "
+               f"{len(scan.duplicated)} keys held more than once")
+    for key, vid, number in scan.deleted:
+        typer.echo(f"deleted  {number} (id {vid}), an extra copy of {key}")
+    for key, vid, number, reason in scan.flagged:
+        typer.secho(f"flagged  {number} (id {vid}), a copy of {key}: {reason}", fg=typer.colors.YELLOW)
+    if scan.in_flight:
+        typer.echo(f"still being posted (settled by the poster's look-up): {', '.join(scan.in_flight[:10])}")
+    if scan.error:
+        _fail(f"the scan stopped early: {scan.error}")
+    typer.echo(f"{scan.open_copies} extra copies wait for a person (kdcdc.duplicate_copies, state NEEDS_HUMAN)"
+               if scan.open_copies else "no extra copies wait for a person")
+    if scan.open_copies:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -272,7 +327,9 @@ def sandbox(
     app_id = next(iter(cfg.apps), "")
     typer.echo(f"Kingdee sandbox on {server.url}  data centre {cfg.data_centre}  app {app_id}\n"
                f"admin: POST {server.url.replace('/k3cloud/', '')}/sandbox/admin/faults "
-               f"{{\"latency_ms\": 20, \"http_5xx_rate\": 0.02}}; GET …/sandbox/admin/vouchers")
+               f"{{\"latency_ms\": 20, \"http_5xx_rate\": 0.02}} (late commits: {{\"slow_ms\": 4000, "
+               f"\"slow_every_s\": 2.5, \"slow_for_s\": 0.7}}); POST …/sandbox/admin/copy_voucher {{\"id\": …}}; "
+               f"GET …/sandbox/admin/vouchers")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -455,16 +512,19 @@ def reconcile(book: Annotated[str, typer.Option("--book")],
                    f"{a.status}" + (f"  {' '.join(a.vouchers[:5])}" if a.status != "ok" else ""))
     for title, items in (("missing in Kingdee", report.missing_in_kingdee),
                          ("unknown to the journal", report.unknown_to_journal),
-                         ("different amounts", report.amount_mismatch)):
+                         ("different amounts", report.amount_mismatch),
+                         ("present more than once in Kingdee", report.duplicate_lines())):
         if items:
-            typer.echo(f"{title}: {', '.join(items[:20])}{' …' if len(items) > 20 else ''}")
+            typer.echo(f"{title}: {'; '.join(items[:20])}{' …' if len(items) > 20 else ''}")
     if csv_path:
         report.write_csv(csv_path)
     if html_path:
         report.write_html(html_path)
     record(journal, report)
-    typer.echo(f"{len(report.flagged)} of {len(report.accounts)} lines flagged")
-    if report.flagged:
+    typer.echo(f"{len(report.flagged)} of {len(report.accounts)} lines flagged"
+               + (f"; {len(report.duplicated_in_kingdee)} keys present more than once in Kingdee"
+                  if report.duplicated_in_kingdee else ""))
+    if report.is_flagged:
         raise typer.Exit(1)
 
 
@@ -691,15 +751,22 @@ def mapping_preview(
 
 
 @mapping_app.command("test")
-def mapping_test(rules: RulesDir) -> None:
-    """Run the golden files: every sample event must produce exactly the expected vouchers."""
+def mapping_test(
+    rules: RulesDir,
+    schemas: Annotated[Optional[Path], typer.Option(
+        "--schemas", exists=True, file_okay=False,
+        help="Avro envelope schemas (<system>.<table>.envelope.avsc): cases of these tables run in the precise, "
+             "string and double decimal modes [default: schemas/ next to the rules directory]")] = None,
+) -> None:
+    """Run the golden files: every sample event, decoded like a real Debezium event, must produce exactly the
+    expected vouchers — in every decimal mode where the table's schema is known."""
     from connector.mapping import load_rules
-    from connector.mapping._golden import run_golden
+    from connector.mapping._golden import default_schemas_dir, load_table_schemas, run_golden
 
     rs = load_rules(rules)
     if not rs.golden:
         _fail(f"no golden cases (files with kind: golden) under {rules}")
-    checked, failures = run_golden(rs)
+    checked, failures = run_golden(rs, schemas=load_table_schemas(schemas or default_schemas_dir(rules)))
     for f in failures:
         typer.secho(f"FAIL {f}", fg=typer.colors.RED)
     typer.echo(f"{len(rs.golden)} cases, {checked} events: {checked - len({(f.case, f.event) for f in failures})} "
