@@ -6,7 +6,8 @@ K/3 Cloud (``docs/reference/kingdee-webapi.md``); verifies the SDK's signed head
 leaf accounts, required dimensions, known base data, open period, balance); numbers vouchers per
 book/period/group; Submit/Audit/UnAudit/Delete status transitions; ExecuteBillQuery/BillQuery filters.
 Faults can be injected from the config or ``POST /sandbox/admin/faults``: latency, HTTP 5xx, timeout after
-commit (saved, response dropped), session expiry, MsgCode 13/14. State is in memory.
+commit (saved, response dropped), late commit (a slow server that commits after the client gave up), session
+expiry, MsgCode 13/14. State is in memory.
 
 Kingdee's exact texts for imbalance, closed period and unknown accounts are not public (reference §8);
 the sandbox's wording for those is its own and says so in docs/kingdee.md.
@@ -45,7 +46,13 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "sandbox.yaml"
 
 @dataclass
 class Faults:
-    """Fault injection switches (rates are probabilities per call)."""
+    """Fault injection switches (rates are probabilities per call).
+
+    Late commit (a slow or locked server): a write request (Save, BatchSave, Draft, Submit, Audit, UnAudit,
+    Delete) that *arrives* during a slow window waits ``slow_ms`` before it is applied, then answers — by
+    which time a client with a shorter timeout has given up, although the write still commits. Slow windows
+    last ``slow_for_s`` out of every ``slow_every_s`` seconds (``slow_every_s`` 0: every write is slow).
+    """
 
     latency_ms: float = 0.0
     http_5xx_rate: float = 0.0
@@ -53,12 +60,27 @@ class Faults:
     session_ttl_s: float = 0.0
     msgcode13_rate: float = 0.0
     msgcode14_rate: float = 0.0
+    slow_ms: float = 0.0
+    slow_every_s: float = 0.0
+    slow_for_s: float = 0.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         for k, v in values.items():
             if not hasattr(self, k):
                 raise ValueError(f"unknown fault {k!r}")
-            setattr(self, k, float(v))
+            try:
+                value = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"fault {k!r} must be a number, got {v!r}") from None
+            if value < 0:
+                raise ValueError(f"fault {k!r} must not be negative, got {value}")
+            setattr(self, k, value)
+
+    def slow_at(self, seconds: float) -> bool:
+        """Whether a write arriving ``seconds`` after the sandbox started falls into a slow window."""
+        if self.slow_ms <= 0:
+            return False
+        return self.slow_every_s <= 0 or seconds % self.slow_every_s < self.slow_for_s
 
 
 @dataclass
@@ -117,6 +139,8 @@ class SandboxState:
         self.sessions: dict[str, float] = {}
         self.rng = random.Random(seed)
         self.calls: dict[str, int] = {}
+        self.started = time.monotonic()  #: slow windows (late-commit fault) are counted from here
+        self.late_commits = 0  #: writes that arrived in a slow window (they commit after slow_ms)
         self._db: Any = None
         if config.persist_dsn:
             self._load(config.persist_dsn)
@@ -241,6 +265,24 @@ class SandboxState:
             self.persist(rec)
         return rec
 
+    def copy(self, vid: int, status: str | None = None) -> dict[str, Any] | None:
+        """A second copy of stored voucher ``vid`` (same model, its own id and number), optionally in
+        document status ``status`` (A/B/C/D/Z): what a client that sent a voucher twice leaves behind."""
+        with self.lock:
+            rec = self.vouchers.get(vid)
+        if rec is None:
+            return None
+        new = self.store(rec["model"], "A")
+        if status:
+            if status not in ("A", "B", "C", "D", "Z"):
+                raise ValueError(f"document status must be one of A, B, C, D, Z, got {status!r}")
+            with self.lock:
+                new["FDocumentStatus"] = status
+                for view in (new["_head"], *new["_rows"]):
+                    view["fdocumentstatus"] = status
+                self.persist(new)
+        return new
+
     def account_rows(self) -> list[dict[str, Any]]:
         """The chart of accounts as ``BD_Account`` query rows (lower-cased field keys)."""
         out = []
@@ -321,6 +363,9 @@ class _DropConnection(Exception):
     """Fault: the request was applied but the response is lost."""
 
 
+_WRITES = frozenset({"Save", "BatchSave", "Draft", "Submit", "Audit", "UnAudit", "Delete"})
+
+
 class SandboxHandler(BaseHTTPRequestHandler):
     server: SandboxServer
     protocol_version = "HTTP/1.1"
@@ -340,6 +385,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._reply(404, {"error": "not found"})
 
     def do_POST(self) -> None:
+        arrived = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         try:
@@ -378,7 +424,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if state.rng.random() < faults.http_5xx_rate:
                 self._reply(503, {"error": "Service Unavailable (injected)"}, cookie)
                 return
-            result = self._dispatch(service.rsplit(".", 1)[-1], body)
+            op = service.rsplit(".", 1)[-1]
+            if op in _WRITES and faults.slow_at(arrived - state.started):
+                with state.lock:
+                    state.late_commits += 1
+                time.sleep(faults.slow_ms / 1000)  # a locked or slow server: the write is applied late
+            result = self._dispatch(op, body)
             if state.rng.random() < faults.timeout_after_commit_rate and service.endswith(("Save", "BatchSave")):
                 raise _DropConnection()
             self._reply(200, result, cookie)
@@ -395,13 +446,16 @@ class SandboxHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ plumbing
     def _reply(self, code: int, body: Any, cookie: str | None = None) -> None:
         data = kingdee_json(body)
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        if cookie:
-            self.send_header("Set-Cookie", f"kdservice-sessionid={cookie}; path=/")
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            if cookie:
+                self.send_header("Set-Cookie", f"kdservice-sessionid={cookie}; path=/")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (late commit)
+            self.close_connection = True
 
     def _authenticate(self) -> str | None:
         """Return the session id to use (new or existing) or None when the caller is not authenticated."""
@@ -492,6 +546,18 @@ class SandboxHandler(BaseHTTPRequestHandler):
             with state.lock:
                 state.sessions.clear()
             self._reply(200, {"ok": True})
+        elif op == "copy_voucher":  # duplicate drills: {"id": 100001, "status": "C"} puts a voucher in twice
+            try:
+                copied = state.copy(int(body["id"]), body.get("status"))
+            except (KeyError, TypeError, ValueError) as e:
+                self._reply(400, {"error": f"copy_voucher needs id (an FVOUCHERID) and optionally status "
+                                           f"(A, B, C, D or Z): {e}"})
+                return
+            if copied is None:
+                self._reply(404, {"error": f"no voucher with id {body['id']}"})
+                return
+            self._reply(200, {"id": copied["FVOUCHERID"], "number": copied["FBillNo"],
+                              "status": copied["FDocumentStatus"]})
         elif op == "delete_voucher":  # for reconciliation drills: a voucher vanishes from Kingdee
             with state.lock:
                 removed = state.vouchers.pop(int(body["id"]), None)
