@@ -4,7 +4,8 @@ Every call is ``POST {server}/{service}.common.kdsvc`` with a JSON body. Errors 
 caller must do (``docs/reference/kingdee-webapi.md`` §3):
 
 * ``KingdeeSessionLost`` (MsgCode 1): re-login once, then a configuration error if it persists;
-* ``KingdeeRetryable`` (MsgCode 13 网控 / 14 调用限制, connection refused): nothing happened — retry;
+* ``KingdeeRetryable`` (MsgCode 13 网控 / 14 调用限制, connection refused or not established in time):
+  nothing happened — retry;
 * ``KingdeeAmbiguous`` (timeout or connection lost after sending, HTTP 5xx): the server *may* have committed —
   for writes the caller must look the voucher up by its key before sending it again;
 * ``KingdeeBusinessError`` (MsgCode 2, 9, 10, 11 …): a rejection to report, never retried.
@@ -200,8 +201,9 @@ class KingdeeClient:
             sent_with = self._session
             try:
                 resp = self._http.post(url, content=payload, headers=self._headers(url))
-            except httpx.ConnectError as e:
-                raise KingdeeRetryable(f"Kingdee unreachable: {e}", operation=service) from e
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+                # nothing was sent: safe to retry, even for a write
+                raise KingdeeRetryable(f"Kingdee unreachable ({type(e).__name__}): {e}", operation=service) from e
             except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
                 cls = KingdeeAmbiguous if write else KingdeeRetryable
                 raise cls(f"no answer from Kingdee ({type(e).__name__}); outcome unknown", operation=service) from e
@@ -363,6 +365,15 @@ class KingdeeClient:
 
     def delete(self, form_id: str, *, ids: Sequence[str] = (), numbers: Sequence[str] = ()) -> Any:
         return self._form("Delete", form_id, _targets(ids, numbers), write=True)
+
+    @staticmethod
+    def operation_outcome(res: Any) -> tuple[list[str], list[str]]:
+        """(ids that succeeded, error messages) of a Submit/Audit/UnAudit/Delete answer: Kingdee reports
+        per item (``SuccessEntitys`` / ``Errors`` with ``DIndex``) and the call itself does not fail."""
+        st = KingdeeClient._status(res) or {}
+        ok = [str(e.get("Id")) for e in st.get("SuccessEntitys") or [] if isinstance(e, Mapping)]
+        errors = [str(e.get("Message", "")) for e in st.get("Errors") or [] if isinstance(e, Mapping)]
+        return ok, errors
 
     def view(self, form_id: str, *, id: str | None = None, number: str | None = None) -> Any:
         data: dict[str, Any] = {"Id": id} if id else {"Number": number}
