@@ -22,6 +22,12 @@ key                                    default          meaning
 ``kingdee.app_id``/``app_secret``      none             third-party app registration (secret)
 ``kingdee.lcid``                       2052             language
 ``kingdee.verify_tls``                 true             never turn off in production
+``kingdee.lease_s``                    300              a poster's claim on vouchers; a dead poster's are taken over
+                                                        after lease + grace (must exceed ``kingdee.timeout_s``)
+``kingdee.unknown_outcome_grace_s``    300              wait before looking up a voucher whose save timed out: longer
+                                                        than Kingdee may still commit a request (> ``timeout_s``)
+``kingdee.duplicate_scan_every_s``     600              scan Kingdee for voucher keys held twice (0: off)
+``kingdee.delete_duplicates``          true             delete unaudited extra copies (false: only flag them)
 ``mapping.rules_dir``                  ``rules``        directory of YAML mapping rules
 ``feedback.topic_prefix``              ``kingdee-cdc.feedback``  feedback topics: ``<prefix>.<source system>``
 ``feedback.format``                    ``json``         or ``avro`` (through the schema registry)
@@ -41,7 +47,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connector.errors import ConfigError
@@ -134,8 +140,31 @@ class KingdeeSettings(_Section):
     #: custom GL_VOUCHER header field holding the voucher key (e.g. F_KDCDC_KEY); none = explanation marker only
     key_field: str | None = None
     batch_size: int = Field(100, ge=1, le=1000)
+    #: seconds a poster holds claimed vouchers: it starts no Kingdee call for them after this, and vouchers left
+    #: POSTING by a poster that died are taken over (and looked up first) after lease_s + unknown_outcome_grace_s
+    lease_s: float = Field(300.0, gt=0)
+    #: seconds to wait after a save's outcome became unknown (timeout, lost answer, HTTP 5xx) before looking the
+    #: vouchers up by key: Kingdee may still be working on the request and commit it later. Must be longer than
+    #: the longest time the Kingdee server keeps processing a request (IIS executionTimeout of the K/3 Cloud
+    #: site, a gateway's timeout, database lock waits) — and so longer than kingdee.timeout_s
+    unknown_outcome_grace_s: float = Field(300.0, gt=0)
+    #: seconds between scans for voucher keys Kingdee holds more than once (0: no periodic scan)
+    duplicate_scan_every_s: float = Field(600.0, ge=0)
+    #: delete unaudited extra copies found by the scan (keeping the journal's); false: flag them only
+    delete_duplicates: bool = True
 
     _secret = field_validator("app_secret", "password", mode="before")(_resolve_secret)
+
+    @model_validator(mode="after")
+    def _poster_timing(self) -> KingdeeSettings:
+        if self.unknown_outcome_grace_s <= self.timeout_s:
+            raise ValueError(f"unknown_outcome_grace_s ({self.unknown_outcome_grace_s:g}) must be longer than "
+                             f"timeout_s ({self.timeout_s:g}) — and longer than the Kingdee server may keep working "
+                             "on a request: a voucher looked up earlier may still be saved, and sent twice")
+        if self.lease_s <= self.timeout_s:
+            raise ValueError(f"lease_s ({self.lease_s:g}) must be longer than timeout_s ({self.timeout_s:g}): a "
+                             "claim must outlive at least one Kingdee call")
+        return self
 
     @field_validator("server_url")
     @classmethod

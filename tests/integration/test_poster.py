@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 
@@ -13,7 +17,7 @@ from connector import samples
 from connector.events import ChangeEvent, Decoder, FixedSchemas, KafkaCoordinates
 from connector.journal import EventRecord, Journal, Outcome
 from connector.kingdee import KingdeeClient, KingdeeCredentials
-from connector.kingdee.poster import Poster, PosterOptions
+from connector.kingdee.poster import PostStats, Poster, PosterOptions
 from connector.kingdee.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from connector.mapping import InMemoryLedger, Mapper, load_rules
 from tests.integration.helpers import rows
@@ -68,44 +72,161 @@ def client_for(sb: RunningSandbox, timeout_s: float = 5.0, concurrency: int = 4)
                          timeout_s=timeout_s, max_concurrency=concurrency, rate_limit_per_s=1000)
 
 
-def test_ten_thousand_vouchers_exactly_once_through_faults(
+#: A slow Kingdee: writes arriving in 0.3 s of every second wait 1.5 s before committing, then answer — after a
+#: client with a 1 s timeout has given up. The grace period must outlast that (the sandbox's "request limit").
+LATE_COMMITS: Mapping[str, float] = {"slow_ms": 1500, "slow_every_s": 1.0, "slow_for_s": 0.3}
+LATE_TIMEOUT_S = 1.0
+LATE_GRACE_S = 2.5
+
+
+def keys_in_sandbox(sb: RunningSandbox) -> dict[str, list[int]]:
+    """Voucher key (from the first line's marker) → the sandbox ids of every voucher carrying it, in id order."""
+    out: dict[str, list[int]] = {}
+    with sb.server.state.lock:
+        records = sorted(sb.server.state.vouchers.items())
+    for vid, rec in records:
+        expl = rec["model"]["FEntity"][0]["FEXPLANATION"]
+        out.setdefault(expl.rsplit("[kdcdc:", 1)[1].rstrip("]"), []).append(vid)
+    return out
+
+
+def assert_exactly_once(pg_dsn: str, sb: RunningSandbox, n: int) -> dict[str, int]:
+    """Every journaled key is in the sandbox exactly once, and the journal holds the sandbox's own id and number."""
+    in_kingdee = keys_in_sandbox(sb)
+    twice = {k: v for k, v in in_kingdee.items() if len(v) > 1}
+    assert not twice, f"{len(twice)} keys are in Kingdee more than once, e.g. {list(twice.items())[:3]}"
+    assert len(in_kingdee) == n
+    statuses = dict(rows(pg_dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
+    assert set(statuses) <= {"POSTED", "REVERSED"} and sum(statuses.values()) == n, statuses
+    for key, kid, number in rows(pg_dsn, "SELECT key, kingdee_id, kingdee_number FROM kdcdc.vouchers"):
+        assert [int(kid)] == in_kingdee[key]
+        assert number == sb.server.state.vouchers[int(kid)]["FBillNo"]
+    return {str(k): int(v) for k, v in statuses.items()}
+
+
+def assert_reversals_first_and_named(pg_dsn: str, sb: RunningSandbox) -> int:
+    """A correction's reversal is saved before its repost, and every line says 冲销 <the original's number>."""
+    pairs = rows(pg_dsn, "SELECT r.key, r.kingdee_id, p.kingdee_id, o.kingdee_number FROM kdcdc.vouchers r "
+                         "JOIN kdcdc.vouchers o ON o.key = r.reverses "
+                         "JOIN kdcdc.vouchers p ON p.kind <> 'reversal' AND p.source_system = r.source_system "
+                         "AND p.source_table = r.source_table AND p.source_pk = r.source_pk "
+                         "AND p.source_position = r.source_position AND p.source_op = r.source_op "
+                         "WHERE r.kind = 'reversal'")
+    assert pairs, "the sample stream has corrections (reversal + repost)"
+    late = [(k, rid, pid) for k, rid, pid, _ in pairs if int(rid) > int(pid)]
+    assert not late, f"{len(late)} reposts reached Kingdee before their reversal, e.g. {late[:3]}"
+    for key, rid, _, number in pairs:
+        rec = sb.server.state.vouchers[int(rid)]
+        assert number and rec["FBillNo"] > "" and number != rec["FBillNo"]
+        texts = [e["FEXPLANATION"] for e in rec["model"]["FEntity"]]
+        assert all(t.startswith(f"冲销 {number} ") and len(t) <= 500 for t in texts), (key, texts)
+        assert texts[0].endswith(f"[kdcdc:{key}]")
+    reversals = rows(pg_dsn, "SELECT r.kingdee_id, o.kingdee_number FROM kdcdc.vouchers r JOIN kdcdc.vouchers o "
+                             "ON o.key = r.reverses WHERE r.kind = 'reversal'")
+    for rid, number in reversals:  # deletes too (a reversal without a repost)
+        expl = sb.server.state.vouchers[int(rid)]["model"]["FEntity"][0]["FEXPLANATION"]
+        assert expl.startswith(f"冲销 {number} ")
+    return len(pairs)
+
+
+def post_through_late_commits(pg_dsn: str, sb: RunningSandbox, make_poster: Callable[[Journal, KingdeeClient], Any],
+                              n: int = 1500) -> tuple[int, Any, float]:
+    """Journal ``n`` vouchers and post them through a sandbox with late commits (the test below; also run once
+    against the previous poster to show it saved vouchers twice). Returns (n, the poster's stats, seconds)."""
+    journal = Journal(pg_dsn, group="late-commits")
+    n = journal_vouchers(journal, n, seed=12)
+    sb.server.state.config.faults.update(LATE_COMMITS)
+    try:
+        with client_for(sb, timeout_s=LATE_TIMEOUT_S) as client:
+            poster = make_poster(journal, client)
+            started = time.monotonic()
+            stats = poster.run(idle_sleep_s=0.1, exit_when_idle=True)
+            return n, stats, time.monotonic() - started
+    finally:
+        sb.server.state.config.faults.update({k: 0 for k in LATE_COMMITS})
+        journal.close()
+
+
+def test_late_commits_of_a_slow_kingdee_are_not_sent_twice(
         pg_dsn: str, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    """Kingdee commits a save after the client timed out: looking it up at once finds nothing and a re-send makes
+    a second copy. The poster waits for the grace period before it looks, and never re-sends before that."""
+    books = load_rules(RULES).ledger.books
+    n, stats, elapsed = post_through_late_commits(pg_dsn, sandbox, lambda journal, client: Poster(
+        journal, client, books=books, options=PosterOptions(batch_size=20, unknown_grace_s=LATE_GRACE_S,
+                                                            lease_s=30, duplicate_scan_every_s=0)))
+    late = sandbox.server.state.late_commits
+    statuses = assert_exactly_once(pg_dsn, sandbox, n)
+    corrections = assert_reversals_first_and_named(pg_dsn, sandbox)
+    # The fault really bit: calls timed out, their vouchers were saved late and found by key after the grace.
+    assert late > 5 and stats.ambiguous_calls > 5 and stats.unknown > 50 and stats.found_after_timeout > 0
+    assert stats.needs_attention == 0 and stats.taken_over == 0
+    audit = dict(rows(pg_dsn, "SELECT action, count(*) FROM kdcdc.audit WHERE actor = 'poster' GROUP BY 1"))
+    assert audit["OUTCOME_UNKNOWN"] == stats.unknown
+    with capsys.disabled():
+        print(f"\n[late commits] {n} vouchers in {elapsed:.1f}s; {late} writes committed late, "
+              f"{stats.ambiguous_calls} calls timed out ({stats.unknown} vouchers unknown), "
+              f"{stats.found_after_timeout} found by key after the grace, {corrections} corrections in order, "
+              f"statuses {statuses}")
+
+
+class _Crash(Exception):
+    """The poster process dies: its claimed vouchers stay POSTING, its calls in flight still reach Kingdee."""
+
+
+class _DyingPoster(Poster):
+    def __init__(self, *args: Any, die_after: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.die_after = die_after
+
+    def _record(self, outcomes: Sequence[Any], claimed: Mapping[str, Any]) -> None:
+        self.die_after -= 1
+        if self.die_after < 0:
+            raise _Crash("killed before recording what it posted")
+        super()._record(outcomes, claimed)
+
+
+def test_ten_thousand_vouchers_exactly_once_through_faults(
+        pg_dsn: str, sandbox: RunningSandbox, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
     journal = Journal(pg_dsn, group="poster-test")
     n = journal_vouchers(journal, 10_000)
     sandbox.server.state.config.faults.update({"timeout_after_commit_rate": 0.05, "http_5xx_rate": 0.02,
-                                               "session_ttl_s": 2.0})
+                                               "session_ttl_s": 2.0, "slow_ms": 1500, "slow_every_s": 3.0,
+                                               "slow_for_s": 0.1})
     books = load_rules(RULES).ledger.books
-    with client_for(sandbox) as client:
-        poster = Poster(journal, client, books=books, options=PosterOptions(batch_size=50, lease_s=1.0))
-        started = time.monotonic()
-        stats = poster.run(idle_sleep_s=0.2, exit_when_idle=True)
+    options = PosterOptions(batch_size=50, claim_limit=1000, lease_s=5.0, unknown_grace_s=LATE_GRACE_S,
+                            duplicate_scan_every_s=0)
+    started = time.monotonic()
+    with client_for(sandbox, timeout_s=LATE_TIMEOUT_S) as client:
+        # A first poster dies in its first round, after recording two batches: the others stay POSTING while its
+        # calls in flight (some of them slow) still commit. A second poster takes them over after lease + grace.
+        dying = _DyingPoster(Journal(pg_dsn, group="poster-test"), client, books=books, options=options,
+                             die_after=2)
+        with pytest.raises(_Crash):
+            dying.run(idle_sleep_s=0.1, exit_when_idle=True)
+        dying.journal.close()
+        left = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE status = 'POSTING'")[0][0]
+        with caplog.at_level(logging.WARNING, logger="kingdee_cdc.poster"):
+            stats = Poster(journal, client, books=books, options=options).run(idle_sleep_s=0.1, exit_when_idle=True)
         elapsed = time.monotonic() - started
         relogins = client.relogins
-    # Kingdee (the sandbox) holds each voucher exactly once.
-    in_kingdee: Counter[str] = Counter()
-    ids_by_key: dict[str, int] = {}
-    for vid, rec in sandbox.server.state.vouchers.items():
-        expl = rec["model"]["FEntity"][0]["FEXPLANATION"]
-        key = expl.rsplit("[kdcdc:", 1)[1].rstrip("]")
-        in_kingdee[key] += 1
-        ids_by_key[key] = vid
-    assert len(in_kingdee) == n == 10_000 and max(in_kingdee.values()) == 1
-    # Every journal row is settled with the sandbox's own ids.
-    statuses = dict(rows(pg_dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
-    assert set(statuses) <= {"POSTED", "REVERSED"} and sum(statuses.values()) == n
-    for key, kid, number in rows(pg_dsn, "SELECT key, kingdee_id, kingdee_number FROM kdcdc.vouchers"):
-        assert int(kid) == ids_by_key[key]
-        assert number == sandbox.server.state.vouchers[int(kid)]["FBillNo"]
+    # Kingdee (the sandbox) holds each voucher exactly once; every journal row has the sandbox's own ids.
+    statuses = assert_exactly_once(pg_dsn, sandbox, n)
+    assert n == 10_000
     # The faults really happened and were survived.
-    assert stats.ambiguous_calls > 5 and stats.found_after_timeout > 50 and relogins > 0
+    late = sandbox.server.state.late_commits
+    assert stats.ambiguous_calls > 5 and stats.found_after_timeout > 50 and relogins > 0 and late > 0
+    assert left > 0 and stats.taken_over == left and "took over" in caplog.text
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'LEASE_TAKEN_OVER'")[0][0] == left
     reversed_ = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE status = 'REVERSED'")[0][0]
     fb = dict(rows(pg_dsn, "SELECT status, count(*) FROM kdcdc.outbox GROUP BY 1"))
     journal.close()
     assert fb["POSTED"] == n and fb["REVERSED"] == reversed_ > 0
     with capsys.disabled():
-        print(f"\n[poster faults] {n} vouchers in {elapsed:.1f}s; sandbox holds {len(in_kingdee)} (max copies "
-              f"{max(in_kingdee.values())}); {stats.ambiguous_calls} ambiguous calls, {stats.found_after_timeout} "
-              f"found by key, {relogins} re-logins, statuses {statuses}")
+        print(f"\n[poster faults] {n} vouchers in {elapsed:.1f}s; a poster died leaving {left} POSTING (taken over "
+              f"{stats.taken_over}); {stats.ambiguous_calls} ambiguous calls, {late} late commits, "
+              f"{stats.found_after_timeout} found by key, {relogins} re-logins, statuses {statuses}")
 
 
 def test_kingdee_rejections_reach_the_journal_and_feedback(pg_dsn: str) -> None:
@@ -182,3 +303,45 @@ def test_admin_endpoint_sets_faults(sandbox: RunningSandbox) -> None:
     r = httpx.post(f"{base}/sandbox/admin/faults", json={"latency_ms": 5, "msgcode14_rate": 0.5})
     assert r.status_code == 200 and r.json()["msgcode14_rate"] == 0.5
     assert httpx.post(f"{base}/sandbox/admin/faults", json={"nope": 1}).status_code == 400
+
+
+def test_a_correction_reverses_before_its_repost_and_names_the_original(
+        pg_dsn: str, sandbox: RunningSandbox) -> None:
+    journal = Journal(pg_dsn, group="corrections")
+    n = journal_vouchers(journal, 400, seed=11)
+    with client_for(sandbox, concurrency=4) as client:
+        # One voucher per call, four calls in flight: nothing but the claim order keeps a repost from racing
+        # ahead of its reversal.
+        Poster(journal, client, books=load_rules(RULES).ledger.books,
+               options=PosterOptions(batch_size=1, concurrency=4)).run(idle_sleep_s=0.05, exit_when_idle=True)
+    journal.close()
+    assert_exactly_once(pg_dsn, sandbox, n)
+    assert assert_reversals_first_and_named(pg_dsn, sandbox) > 10
+
+
+def test_a_reversal_of_opening_history_posts_at_once_and_says_qichu(pg_dsn: str, sandbox: RunningSandbox) -> None:
+    import psycopg
+
+    journal = Journal(pg_dsn, group="opening")
+    journal_vouchers(journal, 200, seed=13)
+    original, reversal = rows(pg_dsn, "SELECT o.key, r.key FROM kdcdc.vouchers r JOIN kdcdc.vouchers o ON "
+                                      "o.key = r.reverses WHERE r.kind = 'reversal' ORDER BY r.key LIMIT 1")[0]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # History recorded at a cutover, never posted by us (journal status OPENING, migration 0005).
+        if "OPENING" not in str(conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE "
+                                             "conname = 'vouchers_status_check'").fetchone()):
+            conn.execute("ALTER TABLE kdcdc.vouchers DROP CONSTRAINT vouchers_status_check")  # until 0005 lands
+            conn.execute("ALTER TABLE kdcdc.vouchers ADD CONSTRAINT vouchers_status_check CHECK (status IN ("
+                         "'JOURNALED', 'POSTING', 'POSTED', 'REJECTED_BY_KINGDEE', 'REVERSED', 'NEEDS_ATTENTION', "
+                         "'OPENING'))")
+        conn.execute("UPDATE kdcdc.vouchers SET status = 'OPENING' WHERE key = %s", (original,))
+    with client_for(sandbox) as client:
+        poster = Poster(journal, client, books=load_rules(RULES).ledger.books)
+        poster.run_once()  # the first round: the reversal does not wait for anything
+        assert rows(pg_dsn, "SELECT status FROM kdcdc.vouchers WHERE key = %s", reversal) == [("POSTED",)]
+        poster.run(idle_sleep_s=0.05, exit_when_idle=True)
+    journal.close()
+    in_kingdee = keys_in_sandbox(sandbox)
+    assert original not in in_kingdee
+    texts = [e["FEXPLANATION"] for e in sandbox.server.state.vouchers[in_kingdee[reversal][0]]["model"]["FEntity"]]
+    assert all(t.startswith("冲销 期初 ") for t in texts), texts
