@@ -3,8 +3,9 @@
 Compares, per account, the net (debit − credit, local currency) of the journal's vouchers that reached
 Kingdee (POSTED / REVERSED) with the net of the vouchers Kingdee returns through ExecuteBillQuery, and
 matches vouchers by their ``[kdcdc:<key>]`` marker to name the ones involved: missing in Kingdee, unknown
-to the journal, or with different amounts. Differences fully explained by in-flight vouchers (JOURNALED /
-POSTING in the period, within ``tolerance``) are marked as such; anything else is flagged.
+to the journal, with different amounts, or held by Kingdee more than once (the same key on several vouchers:
+a save that was sent twice). Differences fully explained by in-flight vouchers (JOURNALED / POSTING in the
+period, within ``tolerance``) are marked as such; anything else is flagged, and so is any duplicated key.
 
 ``by_dimension`` splits every account by its auxiliary dimensions (``FLEX5=D01,FLEX9=TRAVEL``).
 ``source`` adds a third column: totals the operator computes from the source database with their own SQL
@@ -72,10 +73,21 @@ class Report:
     amount_mismatch: list[str]
     by_dimension: bool = False
     with_source: bool = False
+    #: keys Kingdee holds on more than one voucher → the bill numbers (FBillNo) of every copy
+    duplicated_in_kingdee: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def flagged(self) -> list[AccountDiff]:
         return [a for a in self.accounts if not a.explained]
+
+    @property
+    def is_flagged(self) -> bool:
+        """Unexplained differences on any line, or a key present more than once in Kingdee."""
+        return bool(self.flagged or self.duplicated_in_kingdee)
+
+    def duplicate_lines(self) -> list[str]:
+        """``<key>: <bill number>, <bill number>…`` per key held more than once."""
+        return [f"{k}: {', '.join(bills)}" for k, bills in sorted(self.duplicated_in_kingdee.items())]
 
     def write_csv(self, path: Path) -> None:
         with path.open("w", newline="", encoding="utf-8") as f:
@@ -99,7 +111,8 @@ class Report:
              "source": None if a.source is None else str(a.source), "in_flight": str(a.in_flight),
              "vouchers": a.vouchers[:20]} for a in self.flagged],
             "missing_in_kingdee": self.missing_in_kingdee[:100], "unknown_to_journal": self.unknown_to_journal[:100],
-            "amount_mismatch": self.amount_mismatch[:100]}
+            "amount_mismatch": self.amount_mismatch[:100],
+            "duplicated_in_kingdee": dict(sorted(self.duplicated_in_kingdee.items())[:100])}
 
 
 _HTML: Final = """<!doctype html>
@@ -109,7 +122,8 @@ padding:.3em .6em}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.FLA
 tr.in-flight{background:#ffd}</style></head><body>
 <h1>Reconciliation — book {{ r.book }}, period {{ r.period }}</h1>
 <p>{{ r.accounts|length }} lines{% if r.by_dimension %} (by account and dimension){% endif %};
-<strong>{{ flagged }} flagged</strong>.</p>
+<strong>{{ flagged }} flagged</strong>{% if r.duplicated_in_kingdee %};
+<strong>{{ r.duplicated_in_kingdee|length }} keys present more than once in Kingdee</strong>{% endif %}.</p>
 <table><tr><th>account</th><th>dimensions</th>{% if r.with_source %}<th>source</th>{% endif %}<th>journal</th>
 <th>Kingdee</th><th>difference</th><th>in flight</th><th>status</th><th>vouchers involved</th></tr>
 {% for a in r.accounts %}{% set acct, _, dims = a.account.partition("|") %}<tr class="{{ a.status }}">
@@ -118,7 +132,8 @@ tr.in-flight{background:#ffd}</style></head><body>
 <td class="n">{{ a.in_flight }}</td><td>{{ a.status }}</td><td>{{ a.vouchers[:10]|join(" ") }}</td></tr>
 {% endfor %}</table>
 {% for title, items in [("Missing in Kingdee", r.missing_in_kingdee), ("Unknown to the journal", r.unknown_to_journal),
-                        ("Different amounts", r.amount_mismatch)] %}{% if items %}
+                        ("Different amounts", r.amount_mismatch),
+                        ("Present more than once in Kingdee", r.duplicate_lines())] %}{% if items %}
 <h2>{{ title }}</h2><ul>{% for i in items %}<li><code>{{ i }}</code></li>{% endfor %}</ul>{% endif %}{% endfor %}
 </body></html>
 """
@@ -196,10 +211,12 @@ def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str
     kingdee_by_voucher: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     bill_of: dict[str, str] = {}
     marker_of_id: dict[Any, str] = {}
+    copies: dict[str, dict[str, str]] = defaultdict(dict)  # key → FVOUCHERID → FBillNo
     for row in rows:
         m = _MARKER.search(str(row[1] or ""))
         if m:
             marker_of_id[row[5]] = m.group(1)
+            copies[m.group(1)][str(row[5])] = str(row[0])
     for row in rows:
         bill, _, account, debit, credit, vid = row[:6]
         net = Decimal(str(debit or 0)) - Decimal(str(credit or 0))
@@ -226,16 +243,20 @@ def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str
         involved += [u for u in unknown if line in kingdee_by_voucher.get(u.split("(")[-1].rstrip(")"), {})]
         diff.vouchers = involved + [f"in-flight:{k}" for k in in_flight_keys.get(line, [])]
         accounts.append(diff)
+    duplicated = {k: [bills[v] for v in sorted(bills, key=lambda x: (len(x), x))]
+                  for k, bills in copies.items() if len(bills) > 1}
     return Report(book, period, accounts, missing, unknown, mismatch, by_dimension=by_dimension,
-                  with_source=source is not None)
+                  with_source=source is not None, duplicated_in_kingdee=duplicated)
 
 
 def record(journal: Journal, report: Report) -> None:
-    """Keep the run in the journal: the service exports the latest one per book as metrics."""
+    """Keep the run in the journal: the service exports the latest one per book as metrics. ``flagged``
+    counts the flagged lines plus the keys Kingdee holds more than once."""
     total = sum((abs(a.difference) + abs(a.source_difference) for a in report.flagged), ZERO)
     with journal.transaction() as conn:
         conn.execute(journal.q(
             "INSERT INTO {s}.reconciliations (book, period, by_dimension, with_source, lines, flagged, "
             "abs_difference, report) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
             (report.book, report.period, report.by_dimension, report.with_source, len(report.accounts),
-             len(report.flagged), total, json.dumps(report.as_json(), ensure_ascii=False)))
+             len(report.flagged) + len(report.duplicated_in_kingdee), total,
+             json.dumps(report.as_json(), ensure_ascii=False)))

@@ -124,3 +124,32 @@ def test_reconcile_by_dimension_against_source_totals_with_report_and_metric(
     finally:
         journal.close()
         sb.stop()
+
+
+def test_reconcile_reports_keys_present_more_than_once(pg_dsn: str, tmp_path: Path) -> None:
+    sb = start_sandbox(seed=8)
+    journal = Journal(pg_dsn, group="reconcile-dups")
+    try:
+        journal_vouchers(journal, 200, seed=16)
+        with client_for(sb) as client:
+            Poster(journal, client, books=load_rules(RULES).ledger.books).run(exit_when_idle=True)
+            assert not reconcile(journal, client, book="001", period="2026-11").is_flagged
+            # The same voucher saved twice (a re-send after a late commit): one key, two Kingdee vouchers.
+            key, kid, number = rows(pg_dsn, "SELECT key, kingdee_id, kingdee_number FROM kdcdc.vouchers WHERE "
+                                            "book = '001' AND status = 'POSTED' ORDER BY key LIMIT 1")[0]
+            base = sb.url.replace("/k3cloud/", "")
+            copy = httpx.post(f"{base}/sandbox/admin/copy_voucher", json={"id": int(kid)}).json()
+            report = reconcile(journal, client, book="001", period="2026-11")
+        assert report.duplicated_in_kingdee == {key: [number, copy["number"]]}
+        assert report.is_flagged and report.duplicate_lines() == [f"{key}: {number}, {copy['number']}"]
+        assert report.as_json()["duplicated_in_kingdee"] == {key: [number, copy["number"]]}
+        html = tmp_path / "recon.html"
+        report.write_html(html)
+        assert "Present more than once in Kingdee" in html.read_text() and copy["number"] in html.read_text()
+        record(journal, report)
+        flagged = rows(pg_dsn, "SELECT flagged, report->'duplicated_in_kingdee' FROM kdcdc.reconciliations "
+                               "ORDER BY id DESC LIMIT 1")[0]
+        assert flagged[0] == len(report.flagged) + 1 and key in flagged[1]
+    finally:
+        journal.close()
+        sb.stop()
