@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence

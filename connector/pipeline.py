@@ -29,7 +29,6 @@ from connector.events import (
     DecodeFailure,
     Decoded,
     Decoder,
-    KafkaCoordinates,
     Tombstone,
     TransactionMarker,
 )

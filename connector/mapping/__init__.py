@@ -2,7 +2,10 @@
 
 from connector.mapping._engine import NO_PRIOR, InMemoryLedger, Mapper, MapResult, PriorLookup
 from connector.mapping._expr import Compiler, EvalError, ExprError, Tables
-from connector.mapping._rules import GoldenCase, Rule, RuleError, RuleSet, load_rules
+from connector.mapping._compile import Rule, RuleSet
+from connector.mapping._load import load_rules
+from connector.mapping._spec import GoldenCase
+from connector.mapping._yaml import RuleError
 
 __all__ = ["Compiler", "EvalError", "ExprError", "GoldenCase", "InMemoryLedger", "MapResult", "Mapper", "NO_PRIOR",
            "PriorLookup", "Rule", "RuleError", "RuleSet", "Tables", "load_rules"]

@@ -36,7 +36,8 @@ from connector.ledger._model import (
     voucher_key,
 )
 from connector.mapping._expr import BOOK_TZ, DEFAULT_TZ, MAX_ITEMS, EvalError, number, to_date, truth
-from connector.mapping._rules import RoundingSpec, Rule, RuleSet
+from connector.mapping._compile import Rule, RuleSet
+from connector.mapping._spec import RoundingSpec
 from connector.money import MAX_MONEY, MONEY_CONTEXT, ZERO, quantize, to_money
 
 

@@ -36,7 +36,8 @@ from connector.events import ChangeEvent, Decoder
 from connector.events._types import CONNECT_DECIMAL, VARIABLE_SCALE_DECIMAL, FieldType, from_avro
 from connector.ledger._serde import voucher_summary
 from connector.mapping._engine import InMemoryLedger, Mapper, MapResult
-from connector.mapping._rules import GoldenCase, RuleSet
+from connector.mapping._compile import RuleSet
+from connector.mapping._spec import GoldenCase
 
 MODES: Final = ("precise", "string", "double")
 _EPOCH_DATE: Final = date(1970, 1, 1)

@@ -41,7 +41,12 @@ from jinja2.parser import Parser
 
 from connector.events import ChangeEvent
 from connector.ledger._checks import DIMENSION_SLOTS, Account, LedgerContext, Permission
-from connector.mapping._rules import AccountSpec, Rule, RuleError, RuleSet, _fmt_loc, _load_yaml, _Located
+from connector.mapping._compile import Rule, RuleSet
+from connector.mapping._spec import AccountSpec
+from connector.mapping._yaml import Located as _Located
+from connector.mapping._yaml import RuleError
+from connector.mapping._yaml import fmt_loc as _fmt_loc
+from connector.mapping._yaml import load_yaml as _load_yaml
 
 Severity = Literal["error", "warning", "info"]
 KeyPath = tuple[str | int, ...]
