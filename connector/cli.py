@@ -240,13 +240,13 @@ def post(config: ConfigOpt = None,
     import signal
 
     from connector.config import load_settings
-    from connector.kingdee.poster import poster_from_settings
+    from connector.service import build_poster
     from connector.ops import Metrics
 
     settings = load_settings(config)
     _setup_logging(settings)
     metrics = Metrics()
-    poster = poster_from_settings(settings, metrics=metrics)
+    poster = build_poster(settings, metrics=metrics)
     ops = _serve_ops(settings, metrics, _readiness(settings, kafka=False, kingdee=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: poster.stop())
@@ -273,13 +273,13 @@ def scan_duplicates(config: ConfigOpt = None,
     from dataclasses import replace
 
     from connector.config import load_settings
-    from connector.kingdee.poster import poster_from_settings
+    from connector.service import build_poster
 
     if period is not None and not (len(period) == 7 and period[4] == "-" and period.replace("-", "").isdigit()):
         _fail(f"--period must be YYYY-MM, got {period!r}")
     settings = load_settings(config)
     _setup_logging(settings)
-    poster = poster_from_settings(settings)
+    poster = build_poster(settings)
     if flag_only:
         poster.opts = replace(poster.opts, delete_duplicates=False)
     try:

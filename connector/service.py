@@ -110,10 +110,10 @@ def build_kingdee_client(settings: Settings) -> Any:
 
 
 def build_poster(settings: Settings, *, metrics: Any = None) -> Any:
-    from connector.kingdee.poster import Poster, PosterOptions
+    """The poster wired from the settings: journal, Kingdee client, the rules' books and every poster option
+    (lease, unknown-outcome grace, duplicate scan)."""
+    from connector.kingdee.poster import Poster, poster_options
 
     rules = load_rules(settings.mapping.rules_dir)
-    k = settings.kingdee
     return Poster(build_journal(settings), build_kingdee_client(settings), books=rules.ledger.books,
-                  options=PosterOptions(batch_size=k.batch_size, concurrency=k.max_concurrency,
-                                        key_field=k.key_field), metrics=metrics)
+                  options=poster_options(settings), metrics=metrics)

@@ -130,16 +130,6 @@ def poster_options(settings: Any) -> PosterOptions:
                          duplicate_scan_every_s=k.duplicate_scan_every_s, delete_duplicates=k.delete_duplicates)
 
 
-def poster_from_settings(settings: Any, *, metrics: Any = None) -> Poster:
-    """A poster wired from the settings: journal, Kingdee client, the rules' books and every poster option."""
-    from connector.mapping import load_rules
-    from connector.service import build_journal, build_kingdee_client
-
-    rules = load_rules(settings.mapping.rules_dir)
-    return Poster(build_journal(settings), build_kingdee_client(settings), books=rules.ledger.books,
-                  options=poster_options(settings), metrics=metrics)
-
-
 @dataclass(slots=True)
 class PostStats:
     claimed: int = 0
@@ -357,7 +347,7 @@ class Poster:
         "         AND r.status IN ('JOURNALED', 'POSTING') AND r.source_system = v.source_system "
         "         AND r.source_table = v.source_table AND r.source_pk = v.source_pk "
         "         AND r.source_position = v.source_position AND r.source_op = v.source_op)) "
-        "  ORDER BY v.journaled_at, v.kafka_offset, v.key LIMIT %(limit)s FOR UPDATE OF v SKIP LOCKED) "
+        "  ORDER BY v.seq LIMIT %(limit)s FOR UPDATE OF v SKIP LOCKED) "
         # unknown_since is cleared: this claim's own lease now guards the voucher (attempts > 1 still forces the
         # look-up), and a second poster must not see an expired grace on a voucher this one is working on
         "UPDATE {s}.vouchers v SET status = 'POSTING', attempts = v.attempts + 1, posting_since = now(), "
