@@ -458,6 +458,10 @@ class _Cand:
     entry: int | None = None  #: index into ``entries``; ``None``: the rounding line
 
 
+#: column names that hold a row's currency
+_CURRENCY_COLUMNS: Final = frozenset({"currency", "currency_code", "currency_id", "curr", "ccy", "curr_code"})
+
+
 @dataclass
 class _RuleLint:
     rule: Rule
@@ -540,6 +544,20 @@ class _RuleLint:
             path = ("match", "table") if role == "header" else ("lines", "table")
             self.problem(path, f"fields of {system}.{table} not checked: {self.tables.unknown_reason(system, table)}",
                          "info")
+
+    # currency -------------------------------------------------------------
+    def currency(self) -> None:
+        """A source row that carries its currency must be booked in it, not silently in local currency."""
+        spec = self.rule.spec
+        cols = self.tables.columns(spec.match.system, spec.match.table)
+        if cols is None:
+            return
+        carried = [c for c in cols.names if c.lower() in _CURRENCY_COLUMNS]
+        if not carried or spec.voucher.currency is not None or any(e.currency is not None for e in spec.entries):
+            return
+        self.problem(("voucher",), f"{spec.match.system}.{spec.match.table} carries a currency in column "
+                     f"{carried[0]!r}, but the rule books every line in the book's local currency: add "
+                     f"currency: \"row.{carried[0]}\" (a foreign amount would be booked 1:1)")
 
     # accounts, dimensions, permissions ------------------------------------
     def candidates(self) -> list[_Cand]:
@@ -678,6 +696,7 @@ def lint_rules(rules: RuleSet, *, schemas_dir: Path | None = None,
         lint = _RuleLint(rule=rule, data=data, loc=loc, tables=tables, ledger=rules.ledger, ledger_files=ledger_files,
                          lookups=rules.tables.lookups)
         lint.fields()
+        lint.currency()
         lint.accounts()
         lint.book()
         problems += lint.out

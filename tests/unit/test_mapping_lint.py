@@ -78,6 +78,7 @@ voucher:
   book: "001"
   date: "row.statement_date"
   explanation: "银行付款 {{ row.reference }}"
+  currency: "row.currency"
 entries:
   - side: debit
     account: "2202"
@@ -377,3 +378,17 @@ def test_mapping_check_command_reads_sample_files_and_keeps_the_success_line(tmp
     ok = CliRunner().invoke(app, ["mapping", "check", str(d), "--schemas", str(SCHEMAS)])
     assert ok.exit_code == 0, ok.output
     assert ok.output == "1 rules OK (payroll-accrual); 7 accounts, 2 books, 0 golden cases\n"
+
+
+def test_a_rule_that_ignores_the_rows_currency_is_an_error(tmp_path: Path) -> None:
+    """A bank statement line carries its currency: booking it in local currency would post USD 1:1 as CNY."""
+    import shutil
+
+    d = tmp_path / "rules"
+    shutil.copytree(RULES, d, ignore=shutil.ignore_patterns("golden"))
+    text = (d / "bank.yaml").read_text("utf-8")
+    (d / "bank.yaml").write_text(text.replace('  currency: "row.currency"', ""), "utf-8")
+    problems = [p for p in lint_rules(load_rules(d), schemas_dir=SCHEMAS) if p.severity == "error"]
+    assert len(problems) == 1 and problems[0].file.endswith("bank.yaml") and problems[0].key == "voucher"
+    assert "carries a currency in column 'currency'" in problems[0].message
+    assert 'add currency: "row.currency"' in problems[0].message
