@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +47,12 @@ def fixture_bytes(name: str) -> bytes:
     return raw.encode()
 
 
+def _private_dir(name: str) -> Path:
+    """A data directory of a session service outside pytest's basetemp: pytest removes old basetemp
+    directories when another run starts, which would pull a running PostgreSQL's data from under it."""
+    return Path(tempfile.mkdtemp(prefix=f"kdcdc-test-{name}-"))
+
+
 # --------------------------------------------------------------------------- Kafka
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -52,11 +60,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env:
         yield env
         return
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    workdir = _private_dir("kafka")
+    broker = KafkaBroker(workdir).start()
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -90,11 +100,13 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env:
         yield env
         return
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), durable=False).start()
+    workdir = _private_dir("pg")
+    pg = EmbeddedPostgres(workdir, durable=False).start()
     try:
         yield pg.dsn()
     finally:
         pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
