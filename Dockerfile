@@ -6,6 +6,9 @@ FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY connector ./connector
+# the single copies of the Avro schemas and the shipped rules, packaged as connector.schemas / connector.rules
+COPY schemas ./schemas
+COPY rules ./rules
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11.14-slim-bookworm

@@ -23,11 +23,11 @@ tools: $(HELM) $(COMPOSECHECK)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[dev,test]"
 	@touch $(STAMP)
 
 $(JARS): deploy/kafka/pom.xml $(STAMP)
-	$(PY) -c "from connector.devstack import ensure_kafka_jars; ensure_kafka_jars()"
+	$(PY) -c "from harness.devstack import ensure_kafka_jars; ensure_kafka_jars()"
 	@touch $@
 
 $(HELM):
@@ -40,12 +40,12 @@ $(COMPOSECHECK): deploy/tools/go.mod deploy/tools/go.sum deploy/tools/composeche
 
 # Kafka Connect + the Debezium PostgreSQL connector, for the end-to-end test and the demo.
 $(CONNECT_JARS): deploy/connect/pom.xml deploy/debezium/pom.xml $(STAMP)
-	$(PY) -c "from connector.debezium import ensure_connect_jars; ensure_connect_jars()"
+	$(PY) -c "from harness.debezium import ensure_connect_jars; ensure_connect_jars()"
 	@touch $@
 
 # The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
 test: setup tools
-	$(PY) -m mypy connector tests bench
+	$(PY) -m mypy connector harness tests bench
 	$(PY) -m pytest
 
 unit: setup
@@ -55,19 +55,19 @@ integration: setup tools
 	$(PY) -m pytest tests/integration
 
 typecheck: setup
-	$(PY) -m mypy connector tests bench
+	$(PY) -m mypy connector harness tests bench
 
 demo: setup
-	$(VENV)/bin/kingdee-cdc demo
+	$(PY) -m harness demo
 
 bench: setup
 	$(PY) -m bench.run
 
 dev-up: setup
-	$(VENV)/bin/kingdee-cdc dev up
+	$(PY) -m harness dev up
 
 dev-down: setup
-	$(VENV)/bin/kingdee-cdc dev down
+	$(PY) -m harness dev down
 
 clean:
 	rm -rf $(VENV) .tools deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis

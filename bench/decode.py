@@ -9,7 +9,7 @@ from typing import Any
 
 import fastavro
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, Decoder, FixedSchemas
 
 

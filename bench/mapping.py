@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from connector import samples
-from connector.devstack import REPO_ROOT
+from harness import samples
+from harness.devstack import REPO_ROOT
 from connector.events import ChangeEvent, Decoder, FixedSchemas
 from connector.mapping import InMemoryLedger, Mapper, load_rules
 

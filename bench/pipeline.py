@@ -24,8 +24,8 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from connector import samples
-from connector.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
+from harness import samples
+from harness.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
 from connector.events import ChangeEvent, Decoder, FixedSchemas
 from connector.journal import Journal
 from connector.ledger import voucher_to_json

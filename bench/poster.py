@@ -12,11 +12,11 @@ from typing import Any
 
 import psycopg
 
-from connector.devstack import EmbeddedPostgres
+from harness.devstack import EmbeddedPostgres
 from connector.journal import Journal
 from connector.kingdee import KingdeeClient, KingdeeCredentials
 from connector.kingdee.poster import Poster, PosterOptions
-from connector.kingdee.sandbox import start_sandbox
+from connector.sandbox import start_sandbox
 from connector.mapping import load_rules
 from tests.integration.test_poster import RULES, journal_vouchers
 

@@ -21,12 +21,10 @@ from connector.errors import ConnectorError
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="kingdee-cdc: Debezium change events → balanced Kingdee K/3 Cloud vouchers, exactly once.")
 events_app = typer.Typer(no_args_is_help=True, help="Decode and publish Debezium change events.")
-dev_app = typer.Typer(no_args_is_help=True, help="Run the local development stack (real Kafka + PostgreSQL).")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 mapping_app = typer.Typer(no_args_is_help=True, help="Validate, preview and test mapping rules.")
 app.add_typer(mapping_app, name="mapping")
 app.add_typer(events_app, name="events")
-app.add_typer(dev_app, name="dev")
 app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file "
@@ -320,7 +318,7 @@ def sandbox(
     port: int = 8090,
 ) -> None:
     """Run the Kingdee-compatible sandbox server in the foreground (Ctrl-C stops it)."""
-    from connector.kingdee.sandbox import DEFAULT_CONFIG, SandboxConfig, SandboxServer
+    from connector.sandbox import DEFAULT_CONFIG, SandboxConfig, SandboxServer
 
     cfg = SandboxConfig.load(sandbox_config or DEFAULT_CONFIG)
     server = SandboxServer((host, port), cfg)
@@ -775,41 +773,6 @@ def mapping_test(
         raise typer.Exit(1)
 
 
-# --------------------------------------------------------------------------- dev stack
-DevDir = Annotated[Path, typer.Option("--dir", help="where the stack keeps its data and state")]
-
-
-@dev_app.command("up")
-def dev_up(workdir: DevDir = Path(".devstack")) -> None:
-    """Start Kafka and PostgreSQL in the background (they keep running until `dev down`)."""
-    from connector import devstack
-
-    info = devstack.dev_up(workdir.resolve())
-    typer.echo(f"kafka      {info.bootstrap}\npostgresql {info.dsn}\n"
-               f"export KDCDC_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap} KDCDC_JOURNAL__DSN={info.dsn}")
-
-
-@dev_app.command("down")
-def dev_down(workdir: DevDir = Path(".devstack")) -> None:
-    """Stop the stack started by `dev up`."""
-    from connector import devstack
-
-    typer.echo("stopped" if devstack.dev_down(workdir.resolve()) else "nothing running")
-
-
-@dev_app.command("status")
-def dev_status(workdir: DevDir = Path(".devstack")) -> None:
-    """Show whether the stack is running."""
-    from connector import devstack
-
-    info = devstack.dev_status(workdir.resolve())
-    if info is None:
-        typer.echo("not running")
-        raise typer.Exit(1)
-    typer.echo(f"kafka      {info.bootstrap} (pid {info.kafka_pid})\n"
-               f"postgresql {info.dsn} (pid {info.postgres_pid})")
-
-
 # --------------------------------------------------------------------------- config
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
@@ -826,27 +789,6 @@ def config_check(config: ConfigOpt = None) -> None:
 
     load_settings(config)
     typer.echo("configuration OK")
-
-
-# --------------------------------------------------------------------------- demo
-@app.command()
-def demo(
-    events: Annotated[int, typer.Option(help="sample change events to stream")] = 5000,
-    wire: Annotated[str, typer.Option("--format", help="avro or json (for the directly published systems)")
-                    ] = "avro",
-    source: Annotated[str, typer.Option(help="debezium: business databases captured by real Debezium; "
-                                             "synthetic: every system's events published directly")] = "debezium",
-    workdir: Annotated[Optional[Path], typer.Option("--dir", help="keep the stack's data here")] = None,
-) -> None:
-    """Start the stack on embedded defaults and stream business changes through the whole pipeline."""
-    from connector.demo import run_demo
-
-    if wire not in ("avro", "json"):
-        _fail(f"--format must be avro or json, got {wire!r}")
-    if source not in ("debezium", "synthetic"):
-        _fail(f"--source must be debezium or synthetic, got {source!r}")
-    code = run_demo(events=events, wire=wire, source=source, workdir=workdir)
-    raise typer.Exit(code)
 
 
 def main(argv: list[str] | None = None) -> Any:

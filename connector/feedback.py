@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any, Final
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -32,7 +32,7 @@ from connector.journal import Journal
 
 log = logging.getLogger("kingdee_cdc.feedback")
 _LOCK_ID: Final = 0x6B64_6662  # "kdfb"
-SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schemas" / "feedback.event.avsc"
+SCHEMA_PATH: Final = resources.files("connector.schemas").joinpath("feedback.event.avsc")
 
 
 def _opt(v: Any) -> str | None:

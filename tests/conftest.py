@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from connector.devstack import EmbeddedPostgres, KafkaBroker
+from harness.devstack import EmbeddedPostgres, KafkaBroker
 
 #: Published Debezium change events (origin and licence of each in SOURCES.md there).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "debezium"

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any, Final
 
 import fastavro
@@ -23,7 +23,7 @@ from connector.ledger._checks import Book
 from connector.ledger._model import Entry, RowRef, Side, SourceRef, Voucher, VoucherKind
 from connector.money import quantize
 
-SCHEMA_PATH: Final = Path(__file__).resolve().parents[1] / "schemas" / "ledger.voucher.avsc"
+SCHEMA_PATH: Final = resources.files("connector.schemas").joinpath("ledger.voucher.avsc")
 MARKER_PREFIX: Final = "[kdcdc:"
 
 

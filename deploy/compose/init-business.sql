@@ -1,4 +1,4 @@
--- Generated from connector/debezium.py (init_sql); tests/unit/test_deploy.py keeps them equal.
+-- Generated from harness/debezium.py (init_sql); tests/unit/test_deploy.py keeps them equal.
 -- The journal database and one business database per source system, with the sample tables.
 CREATE DATABASE journal;
 CREATE DATABASE posdb;

@@ -13,7 +13,7 @@ import psycopg
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema
 
-from connector import samples
+from harness import samples
 from connector.events import Decoder, RegistrySchemas
 from connector.journal import Journal
 from connector.mapping import Mapper, load_rules

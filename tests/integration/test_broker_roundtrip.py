@@ -13,7 +13,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, DecodeFailure, Decoder, RegistrySchemas
 from tests.integration.helpers import consume_all
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from connector.kingdee.chart import fetch_accounts, merge_chart
-from connector.kingdee.sandbox import RunningSandbox, start_sandbox
+from connector.sandbox import RunningSandbox, start_sandbox
 from connector.ledger import ReasonCode
 from connector.mapping import Mapper, load_rules
 from tests.integration.helpers import RULES

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from connector.debezium import BusinessDatabases, KafkaConnect, connector_config
-from connector.devstack import EmbeddedPostgres
+from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
+from harness.devstack import EmbeddedPostgres
 from connector.feedback import FeedbackRelay
 from connector.journal import Journal
 from connector.kingdee.poster import Poster
-from connector.kingdee.sandbox import RunningSandbox, start_sandbox
+from connector.sandbox import RunningSandbox, start_sandbox
 from connector.mapping import load_rules
 from connector.money import quantize
 from tests.integration.helpers import RULES, consume_all, make_pipeline, rows

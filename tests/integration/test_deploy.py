@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from connector.config import Settings
-from connector.devstack import postgres_bin_dir
+from harness.devstack import postgres_bin_dir
 from tests.integration.helpers import rows
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from connector.journal import Journal
 from connector.kingdee.poster import FORM, Poster, PosterOptions
-from connector.kingdee.sandbox import RunningSandbox, SandboxState
+from connector.sandbox import RunningSandbox, SandboxState
 from connector.mapping import load_rules
 from connector.ops import Metrics
 from tests.integration.helpers import rows

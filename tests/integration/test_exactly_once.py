@@ -22,7 +22,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, Decoder
 from connector.mapping import InMemoryLedger, Mapper, load_rules
 from tests.integration.helpers import rows

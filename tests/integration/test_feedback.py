@@ -13,7 +13,7 @@ import pytest
 from connector.feedback import FeedbackRelay
 from connector.journal import Journal
 from connector.kingdee.poster import Poster
-from connector.kingdee.sandbox import start_sandbox
+from connector.sandbox import start_sandbox
 from connector.mapping import load_rules
 from tests.integration.helpers import RULES, consume_all, make_pipeline, produce, rows
 from tests.integration.test_poster import client_for

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from k3cloud_webapi_sdk.main import K3CloudApiSdk
 
-from connector.kingdee.sandbox import RunningSandbox, start_sandbox
+from connector.sandbox import RunningSandbox, start_sandbox
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_async_batch_save_mode(sandbox: RunningSandbox) -> None:
 
 
 def test_sandbox_persists_to_postgresql_across_restarts(pg_dsn: str) -> None:
-    from connector.kingdee.sandbox import DEFAULT_CONFIG, SandboxConfig
+    from connector.sandbox import DEFAULT_CONFIG, SandboxConfig
 
     cfg = SandboxConfig.load(DEFAULT_CONFIG)
     cfg.persist_dsn = pg_dsn

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, Decoder, FixedSchemas, KafkaCoordinates
 from connector.journal import EventRecord, Journal, Outcome
 from connector.kingdee import KingdeeClient, KingdeeCredentials
 from connector.kingdee.poster import PostStats, Poster, PosterOptions
-from connector.kingdee.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from connector.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from connector.mapping import InMemoryLedger, Mapper, load_rules
 from tests.integration.helpers import rows
 

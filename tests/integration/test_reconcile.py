@@ -12,7 +12,7 @@ import psycopg
 
 from connector.journal import Journal
 from connector.kingdee.poster import Poster
-from connector.kingdee.sandbox import start_sandbox
+from connector.sandbox import start_sandbox
 from connector.mapping import load_rules
 from connector.ops import JournalBacklog
 from connector.reconcile import reconcile, record, source_totals

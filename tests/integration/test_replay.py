@@ -10,7 +10,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from connector import samples
+from harness import samples
 from connector.events import Decoder
 from connector.journal import Journal
 from connector.ledger import canonical_pk

@@ -17,8 +17,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.devstack import free_port
-from connector.kingdee.sandbox import start_sandbox
+from harness.devstack import free_port
+from connector.sandbox import start_sandbox
 from tests.integration.helpers import RULES, produce, rows
 
 APP_SECRET = "kdcdc-test-app-secret-7f3a9c"

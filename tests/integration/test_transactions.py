@@ -263,8 +263,8 @@ def test_real_debezium_orders_with_lines_become_one_voucher_each(
     """The same through the real chain — PostgreSQL → Debezium (transaction metadata on) → Kafka: the
     transaction ids (``txId:lsn``, different on BEGIN/data/END) and END counts (``schema.table``) as
     Debezium really writes them group each order with its lines."""
-    from connector.debezium import BusinessDatabases, KafkaConnect, connector_config
-    from connector.devstack import EmbeddedPostgres
+    from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
+    from harness.devstack import EmbeddedPostgres
     from tests.integration.test_debezium_e2e import pos_amounts, wait_for_records
 
     system = f"posgrp{uuid.uuid4().hex[:6]}"

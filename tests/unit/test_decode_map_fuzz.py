@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, DecodeFailure, Decoder, KafkaCoordinates
 from connector.ledger import Side
 from connector.mapping import InMemoryLedger, Mapper, load_rules

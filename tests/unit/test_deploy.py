@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from connector.debezium import init_sql
+from harness.debezium import init_sql
 from connector.ops import exported_series
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -12,7 +12,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from connector import samples
+from harness import samples
 from connector.errors import InfraError
 from connector.events import ChangeEvent, DecodeFailure, Decoder, KafkaCoordinates, Op, RegistrySchemas
 

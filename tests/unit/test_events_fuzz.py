@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, DecodeFailure, Decoder, FixedSchemas, KafkaCoordinates, Tombstone
 from tests.conftest import FIXTURES, fixture_bytes
 

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector import samples
+from harness import samples
 from connector.events import ChangeEvent, Decoder, FixedSchemas
 from connector.ledger import kingdee_json, to_kingdee, voucher_from_avro, voucher_to_avro
 from connector.mapping import InMemoryLedger, Mapper, load_rules

@@ -12,7 +12,7 @@ from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.kingdee import KingdeeClient
 from connector.kingdee.poster import OPENING_NUMBER, PosterOptions, name_original, reversal_text
-from connector.kingdee.sandbox import Faults
+from connector.sandbox import Faults
 from connector.ledger import Entry, RowRef, Side, SourceRef, Voucher, VoucherKind, to_kingdee
 
 

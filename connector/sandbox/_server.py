@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -42,6 +42,8 @@ from connector.ledger._serde import slot_of
 
 SESSION_LOST = "会话信息已丢失，请重新登录"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "sandbox.yaml"
+#: the ledger file of the rules shipped in the package (``rules/ledger.yaml`` in the repository)
+SHIPPED_LEDGER: Final = resources.files("connector.rules").joinpath("ledger.yaml")
 
 
 @dataclass
@@ -103,7 +105,10 @@ class SandboxConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SandboxConfig:
-        from connector.mapping._rules import LedgerSpec, _ledger_context
+        """Read a sandbox configuration. ``ledger:`` is a ledger file relative to it, or ``shipped`` for the
+        ledger of the rules shipped in the package (what the demo and the tests use)."""
+        from connector.mapping._load import ledger_context
+        from connector.mapping._spec import LedgerSpec
 
         path = Path(path)
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -113,8 +118,9 @@ class SandboxConfig:
             cfg.apps[str(app["app_id"])] = {"secret": str(app["app_secret"]), "users": set(app.get("users", []))}
         cfg.passwords = {str(k): str(v) for k, v in (raw.get("passwords") or {}).items()}
         if raw.get("ledger"):
-            spec = LedgerSpec.model_validate(yaml.safe_load((path.parent / raw["ledger"]).read_text("utf-8")))
-            ctx = _ledger_context([spec])
+            ledger_file = SHIPPED_LEDGER if raw["ledger"] == "shipped" else path.parent / raw["ledger"]
+            spec = LedgerSpec.model_validate(yaml.safe_load(ledger_file.read_text("utf-8")))
+            ctx = ledger_context([spec])
             cfg.books, cfg.accounts = dict(ctx.books), dict(ctx.accounts)
             cfg.dimension_labels = dict(ctx.dimension_labels)
         cfg.voucher_groups.update({str(k): str(v) for k, v in (raw.get("voucher_groups") or {}).items()})

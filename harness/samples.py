@@ -25,7 +25,7 @@ import fastavro
 
 from connector.money import quantize
 
-SCHEMA_DIR: Final = Path(__file__).resolve().parent / "schemas"
+SCHEMA_DIR: Final = Path(__file__).resolve().parents[1] / "schemas"  # the repository's single copy
 _EPOCH: Final = datetime(1970, 1, 1)  # MicroTimestamp: a wall clock without zone
 
 

@@ -29,9 +29,9 @@ from typing import Any, Final
 import httpx
 import psycopg
 
-from connector.devstack import REPO_ROOT, JavaService, _tail, ensure_maven_jars, free_port, log4j2_yaml
+from harness.devstack import REPO_ROOT, JavaService, _tail, ensure_maven_jars, free_port, log4j2_yaml
 from connector.errors import DevStackError
-from connector.samples import PAYROLL, POS, PURCHASING, SampleGenerator, SampleTable
+from harness.samples import PAYROLL, POS, PURCHASING, SampleGenerator, SampleTable
 
 CONNECT_POM: Final = REPO_ROOT / "deploy" / "connect" / "pom.xml"
 DEBEZIUM_POM: Final = REPO_ROOT / "deploy" / "debezium" / "pom.xml"
@@ -102,7 +102,7 @@ def init_sql() -> str:
     ``deploy/compose/init-business.sql`` is this text; a test keeps them equal)."""
     import textwrap
 
-    out = ["-- Generated from connector/debezium.py (init_sql); tests/unit/test_deploy.py keeps them equal.",
+    out = ["-- Generated from harness/debezium.py (init_sql); tests/unit/test_deploy.py keeps them equal.",
            "-- The journal database and one business database per source system, with the sample tables.",
            "CREATE DATABASE journal;"]
     for system, ddl in DDL.items():

@@ -31,8 +31,8 @@ from typing import Any
 import psycopg
 from tqdm import tqdm
 
-from connector import samples
-from connector.devstack import REPO_ROOT
+from harness import samples
+from harness.devstack import REPO_ROOT
 
 
 def _produce(bootstrap: str, registry: Any, n: int, wire: str,
@@ -98,12 +98,12 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
              workdir: Path | None = None) -> int:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    from connector.devstack import EmbeddedPostgres, KafkaBroker
+    from harness.devstack import EmbeddedPostgres, KafkaBroker
     from connector.events import Decoder, RegistrySchemas
     from connector.journal import Journal
     from connector.kingdee import KingdeeClient, KingdeeCredentials
     from connector.kingdee.poster import Poster, PosterOptions
-    from connector.kingdee.sandbox import start_sandbox
+    from connector.sandbox import start_sandbox
     from connector.mapping import Mapper, load_rules
     from connector.ops import Metrics, OpsServer
     from connector.pipeline import Pipeline, PipelineOptions, Processor
@@ -130,7 +130,7 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
         topics: list[str] = []
         traffic_done = threading.Event()
         if source == "debezium":
-            from connector.debezium import BusinessDatabases, KafkaConnect, connector_config
+            from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
 
             print("starting the business databases (PostgreSQL, logical replication) …", flush=True)
             business_pg = EmbeddedPostgres(base / "business").start()
