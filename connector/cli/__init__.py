@@ -1,0 +1,43 @@
+"""The ``kingdee-cdc`` command line (Typer), one module per job.
+
+Each command is a thin shell around the package: parse arguments, load settings, call one function,
+print. Errors that are the user's to fix (``ConnectorError``) print one clear message and exit 2; anything
+else is a bug and keeps its traceback.
+
+``_app`` (the application, groups, shared options) · ``_service`` (run, post, scan-duplicates, sandbox) ·
+``_journal`` (journal, replay, reconcile, offsets, dlq) · ``_feedback`` · ``_mapping`` · ``_events`` ·
+``_config``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from connector import __version__
+from connector.cli import _config, _events, _feedback, _journal, _mapping, _service  # noqa: F401  (registers)
+from connector.cli._app import app
+from connector.errors import ConnectorError
+
+__all__ = ["app", "main"]
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point."""
+    try:
+        return app(argv, standalone_mode=True)
+    except ConnectorError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
