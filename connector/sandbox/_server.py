@@ -35,7 +35,7 @@ from typing import Any, Final
 import yaml
 
 from connector.kingdee._auth import app_data, client_secret, encoded_path, hmac_b64hex, login_sign
-from connector.kingdee._filter import FilterError, compile_filter
+from connector.sandbox._filter import FilterError, compile_filter
 from connector.ledger import Account, Book, Side, kingdee_json
 from connector.ledger._checks import DIMENSION_LABELS
 from connector.ledger._serde import slot_of
