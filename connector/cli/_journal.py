@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from connector.reconcile import Report
 
 from connector.cli._app import ConfigOpt, app, dlq_app, fail as _fail, journal_app, offsets_app
 
@@ -122,18 +125,7 @@ def reconcile(book: Annotated[str, typer.Option("--book")],
     with build_kingdee_client(settings) as client:
         report = run_reconcile(journal, client, book=book, period=period, by_dimension=by_dimension,
                                tolerance=tol, source=expected)
-    src_head = f" {'source':>16}" if report.with_source else ""
-    typer.echo(f"{'account':<28}{src_head} {'journal':>16} {'Kingdee':>16} {'difference':>14}  status")
-    for a in report.accounts:
-        src = f" {a.source:>16,.2f}" if a.source is not None else ""
-        typer.echo(f"{a.account:<28}{src} {a.journal:>16,.2f} {a.kingdee:>16,.2f} {a.difference:>14,.2f}  "
-                   f"{a.status}" + (f"  {' '.join(a.vouchers[:5])}" if a.status != "ok" else ""))
-    for title, items in (("missing in Kingdee", report.missing_in_kingdee),
-                         ("unknown to the journal", report.unknown_to_journal),
-                         ("different amounts", report.amount_mismatch),
-                         ("present more than once in Kingdee", report.duplicate_lines())):
-        if items:
-            typer.echo(f"{title}: {'; '.join(items[:20])}{' …' if len(items) > 20 else ''}")
+    _print_report(report)
     if csv_path:
         report.write_csv(csv_path)
     if html_path:
@@ -146,6 +138,22 @@ def reconcile(book: Annotated[str, typer.Option("--book")],
         raise typer.Exit(1)
 
 
+
+
+def _print_report(report: Report) -> None:
+    """The reconciliation as a table (with column headers) and the vouchers behind each difference."""
+    src_head = f" {'source':>16}" if report.with_source else ""
+    typer.echo(f"{'account':<28}{src_head} {'journal':>16} {'Kingdee':>16} {'difference':>14}  status")
+    for a in report.accounts:
+        src = f" {a.source:>16,.2f}" if a.source is not None else ""
+        typer.echo(f"{a.account:<28}{src} {a.journal:>16,.2f} {a.kingdee:>16,.2f} {a.difference:>14,.2f}  "
+                   f"{a.status}" + (f"  {' '.join(a.vouchers[:5])}" if a.status != "ok" else ""))
+    for title, items in (("missing in Kingdee", report.missing_in_kingdee),
+                         ("unknown to the journal", report.unknown_to_journal),
+                         ("different amounts", report.amount_mismatch),
+                         ("present more than once in Kingdee", report.duplicate_lines())):
+        if items:
+            typer.echo(f"{title}: {'; '.join(items[:20])}{' …' if len(items) > 20 else ''}")
 
 
 @offsets_app.command("show")
