@@ -478,14 +478,12 @@ class _RuleLint:
                                     message=message, severity=severity))
 
     # fields ---------------------------------------------------------------
-    def fields(self) -> None:
-        spec = self.rule.spec
-        line_table = self.rule.line_table()
-        names = _HEADER_NAMES | ({"line"} if line_table else set())
-        tables = {"header": (spec.match.system, spec.match.table)}
-        if line_table:
-            tables["line"] = line_table
-        columns = {role: self.tables.columns(*t) for role, t in tables.items()}
+    def _references(self, with_lines: bool
+                    ) -> tuple[list[tuple[KeyPath, list[_Ref], set[tuple[str, str]]]], set[tuple[str, str]],
+                               dict[int, set[tuple[str, str]]]]:
+        """Every field reference of the rule by key path, with the fields guarded rule-wide (``match.when``)
+        and per entry (``entries[i].when``)."""
+        names = _HEADER_NAMES | ({"line"} if with_lines else set())
         parsed: list[tuple[KeyPath, list[_Ref], set[tuple[str, str]]]] = []
         rule_guards: set[tuple[str, str]] = set()
         entry_guards: dict[int, set[tuple[str, str]]] = {}
@@ -511,6 +509,16 @@ class _RuleLint:
                 name, _, rest = str(col).partition(".")
                 ref = _Ref(name, rest, False) if rest and name in _HEADER_NAMES else _Ref("row", str(col), False)
                 parsed.append(((key, i), [ref], set()))
+        return parsed, rule_guards, entry_guards
+
+    def fields(self) -> None:
+        spec = self.rule.spec
+        line_table = self.rule.line_table()
+        tables = {"header": (spec.match.system, spec.match.table)}
+        if line_table:
+            tables["line"] = line_table
+        columns = {role: self.tables.columns(*t) for role, t in tables.items()}
+        parsed, rule_guards, entry_guards = self._references(line_table is not None)
         unchecked: set[str] = set()
         seen: set[tuple[KeyPath, str, str]] = set()
         for path, refs, defined in parsed:
