@@ -13,6 +13,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from pydantic import BaseModel
+
 CONTEXT_FIELDS: Final = ("source_key", "voucher_key", "topic", "partition", "offset", "rule", "reason")
 
 
@@ -83,11 +85,11 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def secret_values(settings: Any) -> list[str]:
+def secret_values(settings: BaseModel) -> list[str]:
     """Every secret in the settings (SecretStr fields, secret-looking passthrough keys, DSN passwords)."""
     from urllib.parse import urlparse
 
-    from pydantic import BaseModel, SecretStr
+    from pydantic import SecretStr
 
     found: list[str] = []
 

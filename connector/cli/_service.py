@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from connector.cli._app import ConfigOpt, app, fail as _fail
 from connector.config import Settings
+
+if TYPE_CHECKING:
+    from connector.ops import Metrics
 
 
 
@@ -20,7 +23,7 @@ def setup_logging(settings: Settings) -> None:
     logs.setup(settings.log_level, settings.log_format, logs.secret_values(settings))
 
 
-def _readiness(settings: Any, *, kafka: bool, kingdee: bool, assigned: Callable[[], str] | None = None
+def _readiness(settings: Settings, *, kafka: bool, kingdee: bool, assigned: Callable[[], str] | None = None
                ) -> Callable[[], tuple[bool, str]]:
     """/readyz: the journal answers, Kafka answers (if consumed), Kingdee's host accepts connections (if posting)."""
     import socket
@@ -58,7 +61,7 @@ def _readiness(settings: Any, *, kafka: bool, kingdee: bool, assigned: Callable[
     return ready
 
 
-def _serve_ops(settings: Any, metrics: Any, ready: Callable[[], tuple[bool, str]]) -> Any:
+def _serve_ops(settings: Settings, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> Any:
     from connector.ops import JournalBacklog, OpsServer
     from connector.service import journal_dsn
 
