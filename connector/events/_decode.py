@@ -114,10 +114,14 @@ class DecoderLimits:
 
 
 class _Failed(Exception):
-    def __init__(self, stage: str, reason: str) -> None:
+    """A record that cannot be decoded: ``stage`` says where, ``error_class`` what kind of problem (a stable
+    name for dead-letter headers, metrics and operators), ``reason`` the specifics."""
+
+    def __init__(self, stage: str, reason: str, error_class: str) -> None:
         super().__init__(reason)
         self.stage = stage
         self.reason = reason
+        self.error_class = error_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +150,7 @@ def _opt_str(v: Any) -> str | None:
 
 def _source(src: Any) -> SourceInfo:
     if not isinstance(src, Mapping):
-        raise _Failed("envelope", "'source' block is missing or not an object")
+        raise _Failed("envelope", "'source' block is missing or not an object", "BadSourceBlock")
     snap = src.get("snapshot")
     snapshot = "false" if snap is None or snap is False else "true" if snap is True else str(snap)
     return SourceInfo(
@@ -221,28 +225,28 @@ def _envelope(
     headers: tuple[tuple[str, bytes | None], ...],
 ) -> ChangeEvent | TransactionMarker:
     if not isinstance(payload, Mapping):
-        raise _Failed("envelope", f"expected a Debezium envelope object, got {type(payload).__name__}")
+        raise _Failed("envelope", f"expected a Debezium envelope object, got {type(payload).__name__}", "NotAnEnvelope")
     if _is_marker(payload):
         return _marker(payload, kafka)
     if "op" not in payload:
         hint = " (looks like a flattened row: is the ExtractNewRecordState/unwrap SMT enabled upstream?)" \
             if "source" not in payload else ""
-        raise _Failed("envelope", "not a Debezium change event: no 'op' field" + hint)
+        raise _Failed("envelope", "not a Debezium change event: no 'op' field" + hint, "NotAnEnvelope")
     op = _OPS.get(str(payload["op"]))
     if op is None:
-        raise _Failed("envelope", f"unknown op {payload['op']!r} (expected one of c, u, d, r, t, m)")
+        raise _Failed("envelope", f"unknown op {str(payload['op'])[:20]!r} (expected one of c, u, d, r, t, m)", "UnknownOp")
     source = _source(payload.get("source"))
     floats: list[str] = []
     try:
         before = convert_row(payload.get("before"), "before", floats)
         after = convert_row(payload.get("after"), "after", floats)
     except ConversionError as e:
-        raise _Failed("value", str(e)) from None
+        raise _Failed("value", str(e), e.kind) from None
     for name, img in (("before", before), ("after", after)):
         if img is not None and not isinstance(img, Mapping):
-            raise _Failed("envelope", f"'{name}' must be an object or null, got {type(img).__name__}")
+            raise _Failed("envelope", f"'{name}' must be an object or null, got {type(img).__name__}", "BadRowImage")
     if op in (Op.CREATE, Op.READ, Op.UPDATE) and after is None:
-        raise _Failed("envelope", f"op '{op.value}' without an 'after' row image")
+        raise _Failed("envelope", f"op '{op.value}' without an 'after' row image", "BadRowImage")
     return ChangeEvent(
         op=op, source=source, before=before, after=after, key=key,
         ts_ms=_opt_int(payload.get("ts_ms")), transaction=_transaction(payload.get("transaction")),
@@ -309,15 +313,19 @@ class Decoder:
             return self._decode(value, key, kafka, headers)
         except _Failed as f:
             return DecodeFailure(reason=f.reason, stage=f.stage, kafka=kafka, raw_value=value, raw_key=key,
-                                 headers=headers)
+                                 headers=headers, error_class=f.error_class)
         except InfraError:
             raise
         except RecursionError:
             return DecodeFailure(reason="value nested too deeply", stage="limits", kafka=kafka,
-                                 raw_value=value, raw_key=key, headers=headers)
+                                 raw_value=value, raw_key=key, headers=headers, error_class="NestingTooDeep")
+        except MemoryError:
+            return DecodeFailure(reason="value too large to decode in memory", stage="limits", kafka=kafka,
+                                 raw_value=value, raw_key=key, headers=headers, error_class="RecordTooLarge")
         except Exception as e:  # the decoder must not stop the line: anything unforeseen is a poison record
-            return DecodeFailure(reason=f"unexpected {type(e).__name__}: {e}", stage="value", kafka=kafka,
-                                 raw_value=value, raw_key=key, headers=headers, error_class=type(e).__name__)
+            return DecodeFailure(reason=f"unexpected {type(e).__name__}: {str(e)[:300]}", stage="value",
+                                 kafka=kafka, raw_value=value, raw_key=key, headers=headers,
+                                 error_class="UnexpectedDecodeError")
 
     # ------------------------------------------------------------------ internals
     def _decode(self, value: bytes | None, key_bytes: bytes | None, kafka: KafkaCoordinates | None,
@@ -327,14 +335,15 @@ class Decoder:
             return Tombstone(key=key, kafka=kafka)
         if len(value) > self._limits.max_record_bytes:
             raise _Failed("limits", f"record of {len(value)} bytes exceeds max_record_bytes="
-                                    f"{self._limits.max_record_bytes}")
+                                    f"{self._limits.max_record_bytes}", "RecordTooLarge")
         first = value[0]
         if first == MAGIC_BYTE:
             compiled, body = self._avro_body(value)
             try:
                 payload = fastavro.schemaless_reader(io.BytesIO(body), compiled.parsed, None)
             except Exception as e:
-                raise _Failed("value", f"Avro body does not match writer schema: {type(e).__name__}: {e}") from None
+                raise _Failed("value", f"Avro body does not match writer schema: {type(e).__name__}: {str(e)[:200]}",
+                              "AvroBodyMismatch") from None
             return _envelope(payload, convert_row=_typed_rows(compiled.value_conv), key=key, kafka=kafka,
                              headers=headers)
         fast = self._json_known_schema(value)
@@ -352,18 +361,19 @@ class Decoder:
         if raw is None or len(raw) == 0:
             return None
         if len(raw) > self._limits.max_record_bytes:
-            raise _Failed("limits", f"key of {len(raw)} bytes exceeds max_record_bytes")
+            raise _Failed("limits", f"key of {len(raw)} bytes exceeds max_record_bytes", "RecordTooLarge")
         if raw[0] == MAGIC_BYTE:
             compiled, body = self._avro_body(raw, stage="key")
             try:
                 rec = fastavro.schemaless_reader(io.BytesIO(body), compiled.parsed, None)
             except Exception as e:
-                raise _Failed("key", f"Avro key does not match writer schema: {e}") from None
+                raise _Failed("key", f"Avro key does not match writer schema: {type(e).__name__}: {str(e)[:200]}",
+                              "BadKey") from None
             if compiled.key_conv is not None:
                 try:
                     rec = compiled.key_conv(rec, [])
                 except ConversionError as e:
-                    raise _Failed("key", str(e)) from None
+                    raise _Failed("key", str(e), "BadKey") from None
             return rec if isinstance(rec, Mapping) else {"key": rec}
         try:
             doc = self._json(raw, "key")
@@ -377,23 +387,28 @@ class Decoder:
                 try:
                     payload = compile_struct(from_connect_json(schema), "key")(payload, [])
                 except ConversionError as e:
-                    raise _Failed("key", str(e)) from None
+                    raise _Failed("key", str(e), "BadKey") from None
             return payload if isinstance(payload, Mapping) else {"key": payload}
         return doc if isinstance(doc, Mapping) else {"key": doc}
 
     def _json(self, raw: bytes, stage: str) -> Any:
         if raw[:1] not in (b"{", b"[", b" ", b"\n", b"\t", b"\r", b'"') and not raw[:1].isdigit():
-            raise _Failed("wire", f"neither Avro wire format (magic byte 0x00) nor JSON: first byte 0x{raw[0]:02x}")
+            raise _Failed("wire", f"neither Avro wire format (magic byte 0x00) nor JSON: first byte 0x{raw[0]:02x}",
+                          "NotAvroOrJson")
         try:
             return json.loads(raw, parse_float=Decimal)
         except UnicodeDecodeError as e:
-            raise _Failed("json", f"{stage} is not UTF-8: {e}") from None
+            raise _Failed("json", f"{stage} is not UTF-8: {e}", "NotUtf8") from None
         except json.JSONDecodeError as e:
-            raise _Failed("json", f"{stage} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+            raise _Failed("json", f"{stage} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
+                          "InvalidJson") from None
+        except ValueError as e:  # an integer of more than 4,300 digits (Python's int conversion limit)
+            raise _Failed("limits", f"{stage} holds a number too long to read: {str(e)[:100]}", "NumberTooLong") \
+                from None
 
     def _avro_body(self, raw: bytes, stage: str = "wire") -> tuple[_CompiledAvro, bytes]:
         if len(raw) < 5:
-            raise _Failed(stage, f"Avro wire format needs 5 header bytes, got {len(raw)}")
+            raise _Failed(stage, f"Avro wire format needs 5 header bytes, got {len(raw)}", "TruncatedWireHeader")
         (schema_id,) = struct.unpack(">I", raw[1:5])
         compiled = self._avro.get(schema_id)
         if compiled is None:
@@ -402,16 +417,18 @@ class Decoder:
 
     def _compile_avro(self, schema_id: int) -> _CompiledAvro:
         if self._schemas is None:
-            raise _Failed("schema", f"Avro record with schema id {schema_id} but no schema registry is configured")
+            raise _Failed("schema", f"Avro record with schema id {schema_id} but no schema registry is configured",
+                          "NoSchemaRegistry")
         try:
             schema_json = self._schemas.avro_schema(schema_id)
         except SchemaNotFound as e:
-            raise _Failed("schema", f"unknown schema id {schema_id}: {e}") from None
+            raise _Failed("schema", f"unknown schema id {schema_id}: {e}", "UnknownSchemaId") from None
         try:
             parsed = fastavro.parse_schema(schema_json)
             root = from_avro(schema_json)
         except Exception as e:
-            raise _Failed("schema", f"schema id {schema_id} is not a usable Avro schema: {e}") from None
+            raise _Failed("schema", f"schema id {schema_id} is not a usable Avro schema: {str(e)[:200]}",
+                          "UnusableSchema") from None
         value_conv = compile_struct(_row_type(root), "")
         key_conv = compile_struct(root, "key") if root.kind == "struct" else None
         compiled = _CompiledAvro(parsed=parsed, value_conv=value_conv, key_conv=key_conv)
@@ -464,7 +481,8 @@ class Decoder:
             try:
                 conv = compile_struct(_row_type(from_connect_json(schema)), "")
             except (KeyError, TypeError, ValueError) as e:  # ConversionError is a ValueError
-                raise _Failed("schema", f"malformed JSON converter schema: {e}") from None
+                raise _Failed("schema", f"malformed JSON converter schema: {str(e)[:200]}",
+                              e.kind if isinstance(e, ConversionError) else "MalformedConnectSchema") from None
             if len(self._json_schemas) < _MAX_SCHEMAS:
                 self._json_schemas[cache_key] = conv
         return conv

@@ -196,7 +196,12 @@ class DecodeFailure:
     """A record that could not be decoded: ready for the dead-letter path, never an exception.
 
     ``stage`` names what failed (``wire``, ``schema``, ``json``, ``envelope``, ``value``, ``key``,
-    ``limits``) so dead-letter headers and metrics can group failures.
+    ``limits``) and ``error_class`` what kind of problem, so dead-letter headers, metrics and operators can
+    group failures: ``RecordTooLarge``, ``NestingTooDeep``, ``NumberTooLong``, ``NotAvroOrJson``,
+    ``TruncatedWireHeader``, ``NotUtf8``, ``InvalidJson``, ``NoSchemaRegistry``, ``UnknownSchemaId``,
+    ``UnusableSchema``, ``MalformedConnectSchema``, ``AvroBodyMismatch``, ``NotAnEnvelope``, ``UnknownOp``,
+    ``BadSourceBlock``, ``BadRowImage``, ``BadKey``, ``FieldTypeMismatch``, ``NotBase64``,
+    ``DecimalOutOfRange``, ``DateOutOfRange``, ``BadTimestamp``. ``UnexpectedDecodeError`` means a decoder bug.
     """
 
     reason: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -25,7 +26,20 @@ VARIABLE_SCALE_DECIMAL: Final = "io.debezium.data.VariableScaleDecimal"
 
 
 class ConversionError(ValueError):
-    """A field value does not match its declared type (carries the field path)."""
+    """A field value does not match its declared type (carries the field path and a failure class name)."""
+
+    def __init__(self, message: str, kind: str = "FieldTypeMismatch") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+#: Kafka Connect's (and every common sink's) decimal limits: at most 38 digits, scale within ±38. Larger values
+#: are poison, refused before any arithmetic: converting a 400 KB unscaled integer alone takes seconds.
+MAX_DECIMAL_DIGITS: Final = 38
+_MAX_UNSCALED_BYTES: Final = 17  # 136 bits: every 38-digit unscaled integer fits
+#: Exact up to the limit: the default context (28 digits) would round a 29–38 digit decimal silently.
+_EXACT: Final = decimal.Context(prec=MAX_DECIMAL_DIGITS + 3, traps=[decimal.Inexact, decimal.InvalidOperation,
+                                                                    decimal.Overflow])
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +87,7 @@ def from_avro(schema: Any, named: dict[str, FieldType] | None = None, namespace:
             return FieldType(_AVRO_PRIMITIVES[schema])
         ref = named.get(schema) or named.get(f"{namespace}.{schema}" if namespace else schema)
         if ref is None:
-            raise ConversionError(f"unknown Avro named type {schema!r}")
+            raise ConversionError(f"unknown Avro named type {schema!r}", "UnusableSchema")
         return ref
     if isinstance(schema, list):
         branches = [s for s in schema if s != "null"]
@@ -81,7 +95,7 @@ def from_avro(schema: Any, named: dict[str, FieldType] | None = None, namespace:
             return FieldType("null")
         return from_avro(branches[0], named, namespace)
     if not isinstance(schema, Mapping):
-        raise ConversionError(f"not an Avro schema: {schema!r}")
+        raise ConversionError(f"not an Avro schema: {str(schema)[:80]!r}", "UnusableSchema")
     typ = schema.get("type")
     name = schema.get("connect.name")
     params = {str(k): str(v) for k, v in (schema.get("connect.parameters") or {}).items()}
@@ -117,7 +131,7 @@ def from_avro(schema: Any, named: dict[str, FieldType] | None = None, namespace:
         if name is None and logical in ("date", "timestamp-millis", "timestamp-micros", "time-millis", "time-micros"):
             name = "avro." + str(logical)
         return FieldType(inner.kind, name or inner.name, params or dict(inner.params), inner.fields, inner.items)
-    raise ConversionError(f"unsupported Avro schema {schema!r}")
+    raise ConversionError(f"unsupported Avro schema {str(schema)[:80]!r}", "UnusableSchema")
 
 
 # --------------------------------------------------------------------------- value conversion
@@ -131,13 +145,43 @@ def _bytes_of(value: Any, path: str) -> bytes:
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise ConversionError(f"{path}: not base64: {value!r}") from None
+            shown = value if len(value) <= 40 else f"{value[:40]}… ({len(value)} characters)"
+            raise ConversionError(f"{path}: not base64: {shown!r}", "NotBase64") from None
     raise ConversionError(f"{path}: expected bytes, got {type(value).__name__}")
 
 
-def decimal_from_unscaled(raw: bytes, scale: int) -> Decimal:
-    """Connect Decimal: big-endian two's-complement unscaled integer + scale → exact ``Decimal``."""
-    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+def _scale(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise ConversionError(f"{path}: decimal scale {str(value)[:20]!r} is not an integer", "DecimalOutOfRange")
+    text = str(value).strip()
+    if len(text) > 6 or not -MAX_DECIMAL_DIGITS <= int(text) <= MAX_DECIMAL_DIGITS:
+        raise ConversionError(f"{path}: decimal scale {text[:20]} is beyond Kafka Connect's ±{MAX_DECIMAL_DIGITS}",
+                              "DecimalOutOfRange")
+    return int(text)
+
+
+def checked_decimal(d: Decimal, path: str) -> Decimal:
+    """``d`` if it is within Kafka Connect's decimal limits (38 digits, scale ±38), else ``ConversionError``."""
+    if not d.is_finite():
+        raise ConversionError(f"{path}: decimal {d} is not a finite number", "DecimalOutOfRange")
+    t = d.as_tuple()
+    exponent = int(t.exponent)
+    if len(t.digits) > MAX_DECIMAL_DIGITS or d.adjusted() >= MAX_DECIMAL_DIGITS or -exponent > MAX_DECIMAL_DIGITS:
+        raise ConversionError(f"{path}: decimal with {len(t.digits)} digits and scale {-exponent} is beyond Kafka "
+                              f"Connect's {MAX_DECIMAL_DIGITS}-digit precision", "DecimalOutOfRange")
+    return d
+
+
+def decimal_from_unscaled(raw: bytes, scale: int, path: str = "value") -> Decimal:
+    """Connect Decimal: big-endian two's-complement unscaled integer + scale → exact ``Decimal`` (within
+    Kafka Connect's limits, else ``ConversionError`` — checked on the byte length first, in constant time)."""
+    if len(raw) > _MAX_UNSCALED_BYTES:
+        raise ConversionError(f"{path}: decimal of {len(raw):,} bytes is beyond Kafka Connect's "
+                              f"{MAX_DECIMAL_DIGITS}-digit precision", "DecimalOutOfRange")
+    if not -MAX_DECIMAL_DIGITS <= scale <= MAX_DECIMAL_DIGITS:
+        raise ConversionError(f"{path}: decimal scale {scale} is beyond Kafka Connect's ±{MAX_DECIMAL_DIGITS}",
+                              "DecimalOutOfRange")
+    return checked_decimal(Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, context=_EXACT), path)
 
 
 def decode_base64_decimal(text: str, scale: int) -> Decimal:
@@ -147,14 +191,16 @@ def decode_base64_decimal(text: str, scale: int) -> Decimal:
 
 def _decimal(scale: int, path: str) -> Converter:
     def conv(v: Any, floats: list[str]) -> Any:
-        if v is None or isinstance(v, Decimal):
+        if v is None:
             return v
+        if isinstance(v, Decimal):  # JSON decimal.format=NUMERIC (parsed exactly)
+            return checked_decimal(v, path)
         if isinstance(v, int) and not isinstance(v, bool):  # JSON decimal.format=NUMERIC, scale 0
-            return Decimal(v)
+            return checked_decimal(Decimal(v), path)
         if isinstance(v, float):
             floats.append(path)
             return v
-        return decimal_from_unscaled(_bytes_of(v, path), scale)
+        return decimal_from_unscaled(_bytes_of(v, path), scale, path)
     return conv
 
 
@@ -163,8 +209,8 @@ def _variable_scale(path: str) -> Converter:
         if v is None or isinstance(v, Decimal):
             return v
         if not isinstance(v, Mapping) or "scale" not in v or "value" not in v:
-            raise ConversionError(f"{path}: VariableScaleDecimal needs {{scale, value}}, got {v!r}")
-        return decimal_from_unscaled(_bytes_of(v["value"], path), int(v["scale"]))
+            raise ConversionError(f"{path}: VariableScaleDecimal needs {{scale, value}}, got {type(v).__name__}")
+        return decimal_from_unscaled(_bytes_of(v["value"], path), _scale(v["scale"], path), path)
     return conv
 
 
@@ -177,7 +223,7 @@ def _int_to(fn: Callable[[int], Any], passthrough: type | tuple[type, ...], path
         try:
             return fn(v)
         except (OverflowError, ValueError):
-            raise ConversionError(f"{path}: {v} is out of range for a date/time") from None
+            raise ConversionError(f"{path}: {v} is out of range for a date/time", "DateOutOfRange") from None
     return conv
 
 
@@ -193,7 +239,7 @@ def _zoned(path: str) -> Converter:
         try:
             return datetime.fromisoformat(str(v))
         except (ValueError, OverflowError):
-            raise ConversionError(f"{path}: not an ISO-8601 timestamp: {v!r}") from None
+            raise ConversionError(f"{path}: not an ISO-8601 timestamp: {str(v)[:60]!r}", "BadTimestamp") from None
     return conv
 
 
@@ -243,10 +289,7 @@ def compile_converter(t: FieldType, path: str) -> Converter | None:
     """A converter for values of type ``t`` at ``path``; ``None`` when values need no conversion."""
     name = t.name
     if name == CONNECT_DECIMAL:
-        scale = t.params.get("scale", "0")
-        if not scale.strip().lstrip("-").isdigit():
-            raise ConversionError(f"{path}: Decimal scale {scale!r} is not an integer")
-        return _decimal(int(scale), path)
+        return _decimal(_scale(t.params.get("scale", "0"), path), path)
     if name == VARIABLE_SCALE_DECIMAL:
         return _variable_scale(path)
     if name in _INT_SEMANTICS:

@@ -28,8 +28,6 @@ loops over document lines are capped — so no rule can make one event take seco
 
 from __future__ import annotations
 
-import base64
-import binascii
 import decimal
 import math
 import re
@@ -257,11 +255,15 @@ def _round(places: int, mode: str) -> Callable[..., Decimal]:
 
 
 def _decimal_b64(text: Any, scale: Any) -> Decimal:
+    """``decimal_b64(row.amount, 2)``: a schemaless JSON Connect decimal, decoded like the decoder does (exactly,
+    within Kafka Connect's 38-digit limits)."""
+    from connector.events import decode_base64_decimal
+    from connector.events._types import ConversionError
+
     try:
-        raw = base64.b64decode(str(text), validate=True)
-    except (binascii.Error, ValueError):
-        raise EvalError("INVALID_AMOUNT", f"not a base64 Connect decimal: {text!r}", value=text) from None
-    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-int(scale))
+        return decode_base64_decimal(str(text), int(number(scale, "scale")))
+    except ConversionError as e:
+        raise EvalError("INVALID_AMOUNT", f"not a usable Connect decimal: {e}", value=_short(text)) from None
 
 
 def _micros_ts(v: Any) -> datetime:
