@@ -102,6 +102,11 @@ class SandboxConfig:
     faults: Faults = field(default_factory=Faults)
     #: optional PostgreSQL DSN: vouchers survive sandbox restarts (table ``kdcdc_sandbox.vouchers``)
     persist_dsn: str | None = None
+    #: requests with a larger body are refused (HTTP 413) before it is read
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: ``/sandbox/admin/…`` needs ``Authorization: Bearer <token>``; without a token only loopback clients may
+    #: use it
+    admin_token: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> SandboxConfig:
@@ -129,6 +134,8 @@ class SandboxConfig:
         cfg.dimension_values = {str(k).upper(): set(map(str, v)) for k, v in (raw.get("dimension_values") or {}).items()}
         cfg.key_fields = set(raw.get("key_fields") or [])
         cfg.persist_dsn = raw.get("persist_dsn") or None
+        cfg.max_body_bytes = int(raw.get("max_body_bytes") or cfg.max_body_bytes)
+        cfg.admin_token = str(raw["admin_token"]) if raw.get("admin_token") else None
         cfg.faults.update(raw.get("faults") or {})
         return cfg
 
@@ -375,11 +382,28 @@ _WRITES = frozenset({"Save", "BatchSave", "Draft", "Submit", "Audit", "UnAudit",
 class SandboxHandler(BaseHTTPRequestHandler):
     server: SandboxServer
     protocol_version = "HTTP/1.1"
+    #: a client that stops sending (or never sends its body) is dropped instead of holding a thread forever
+    timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet by default
         return
 
+    def _admin_allowed(self) -> bool:
+        """Admin endpoints change or reveal the whole sandbox: a configured token, or loopback clients only."""
+        token = self.server.state.config.admin_token
+        if token:
+            given = self.headers.get("Authorization", "")
+            if secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return True
+        elif self.client_address[0] in ("127.0.0.1", "::1"):
+            return True
+        self._reply(403, {"error": "admin endpoints need the sandbox's admin token (Authorization: Bearer …)"
+                                   if token else "admin endpoints answer loopback clients only (or set admin_token)"})
+        return False
+
     def do_GET(self) -> None:
+        if self.path.startswith("/sandbox/admin/") and not self._admin_allowed():
+            return
         if self.path.startswith("/sandbox/admin/vouchers"):
             with self.server.state.lock:
                 body = [{k: v for k, v in rec.items() if not k.startswith("_")}
@@ -392,7 +416,17 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         arrived = time.monotonic()
-        length = int(self.headers.get("Content-Length") or 0)
+        length_text = self.headers.get("Content-Length") or "0"
+        if not length_text.isdigit():
+            self.close_connection = True
+            self._reply(400, {"error": f"Content-Length {length_text[:20]!r} is not a number"})
+            return
+        length = int(length_text)
+        if length > self.server.state.config.max_body_bytes:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            self._reply(413, {"error": f"request body of {length:,} bytes is larger than the sandbox accepts "
+                                       f"({self.server.state.config.max_body_bytes:,})"})
+            return
         raw = self.rfile.read(length)
         try:
             body = json.loads(raw or b"{}", parse_float=Decimal)  # amounts stay exact, as in Kingdee
@@ -401,7 +435,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
                                       msg_code=8))
             return
         if self.path.startswith("/sandbox/admin/"):
-            self._admin(self.path.rsplit("/", 1)[-1], body)
+            if self._admin_allowed():
+                self._admin(self.path.rsplit("/", 1)[-1], body)
             return
         service = self.path.rsplit("/", 1)[-1].removesuffix(".common.kdsvc")
         state = self.server.state
