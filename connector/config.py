@@ -239,8 +239,19 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration with every secret replaced (``config show``)."""
-        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True)  # SecretStr dumps as "**********"
+        """The effective configuration with every secret replaced (``config show``): secret fields print as
+        ``**********``, and a password inside any URL (``http://user:…@registry``) as ``***``."""
+        from connector.logs import scrub
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, str):
+                return scrub(v)
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+        data: dict[str, Any] = clean(self.model_dump(mode="json", by_alias=True))  # SecretStr dumps as "*****"
         return data
 
 
@@ -279,6 +290,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         data = loaded or {}
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
+    from connector.logs import register_secrets, secret_values
+
+    register_secrets(secret_values(settings))  # every later output path scrubs them, tracebacks included
+    return settings

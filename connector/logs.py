@@ -10,12 +10,35 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sys
+import traceback
+from types import TracebackType
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from pydantic import BaseModel
 
 CONTEXT_FIELDS: Final = ("source_key", "voucher_key", "topic", "partition", "offset", "rule", "reason")
+
+#: ``scheme://user:password@host`` anywhere in a text: the password is masked whether or not it is known
+_URL_USERINFO: Final = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@\s:'\"]*):(?P<pw>[^/@\s'\"]+)@")
+#: every secret of the loaded settings (``register_secrets``), scrubbed from log lines, error messages and
+#: tracebacks alike
+_KNOWN: set[str] = set()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember secret values (≥ 4 characters) so that every later output path can scrub them."""
+    _KNOWN.update(v for v in values if v and len(v) >= 4)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every known secret replaced by ``***`` and every URL's password masked."""
+    for s in sorted(_KNOWN.union(secrets), key=len, reverse=True):
+        if s in text:
+            text = text.replace(s, "***")
+    return _URL_USERINFO.sub(r"\g<head>:***@", text)
 
 
 def event_context(record: Any, voucher_key: str | None = None, **more: Any) -> dict[str, Any]:
@@ -67,14 +90,9 @@ class SecretFilter(logging.Filter):
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
     def _scrub(self, text: str) -> str:
-        for s in self.secrets:
-            if s in text:
-                text = text.replace(s, "***")
-        return text
+        return scrub(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         record.msg = self._scrub(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
@@ -93,16 +111,26 @@ def secret_values(settings: BaseModel) -> list[str]:
 
     found: list[str] = []
 
+    def url_password(value: str) -> None:
+        if "://" not in value:
+            return
+        m = _URL_USERINFO.search(value)
+        if m:
+            found.append(m.group("pw"))
+        try:
+            pw = urlparse(value).password
+        except ValueError:  # not a parseable URL: the regex above still found its password
+            return
+        if pw:
+            found.append(pw)
+
     def walk(obj: Any) -> None:
         if isinstance(obj, SecretStr):
             value = obj.get_secret_value()
             found.append(value)
-            try:
-                pw = urlparse(value).password
-                if pw:
-                    found.append(pw)
-            except ValueError:
-                pass
+            url_password(value)
+        elif isinstance(obj, str):
+            url_password(obj)  # a plain URL setting with credentials in it (schema_registry.url …)
         elif isinstance(obj, BaseModel):
             for name in type(obj).model_fields:
                 walk(getattr(obj, name))
@@ -113,7 +141,15 @@ def secret_values(settings: BaseModel) -> list[str]:
     return found
 
 
+def install_excepthook() -> None:
+    """Uncaught exceptions print scrubbed tracebacks (they bypass the logging filter otherwise)."""
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        sys.stderr.write(scrub("".join(traceback.format_exception(kind, value, tb))))
+    sys.excepthook = hook
+
+
 def setup(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+    register_secrets(secrets)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(SecretFilter(secrets))

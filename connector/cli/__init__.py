@@ -31,11 +31,15 @@ def version() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point."""
+    """Console-script entry point. Every message and traceback it prints is scrubbed of the settings'
+    secrets and of passwords inside URLs."""
+    from connector.logs import install_excepthook, scrub
+
+    install_excepthook()
     try:
         return app(argv, standalone_mode=True)
     except ConnectorError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {scrub(str(e))}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 
 

@@ -8,7 +8,9 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+#: Rich tracebacks are off: they print local variables (settings, DSNs) and bypass the secret scrubbing of
+#: the exception hook (connector.logs.install_excepthook).
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="kingdee-cdc: Debezium change events → balanced Kingdee K/3 Cloud vouchers, exactly once.")
 events_app = typer.Typer(no_args_is_help=True, help="Decode and publish Debezium change events.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
