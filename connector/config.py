@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connector.errors import ConfigError
@@ -113,8 +113,30 @@ class KafkaSettings(_Section):
 class RegistrySettings(_Section):
     url: str | None = None
     basic_auth: SecretStr | None = None
+    #: TLS: the CA bundle that signs the registry's certificate, and a client certificate + key when the
+    #: registry wants mutual TLS (the key may be encrypted: ssl_key_password)
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
 
-    _secret = field_validator("basic_auth", mode="before")(_resolve_secret)
+    _secret = field_validator("basic_auth", "ssl_key_password", mode="before")(_resolve_secret)
+
+    def client_conf(self) -> dict[str, str]:
+        """Configuration of confluent-kafka's ``SchemaRegistryClient`` (secrets resolved; never logged)."""
+        if not self.url:
+            return {}
+        conf = {"url": self.url}
+        if self.basic_auth is not None:
+            conf["basic.auth.user.info"] = self.basic_auth.get_secret_value()
+        for key, value in (("ssl.ca.location", self.ssl_ca_location),
+                           ("ssl.certificate.location", self.ssl_certificate_location),
+                           ("ssl.key.location", self.ssl_key_location)):
+            if value is not None:
+                conf[key] = str(value)
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
 
 
 class JournalSettings(_Section):
@@ -225,6 +247,17 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``production`` refuses to start with plain-text connections to PostgreSQL, Kingdee or the registry
+    #: (``development`` only warns)
+    profile: Literal["development", "production"] = "development"
+
+    @model_validator(mode="after")
+    def _production_needs_tls(self) -> Settings:
+        if self.profile == "production":
+            problems = transport_warnings(self)
+            if problems:
+                raise ValueError("profile production refuses plain-text connections: " + "; ".join(problems))
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -253,6 +286,31 @@ class Settings(BaseSettings):
             return v
         data: dict[str, Any] = clean(self.model_dump(mode="json", by_alias=True))  # SecretStr dumps as "*****"
         return data
+
+
+def transport_warnings(settings: Settings) -> list[str]:
+    """Connections that would carry journal data, credentials or vouchers in plain text."""
+    from urllib.parse import parse_qs, urlparse
+
+    out: list[str] = []
+    if settings.journal.dsn is not None:
+        dsn = settings.journal.dsn.get_secret_value()
+        mode: str | None = None
+        if "://" in dsn:
+            modes = parse_qs(urlparse(dsn).query).get("sslmode")
+            mode = modes[0] if modes else None
+        else:
+            mode = next((part.split("=", 1)[1] for part in dsn.split() if part.startswith("sslmode=")), None)
+        if (mode or "prefer") in ("disable", "allow", "prefer"):
+            out.append(f"journal.dsn has sslmode={mode or 'prefer (the default)'}: use require, verify-ca or "
+                       "verify-full")
+    if settings.kingdee.server_url and settings.kingdee.server_url.startswith("http://"):
+        out.append("kingdee.server_url is plain http://: vouchers and sessions travel unencrypted")
+    if not settings.kingdee.verify_tls:
+        out.append("kingdee.verify_tls is false: the Kingdee server's certificate is not checked")
+    if settings.schema_registry.url and settings.schema_registry.url.startswith("http://"):
+        out.append("schema_registry.url is plain http://")
+    return out
 
 
 def _format_error(e: ValidationError, source: str) -> str:

@@ -17,10 +17,16 @@ if TYPE_CHECKING:
 
 
 def setup_logging(settings: Settings) -> None:
-    """Log lines in the configured format and level, with every configured secret scrubbed."""
+    """Log lines in the configured format and level, with every configured secret scrubbed; a warning for each
+    connection that would travel in plain text (``profile: production`` refuses to start instead)."""
+    import logging
+
     from connector import logs
+    from connector.config import transport_warnings
 
     logs.setup(settings.log_level, settings.log_format, logs.secret_values(settings))
+    for problem in transport_warnings(settings):
+        logging.getLogger("kingdee_cdc").warning("insecure transport: %s", problem)
 
 
 def _readiness(settings: Settings, *, kafka: bool, kingdee: bool, assigned: Callable[[], str] | None = None
