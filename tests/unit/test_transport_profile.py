@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from connector.config import load_settings, transport_warnings
 from connector.errors import ConfigError
 
-PLAIN = {"journal": {"dsn": "postgresql://u:p@db/kdcdc?sslmode=disable"},
+PLAIN: dict[str, Any] = {"journal": {"dsn": "postgresql://u:p@db/kdcdc?sslmode=disable"},
          "kingdee": {"server_url": "http://kingdee.example/k3cloud/"},
          "schema_registry": {"url": "http://registry:8081"}}
 
