@@ -53,7 +53,7 @@ def test_helm_chart_renders_every_kubernetes_object(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(res.stdout) if d]
     kinds = {d["kind"]: d for d in docs if d["kind"] != "ConfigMap"}
-    assert set(kinds) == {"Deployment", "Service", "Secret", "PodDisruptionBudget", "ServiceMonitor"}
+    assert set(kinds) == {"Deployment", "Service", "Secret", "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy"}
     configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     assert set(configmaps) == {"cdc-kingdee-cdc", "cdc-kingdee-cdc-rules"}
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
