@@ -22,7 +22,8 @@ def dev_up(workdir: DevDir = Path(".devstack")) -> None:
 
     info = devstack.dev_up(workdir.resolve())
     typer.echo(f"kafka      {info.bootstrap}\npostgresql {info.dsn}\n"
-               f"export KDCDC_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap} KDCDC_JOURNAL__DSN={info.dsn}")
+               f"for the other commands: source {workdir}/env   (or -c {workdir}/config.yaml); the ports stay the "
+               "same on the next `dev up`")
 
 
 @dev.command("down")

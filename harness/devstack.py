@@ -379,11 +379,48 @@ def state_file(workdir: Path) -> Path:
     return workdir / "state.json"
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT does not count
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _stable_ports(workdir: Path, kafka_port: int | None, pg_port: int | None) -> tuple[int, int]:
+    """The ports of the last ``dev up`` in this directory (else 9092 / 5432) while they are free: a restarted
+    stack keeps its addresses, so configurations written against it stay valid."""
+    saved_path = workdir / "ports.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+    chosen = []
+    for wanted, key, default in ((kafka_port, "kafka", 9092), (pg_port, "postgres", 5432)):
+        port = wanted or next((p for p in (saved.get(key), default) if p and _port_free(int(p))), None) \
+            or free_port()
+        chosen.append(int(port))
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved_path.write_text(json.dumps({"kafka": chosen[0], "postgres": chosen[1]}))
+    return chosen[0], chosen[1]
+
+
+def _write_client_files(info: StackInfo, workdir: Path) -> None:
+    """``env`` (``source .devstack/env``) and ``config.yaml`` (``-c .devstack/config.yaml``) for the other
+    commands, pointing at this stack."""
+    (workdir / "env").write_text(f"export KDCDC_KAFKA__BOOTSTRAP_SERVERS={info.bootstrap}\n"
+                                 f"export KDCDC_JOURNAL__DSN={info.dsn}\n")
+    (workdir / "config.yaml").write_text(f"# written by `python -m harness dev up`: the local stack\n"
+                                         f"kafka:\n  bootstrap_servers: {info.bootstrap}\n"
+                                         f"journal:\n  dsn: {info.dsn}\n")
+
+
 def dev_up(workdir: Path, *, kafka_port: int | None = None, pg_port: int | None = None) -> StackInfo:
-    """Start broker and database detached (they outlive this process) and record them for ``dev_down``."""
+    """Start broker and database detached (they outlive this process) and record them for ``dev_down``. The
+    ports stay the same from one ``dev up`` to the next in the same directory."""
     existing = dev_status(workdir)
     if existing is not None:
         return existing
+    kafka_port, pg_port = _stable_ports(workdir, kafka_port, pg_port)
     kafka = KafkaBroker(workdir / "kafka", port=kafka_port).start()
     try:
         pg = EmbeddedPostgres(workdir / "postgres", port=pg_port).start()
@@ -394,6 +431,7 @@ def dev_up(workdir: Path, *, kafka_port: int | None = None, pg_port: int | None 
     info = StackInfo(bootstrap=kafka.bootstrap, dsn=pg.dsn(), kafka_pid=kafka.proc.pid, postgres_pid=pg.proc.pid,
                      workdir=str(workdir))
     state_file(workdir).write_text(json.dumps(dataclasses.asdict(info), indent=2))
+    _write_client_files(info, workdir)
     return info
 
 
