@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator, model_validator
@@ -75,16 +76,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: ``kafka.client`` properties that producers share with the consumer (connection, TLS, SASL, logging)
+_SHARED_PREFIXES: Final = ("security.", "sasl.", "ssl.", "ssl_", "client.", "socket.", "broker.", "reconnect.",
+                           "metadata.", "topic.metadata.", "api.version", "connections.", "log", "debug",
+                           "statistics.", "retry.", "enable.ssl.", "resolve.", "allow.auto.create.topics")
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "kingdee-cdc"
     topics: list[str] = Field(default_factory=list)
     client: dict[str, Annotated[str | SecretStr, Field(union_mode="left_to_right")]] = Field(default_factory=dict)
+    #: properties for the consumer only / the producers only (dead letters, feedback, requeue)
+    consumer: dict[str, Annotated[str | SecretStr, Field(union_mode="left_to_right")]] = Field(default_factory=dict)
+    producer: dict[str, Annotated[str | SecretStr, Field(union_mode="left_to_right")]] = Field(default_factory=dict)
     dead_letter_topic: str = "kingdee-cdc.dlq"
     start_from: Literal["earliest", "latest"] = "earliest"
     batch_size: int = Field(2000, ge=1, le=50_000)
 
-    @field_validator("client", mode="before")
+    @field_validator("client", "consumer", "producer", mode="before")
     @classmethod
     def _client_secrets(cls, v: Any) -> Any:
         """librdkafka properties that hold secrets (``sasl.password`` …) become ``SecretStr``."""
@@ -101,13 +111,27 @@ class KafkaSettings(_Section):
                 raise ValueError(f"expected host:port[,host:port…], got {v!r}")
         return v
 
-    def librdkafka(self) -> dict[str, str]:
-        """Client properties for confluent-kafka (secrets resolved, never logged)."""
-        props = {"bootstrap.servers": self.bootstrap_servers}
-        for k, v in self.client.items():
+    @staticmethod
+    def _resolved(props: Mapping[str, str | SecretStr]) -> dict[str, str]:
+        out = {}
+        for k, v in props.items():
             resolved = _resolve_secret(v)
-            props[k] = resolved.get_secret_value() if isinstance(resolved, SecretStr) else str(resolved)
-        return props
+            out[k] = resolved.get_secret_value() if isinstance(resolved, SecretStr) else str(resolved)
+        return out
+
+    def librdkafka(self) -> dict[str, str]:
+        """Client properties for confluent-kafka (secrets resolved, never logged): ``client`` as given."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self._resolved(self.client)}
+
+    def consumer_conf(self) -> dict[str, str]:
+        """The consumer's properties: ``client`` plus ``consumer``."""
+        return {**self.librdkafka(), **self._resolved(self.consumer)}
+
+    def producer_conf(self) -> dict[str, str]:
+        """A producer's properties: the connection and security part of ``client`` (consumer-only properties such
+        as ``session.timeout.ms`` would make librdkafka warn on every start) plus ``producer``."""
+        common = {k: v for k, v in self._resolved(self.client).items() if k.startswith(_SHARED_PREFIXES)}
+        return {"bootstrap.servers": self.bootstrap_servers, **common, **self._resolved(self.producer)}
 
 
 class RegistrySettings(_Section):

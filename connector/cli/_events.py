@@ -65,7 +65,7 @@ def events_produce(
     from connector.config import load_settings
 
     settings = load_settings(config)
-    producer = Producer({"log_level": "3", **settings.kafka.librdkafka(), "enable.idempotence": "true"})
+    producer = Producer({"log_level": "3", **settings.kafka.producer_conf(), "enable.idempotence": "true"})
     sent = 0
     for path in files:
         for rec in records_in(path):

@@ -54,5 +54,5 @@ def feedback_tail(source: Annotated[str, typer.Option("--source", help="source s
         typer.echo(f"{e['status']:<20} {src.get('table')} {src.get('pk')} {e.get('voucher_key') or ''} "
                    f"{k.get('number') or ''} {reasons}".rstrip())
 
-    tail({**settings.kafka.librdkafka(), "log_level": "3"}, f"{prefix or settings.feedback.topic_prefix}.{source}",
+    tail({**settings.kafka.consumer_conf(), "log_level": "3"}, f"{prefix or settings.feedback.topic_prefix}.{source}",
          timeout_s=10**9 if follow else 5.0, printer=show, registry=registry)

@@ -255,5 +255,5 @@ def dlq_requeue(ids: Annotated[Optional[list[int]], typer.Argument(help="dead le
     for d in letters:
         typer.echo(f"{'would requeue' if dry_run else 'requeue'} {d.id} {d.where} {d.reason[:80]}")
     if not dry_run:
-        n = requeue(journal, letters, producer_conf=settings.kafka.librdkafka(), to_topic=to)
+        n = requeue(journal, letters, producer_conf=settings.kafka.producer_conf(), to_topic=to)
         typer.echo(f"requeued {n} dead letter(s)")
