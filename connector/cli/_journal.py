@@ -168,9 +168,10 @@ def offsets_show(topic: Annotated[str, typer.Option("--topic")], config: ConfigO
     journal = build_journal(settings)
     if group:
         journal.group = group
-    for o in show(journal, settings.kafka.librdkafka(), topic):
-        typer.echo(f"{o.topic}[{o.partition}]  stored {o.stored if o.stored is not None else '-':>10}  "
-                   f"log {o.low}..{o.high}  lag {o.lag if o.lag is not None else '-'}")
+    typer.echo(f"{'partition':<40} {'stored (next)':>14} {'log start':>12} {'log end':>12} {'lag':>10}")
+    for o in show(journal, settings.kafka.consumer_conf(), topic):
+        typer.echo(f"{f'{o.topic}[{o.partition}]':<40} {o.stored if o.stored is not None else '-':>14} "
+                   f"{o.low:>12} {o.high:>12} {o.lag if o.lag is not None else '-':>10}")
 
 
 @offsets_app.command("set")
@@ -207,9 +208,12 @@ def dlq_list(config: ConfigOpt = None,
 
     journal = build_journal(load_settings(config))
     letters = list_dead_letters(journal, status=None if status == "ALL" else status, stage=stage, limit=limit)
+    typer.echo(f"{'id':>8}  {'record (topic[partition]@offset)':<40} {'kind':<22} {'status':<9} reason")
     for d in letters:
-        typer.echo(f"{d.id:>8}  {d.where:<40} {d.stage:<10} {d.status:<9} {d.reason[:90]}")
-    typer.echo(f"{len(letters)} dead letter(s)")
+        kind = "rejected by mapping" if d.stage == "TASK_PUT" else f"undecodable: {d.stage}"
+        typer.echo(f"{d.id:>8}  {d.where:<40} {kind:<22} {d.status:<9} {d.reason[:90]}")
+    typer.echo(f"{len(letters)} dead letter(s): {sum(d.stage == 'TASK_PUT' for d in letters)} rejected by the "
+               f"mapping rules or checks, {sum(d.stage != 'TASK_PUT' for d in letters)} undecodable")
 
 
 @dlq_app.command("show")
