@@ -10,7 +10,7 @@ from typing import Any
 from connector.ledger._checks import LedgerContext
 from connector.ledger._model import Side
 from connector.mapping._expr import Compiled, Compiler, EvalError, ExprError, Tables, truth
-from connector.mapping._spec import AccountSpec, EntrySpec, GoldenCase, RuleSpec
+from connector.mapping._spec import AccountSpec, EntrySpec, GoldenCase, RuleSpec, summary_key_name
 from connector.mapping._yaml import Located, fmt_loc
 
 
@@ -70,6 +70,10 @@ class Rule:
     entries: tuple[CompiledEntry, ...]
     #: ``lines:`` compiled: which line events of the transaction join this header (None: every one)
     lines_join: Compiled | None = None
+    #: ``summarize:`` compiled: the key's parts (name, expression; ``None`` for ``book`` and ``date``) and the
+    #: summary voucher's explanation (a template over ``key`` and ``count``)
+    summary_by: tuple[tuple[str, Compiled | None], ...] = ()
+    summary_explanation: Compiled | None = None
     #: (entry, entry.plain) pairs, computed once: what the voucher builder iterates
     entry_plan: tuple[tuple[CompiledEntry, bool], ...] = field(default=(), compare=False, repr=False)
 
@@ -244,12 +248,32 @@ class _RuleCompiler:
             return None
         if spec.match.when is not None and when is None:
             return None
+        summary_by, summary_expl = self.summary()
+        if spec.summarize is not None and summary_expl is None:
+            return None
         return Rule(spec=spec, file=self.file, when=when, book=book, date=date_,
                     business_date=expr(v.business_date, "voucher", "business_date"), group=group, explanation=expl,
                     data_centre=tmpl(v.data_centre, "voucher", "data_centre"),
                     currency=expr(v.currency, "voucher", "currency"), rate=expr(v.rate, "voucher", "rate"),
                     entries=tuple(entries),
-                    lines_join=expr(spec.lines.join, "lines", "join") if spec.lines is not None else None)
+                    lines_join=expr(spec.lines.join, "lines", "join") if spec.lines is not None else None,
+                    summary_by=summary_by, summary_explanation=summary_expl)
+
+    def summary(self) -> tuple[tuple[tuple[str, Compiled | None], ...], Compiled | None]:
+        """The ``summarize:`` key parts and explanation, compiled (empty when the rule does not summarize)."""
+        s = self.spec.summarize
+        if s is None:
+            return (), None
+        parts: list[tuple[str, Compiled | None]] = []
+        for i, item in enumerate(s.by):
+            name, text = next(iter(item.items())) if isinstance(item, dict) else (summary_key_name(item), item)
+            if text in ("book", "date"):
+                parts.append((name, None))
+            elif (c := self.expr(text, "summarize", "by", i)) is not None:
+                parts.append((name, c))
+        key_names = Compiler(self.compiler.tables, names=frozenset({"key", "count"}))
+        explanation = self._compiled(key_names.template, s.explanation, ("summarize", "explanation"))
+        return tuple(parts), explanation
 
 
 def _as_text(inner: Compiled) -> Compiled:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -120,6 +121,73 @@ class RoundingSpec(_Model):
         return v
 
 
+_CLOSE_DAILY: Final = re.compile(r"^(?P<h>\d{1,2}):(?P<m>\d{2}) next day(?: in the book's time zone)?$")
+_CLOSE_EVERY: Final = re.compile(r"^every (?P<n>\d{1,4}) minutes?$")
+
+
+class SummarizeSpec(_Model):
+    """``summarize:`` — every event's contribution (its voucher lines) goes into the open summary voucher
+    (汇总凭证) of its key; at close the summary is frozen, checked and posted as one voucher.
+
+    ``by``: the summary key — ``book``, ``date`` (the voucher date) and expressions of the row
+    (``row.store_code``; name an expression with ``{name: expr}``). ``close``: ``"02:00 next day in the book's
+    time zone"`` (any HH:MM), ``"every 15 minutes"`` or ``"on command"`` (``kingdee-cdc summaries close``).
+    ``late``: a contribution for a key whose summary is already closed is posted as its own adjustment voucher
+    (``adjust``, default) or goes into a new summary of the same key (``next_summary``).
+    """
+
+    by: list[str | dict[str, str]] = Field(min_length=1)
+    close: str
+    explanation: str
+    late: Literal["adjust", "next_summary"] = "adjust"
+
+    @field_validator("close")
+    @classmethod
+    def _close(cls, v: str) -> str:
+        text = v.strip()
+        daily = _CLOSE_DAILY.match(text)
+        if daily and (int(daily["h"]) > 23 or int(daily["m"]) > 59):
+            raise ValueError(f"{v!r}: not a time of day")
+        if not (daily or _CLOSE_EVERY.match(text) or text == "on command"):
+            raise ValueError(f"{v!r}: expected \"HH:MM next day in the book's time zone\", \"every N minutes\" "
+                             "or \"on command\"")
+        return text
+
+    @field_validator("by")
+    @classmethod
+    def _names(cls, v: list[str | dict[str, str]]) -> list[str | dict[str, str]]:
+        seen: set[str] = set()
+        for item in v:
+            if isinstance(item, dict):
+                if len(item) != 1:
+                    raise ValueError(f"{item!r}: name one expression per item ({{name: expr}})")
+                name = next(iter(item))
+            else:
+                name = summary_key_name(item)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+                raise ValueError(f"summary key {item!r}: give it a name ({{store: row.store_code}})")
+            if name in seen:
+                raise ValueError(f"summary key name {name!r} used twice")
+            seen.add(name)
+        return v
+
+    def daily_close(self) -> tuple[int, int] | None:
+        m = _CLOSE_DAILY.match(self.close)
+        return (int(m["h"]), int(m["m"])) if m else None
+
+    def every_minutes(self) -> int | None:
+        m = _CLOSE_EVERY.match(self.close)
+        return int(m["n"]) if m else None
+
+
+def summary_key_name(item: str) -> str:
+    """``book`` → book, ``date`` → date, ``row.store_code`` → store_code (the last field of a plain path)."""
+    text = item.strip()
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", text):
+        return text.rsplit(".", 1)[-1]
+    return ""
+
+
 class RuleSpec(_Model):
     kind: Literal["rule"]
     id: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -140,6 +208,8 @@ class RuleSpec(_Model):
     entries: list[EntrySpec] = Field(min_length=2)
     rounding: RoundingSpec | None = None
     lines: LinesSpec | None = None
+    #: post one summary voucher per key instead of one voucher per document (汇总凭证)
+    summarize: SummarizeSpec | None = None
 
     @model_validator(mode="after")
     def _for_each_needs_lines(self) -> RuleSpec:
