@@ -1,4 +1,5 @@
-"""Shared fixtures: real services for integration tests, fixture files for pure tests.
+"""Session fixtures: the real services of the integration tests (their other fixtures: tests/integration/conftest.py;
+shared helpers: tests/unit/helpers.py, tests/integration/helpers.py).
 
 Integration fixtures start a real Apache Kafka broker (KRaft) and a real PostgreSQL once per session.
 Escape hatches to existing services: ``KDCDC_TEST_BOOTSTRAP`` (Kafka bootstrap servers) and
@@ -8,7 +9,6 @@ Escape hatches to existing services: ``KDCDC_TEST_BOOTSTRAP`` (Kafka bootstrap s
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -21,30 +21,11 @@ from psycopg import sql
 
 from harness.devstack import EmbeddedPostgres, KafkaBroker
 
-#: Published Debezium change events (origin and licence of each in SOURCES.md there).
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "debezium"
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-
-
-def normalise_doc_fixture(text: str) -> str:
-    """Make a Debezium documentation example parse: drop ``// <n>`` callouts, ``...`` elisions, trailing commas."""
-    text = re.sub(r"//\s*<\d+>", "", text)
-    text = re.sub(r"\{\s*\.\.\.\s*\}", "{}", text)
-    text = re.sub(r"^\s*\.\.\.\s*$", "", text, flags=re.M)
-    text = re.sub(r",(\s*[}\]])", r"\1", text)
-    return text
-
-
-def fixture_bytes(name: str) -> bytes:
-    raw = (FIXTURES / name).read_text(encoding="utf-8")
-    if name.endswith(".txt"):
-        raw = normalise_doc_fixture(raw)
-    return raw.encode()
 
 
 def _private_dir(name: str) -> Path:

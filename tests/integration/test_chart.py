@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 
 from connector.kingdee.chart import fetch_accounts, merge_chart
-from connector.sandbox import RunningSandbox, start_sandbox
+from connector.sandbox import RunningSandbox
 from connector.ledger import ReasonCode
 from connector.mapping import Mapper, load_rules
-from tests.integration.helpers import RULES
-from tests.integration.test_poster import client_for
-from tests.unit.test_mapping import event, sale
+from tests.integration.helpers import RULES, client_for
+from tests.unit.helpers import event, sale
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    sb = start_sandbox(seed=5)
-    yield sb
-    sb.stop()
 
 
 def test_fetched_chart_matches_the_sandbox_and_pages(sandbox: RunningSandbox) -> None:

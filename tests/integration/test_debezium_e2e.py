@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
 from harness.devstack import EmbeddedPostgres
@@ -28,9 +28,8 @@ from connector.journal import Journal
 from connector.kingdee.poster import Poster
 from connector.sandbox import RunningSandbox, start_sandbox
 from connector.mapping import load_rules
-from connector.money import quantize
-from tests.integration.helpers import RULES, consume_all, make_pipeline, rows
-from tests.integration.test_poster import client_for
+from tests.integration.helpers import RULES, client_for, make_pipeline, pos_amounts, record_counts, rows, \
+    wait_for_records
 
 pytestmark = pytest.mark.integration
 MARKER = re.compile(r"\[kdcdc:([^\]]+)\]")
@@ -45,48 +44,6 @@ def expected_debit(system: str, row: dict[str, Any] | None) -> Decimal:
     if system == "purchasing":
         return Decimal(row["gross_amount"])
     return Decimal(row["gross_salary"]) + Decimal(row["social_insurance_company"])
-
-
-def pos_amounts(gross: str) -> dict[str, Any]:
-    g = Decimal(gross)
-    net = quantize(g / Decimal("1.13"))
-    return {"gross_amount": g, "net_amount": net, "tax_amount": g - net, "points_deduction": Decimal("0.00")}
-
-
-def record_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks", "log_level": "3"})
-    try:
-        out = {}
-        for t in topics:
-            try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(t, 0), timeout=5)
-            except Exception:  # topic not created yet
-                high = 0
-            out[t] = high
-        return out
-    finally:
-        consumer.close()
-
-
-def wait_for_records(bootstrap: str, expected: dict[str, int], timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    got: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        got = record_counts(bootstrap, list(expected))
-        if all(got[t] >= n for t, n in expected.items()):
-            print(f"\n  debezium e2e: all records after {timeout_s - (deadline - time.monotonic()):.0f} s")
-            return
-        time.sleep(0.5)
-    short = [t for t, n in expected.items() if got.get(t, 0) < n]
-    seen = {t: [_op(m.value()) for m in consume_all(bootstrap, t, got[t], timeout_s=10)] for t in short}
-    raise AssertionError(f"Debezium produced {got}, expected at least {expected}; ops on the short topics: {seen}")
-
-
-def _op(value: bytes | None) -> str:
-    if value is None:
-        return "tombstone"
-    payload = json.loads(value).get("payload") or {}
-    return f"{payload.get('op')}:{(payload.get('after') or payload.get('before') or {}).get('id')}"
 
 
 @pytest.fixture

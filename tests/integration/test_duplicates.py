@@ -5,10 +5,7 @@ a real journal."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,7 @@ from connector.kingdee.poster import FORM, Poster, PosterOptions
 from connector.sandbox import RunningSandbox, SandboxState
 from connector.mapping import load_rules
 from connector.ops import Metrics
-from tests.integration.helpers import rows
-from tests.integration.test_poster import RULES, client_for, journal_vouchers, keys_in_sandbox, sandbox  # noqa: F401
+from tests.integration.helpers import CLI, RULES, client_for, journal_vouchers, keys_in_sandbox, rows, wait_for
 
 
 def _admin(sb: RunningSandbox, op: str, **body: Any) -> dict[str, Any]:
@@ -43,13 +39,6 @@ def _posted(pg_dsn: str, n: int) -> list[tuple[str, str, str]]:
 def _audit(pg_dsn: str) -> list[tuple[str, str, str]]:
     return [(str(a), str(k), str(d.get("kingdee_id"))) for a, k, d in rows(
         pg_dsn, "SELECT action, voucher_key, detail FROM kdcdc.audit WHERE starts_with(action, 'DUPLICATE_') ORDER BY id")]
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_scan_deletes_unaudited_copies_and_flags_audited_ones(pg_dsn: str, sandbox: RunningSandbox) -> None:
@@ -128,15 +117,16 @@ def test_poster_loop_scans_for_duplicates_and_counts_them(pg_dsn: str, sandbox: 
         worker = threading.Thread(target=poster.run, kwargs={"idle_sleep_s": 0.05}, daemon=True)
         worker.start()
         try:
-            _wait(lambda: len(sandbox.server.state.vouchers) == 40 and rows(
+            wait_for(lambda: len(sandbox.server.state.vouchers) == 40 and rows(
                 pg_dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE status IN ('JOURNALED', 'POSTING')")[0][0] == 0,
-                "the vouchers posted")
+                60, "the 40 vouchers posted (all in the sandbox, none left JOURNALED or POSTING)")
             (ka, ida, _), (kc, idc, _) = _posted(pg_dsn, 2)
             copy_a = _admin(sandbox, "copy_voucher", id=int(ida))
             copy_c = _admin(sandbox, "copy_voucher", id=int(idc), status="C")
-            _wait(lambda: copy_a["id"] not in sandbox.server.state.vouchers, "the unaudited copy deleted by the loop")
-            _wait(lambda: rows(pg_dsn, "SELECT count(*) FROM kdcdc.duplicate_copies WHERE state = 'NEEDS_HUMAN'")[0][0]
-                  == 1, "the audited copy flagged")
+            wait_for(lambda: copy_a["id"] not in sandbox.server.state.vouchers, 60,
+                     "the poster loop's duplicate scan to delete the unaudited copy")
+            wait_for(lambda: rows(pg_dsn, "SELECT count(*) FROM kdcdc.duplicate_copies WHERE state = 'NEEDS_HUMAN'")
+                     [0][0] == 1, 60, "the poster loop's duplicate scan to flag the audited copy (NEEDS_HUMAN)")
         finally:
             poster.stop()
             worker.join(30)
@@ -167,7 +157,7 @@ def test_scan_duplicates_command(pg_dsn: str, sandbox: RunningSandbox, tmp_path:
                     "app_id": app_id, "app_secret": cfg.apps[app_id]["secret"]}}))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "connector.cli", "scan-duplicates", "-c", str(config), *args],
+        return subprocess.run([CLI, "scan-duplicates", "-c", str(config), *args],
                               capture_output=True, text=True, timeout=120)
     flag_only = cli("--flag-only")
     assert flag_only.returncode == 1, flag_only.stdout + flag_only.stderr

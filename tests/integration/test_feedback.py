@@ -15,8 +15,7 @@ from connector.journal import Journal
 from connector.kingdee.poster import Poster
 from connector.sandbox import start_sandbox
 from connector.mapping import load_rules
-from tests.integration.helpers import RULES, consume_all, make_pipeline, produce, rows
-from tests.integration.test_poster import client_for
+from tests.integration.helpers import RULES, client_for, consume_all, make_pipeline, produce, rows
 
 
 class Crash(Exception):

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from k3cloud_webapi_sdk.main import K3CloudApiSdk
 
 from connector.sandbox import RunningSandbox, start_sandbox
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    sb = start_sandbox(seed=1)
-    yield sb
-    sb.stop()
 
 
 def _sdk(sb: RunningSandbox, secret: str | None = None, user: str = "demo") -> K3CloudApiSdk:

@@ -1,4 +1,5 @@
-"""The random-stream ledger properties (tests/unit/test_ledger_streams.py), through the real journal.
+"""The random-stream ledger properties (tests/unit/test_ledger_streams.py, machinery in tests/unit/helpers.py),
+through the real journal.
 
 Each change is mapped against what PostgreSQL holds for its row (the vouchers in force and the row's newest
 key, as the pipeline prefetches them) and journaled with ``write_batch``; a restart is a fresh ``Journal``
@@ -18,7 +19,7 @@ from connector.journal import EventRecord, Journal, Outcome
 from connector.ledger import RowRef, canonical_pk
 from connector.mapping import Mapper, MapResult
 from tests.integration.helpers import rows
-from tests.unit.test_ledger_streams import ABAB, StreamRun, check_ledger, stream_ledger, streams
+from tests.unit.helpers import ABAB, StreamRun, check_ledger, stream_ledger, streams
 
 
 def through_the_journal(dsn: str, ops: list[tuple[str, Any, Any]]) -> tuple[StreamRun, Journal]:

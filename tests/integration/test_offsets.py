@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -11,7 +10,7 @@ import pytest
 
 from connector.journal import Journal
 from connector.offsets import OffsetsError, set_offsets, show
-from tests.integration.helpers import make_pipeline, produce, rows
+from tests.integration.helpers import make_pipeline, produce, rows, wait_for
 
 
 def test_show_set_and_replay_without_duplicates(kafka_bootstrap: str, topic_factory: Callable[..., str],
@@ -42,9 +41,7 @@ def test_show_set_and_replay_without_duplicates(kafka_bootstrap: str, topic_fact
     runner = threading.Thread(target=lambda: pipe.run(max_idle_s=6))
     runner.start()
     try:
-        deadline = time.monotonic() + 20
-        while not pipe.assigned and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: pipe.assigned, 20, f"the running pipeline to be assigned partitions of {topic}")
         with pytest.raises(OffsetsError, match="active members"):
             set_offsets(journal, conf, topic, "latest")
     finally:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.ops import Metrics, OpsServer
-from tests.integration.helpers import make_pipeline, produce
+from tests.integration.helpers import make_pipeline, produce, wait_for
 
 
 def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -32,13 +31,18 @@ def test_metrics_move_with_the_stream_and_lag_returns_to_zero(kafka_bootstrap: s
     runner.start()
     try:
         assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").status_code == 200
-        seen_mid_stream = False
-        deadline = time.monotonic() + 60
-        while runner.is_alive() and time.monotonic() < deadline:
-            consumed = sum(v for (n, _), v in _samples(server.port).items() if n == "kingdee_cdc_events_consumed_total")
-            seen_mid_stream |= 0 < consumed < produced.count
-            time.sleep(0.05)
-        runner.join(30)
+        def consumed_now() -> float:
+            return sum(v for (n, _), v in _samples(server.port).items() if n == "kingdee_cdc_events_consumed_total")
+
+        def mid_stream() -> bool:  # the counters move while the stream flows, not only at the end
+            consumed = consumed_now()
+            assert consumed < produced.count, "the consumed counter was never seen between 0 and the end"
+            return consumed > 0
+        wait_for(mid_stream, 60, f"kingdee_cdc_events_consumed_total between 0 and {produced.count}",
+                 observe=consumed_now)
+        wait_for(lambda: not runner.is_alive(), 60, "the pipeline to go idle and stop (max_idle_s=4)",
+                 observe=consumed_now)
+        runner.join()
         s = _samples(server.port)
         consumed = sum(v for (n, _), v in s.items() if n == "kingdee_cdc_events_consumed_total")
         outcomes = {dict(lbl)["outcome"]: v for (n, lbl), v in s.items() if n == "kingdee_cdc_event_outcomes_total"}
@@ -49,7 +53,6 @@ def test_metrics_move_with_the_stream_and_lag_returns_to_zero(kafka_bootstrap: s
         assert lags and all(v == 0 for v in lags)
         assert s[("kingdee_cdc_end_to_end_latency_seconds_count", ())] == produced.count
         assert s[("kingdee_cdc_build_info", (("version", "0.1.0"),))] == 1
-        assert seen_mid_stream, "the counters should move while the stream flows, not only at the end"
     finally:
         server.stop()
     locked = OpsServer(metrics, token="s3cret").start()

@@ -3,91 +3,28 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 import pytest
 
-from harness import samples
-from connector.events import ChangeEvent, Decoder, FixedSchemas, KafkaCoordinates
+from connector.events import KafkaCoordinates
 from connector.journal import EventRecord, Journal, Outcome
-from connector.kingdee import KingdeeClient, KingdeeCredentials
-from connector.kingdee.poster import PostStats, Poster, PosterOptions
-from connector.sandbox import RunningSandbox, SandboxConfig, start_sandbox
-from connector.mapping import InMemoryLedger, Mapper, load_rules
-from tests.integration.helpers import rows
-
-RULES = Path(__file__).resolve().parents[2] / "rules"
-
-
-def journal_vouchers(journal: Journal, n_vouchers: int, *, seed: int = 5) -> int:
-    """Map sample changes (creates, updates → reversal + repost, deletes) and journal exactly n vouchers."""
-    journal.migrate()
-    mapper, ledger = Mapper(load_rules(RULES)), InMemoryLedger()
-    gen = samples.SampleGenerator(seed=seed)
-    records: list[EventRecord] = []
-    total = offset = 0
-    tables = [samples.POS, samples.PURCHASING, samples.PAYROLL, samples.MES, samples.BANK]
-    decoders = {t: Decoder(FixedSchemas(samples.value_schema(t))) for t in tables}
-    streams = {t: samples.change_stream(gen, t, 10**9, update_every=6, delete_every=10) for t in tables}
-    while total < n_vouchers:
-        t = tables[offset % len(tables)]
-        key, env = next(streams[t])
-        ev = decoders[t].decode(samples.encode_avro(t, env, 1), key=samples.json_key(key),
-                                kafka=KafkaCoordinates(topic="journal-only", partition=0, offset=offset))
-        offset += 1
-        assert isinstance(ev, ChangeEvent)
-        result = mapper.map(ev, ledger)
-        if not result.vouchers or total + len(result.vouchers) > n_vouchers:
-            continue
-        ledger.apply(result)
-        total += len(result.vouchers)
-        assert ev.kafka is not None
-        records.append(EventRecord(kafka=ev.kafka, outcome=Outcome.VOUCHERED, event=ev, vouchers=result.vouchers))
-        if len(records) >= 1000:
-            journal.write_batch(records, {("journal-only", 0): (records[0].kafka.offset, offset)})
-            records = []
-    if records:
-        journal.write_batch(records, {("journal-only", 0): (records[0].kafka.offset, offset)})
-    return total
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    sb = start_sandbox(seed=7)
-    yield sb
-    sb.stop()
-
-
-def client_for(sb: RunningSandbox, timeout_s: float = 5.0, concurrency: int = 4) -> KingdeeClient:
-    cfg = sb.server.state.config
-    app_id = next(iter(cfg.apps))
-    return KingdeeClient(KingdeeCredentials(server_url=sb.url, acct_id=cfg.data_centre, username="integration",
-                                            app_id=app_id, app_secret=cfg.apps[app_id]["secret"]),
-                         timeout_s=timeout_s, max_concurrency=concurrency, rate_limit_per_s=1000)
-
+from connector.kingdee import KingdeeClient
+from connector.kingdee.poster import Poster, PosterOptions
+from connector.sandbox import DEFAULT_CONFIG, RunningSandbox, SandboxConfig, start_sandbox
+from connector.mapping import load_rules
+from tests.integration.helpers import client_for, keys_in_sandbox, rows
+# bench/poster.py imports these two from here (until it imports them from tests.integration.helpers)
+from tests.integration.helpers import RULES as RULES, journal_vouchers as journal_vouchers
 
 #: A slow Kingdee: writes arriving in 0.3 s of every second wait 1.5 s before committing, then answer — after a
 #: client with a 1 s timeout has given up. The grace period must outlast that (the sandbox's "request limit").
 LATE_COMMITS: Mapping[str, float] = {"slow_ms": 1500, "slow_every_s": 1.0, "slow_for_s": 0.3}
 LATE_TIMEOUT_S = 1.0
 LATE_GRACE_S = 2.5
-
-
-def keys_in_sandbox(sb: RunningSandbox) -> dict[str, list[int]]:
-    """Voucher key (from the first line's marker) → the sandbox ids of every voucher carrying it, in id order."""
-    out: dict[str, list[int]] = {}
-    with sb.server.state.lock:
-        records = sorted(sb.server.state.vouchers.items())
-    for vid, rec in records:
-        expl = rec["model"]["FEntity"][0]["FEXPLANATION"]
-        out.setdefault(expl.rsplit("[kdcdc:", 1)[1].rstrip("]"), []).append(vid)
-    return out
 
 
 def assert_exactly_once(pg_dsn: str, sb: RunningSandbox, n: int) -> dict[str, int]:
@@ -230,7 +167,7 @@ def test_ten_thousand_vouchers_exactly_once_through_faults(
 
 
 def test_kingdee_rejections_reach_the_journal_and_feedback(pg_dsn: str) -> None:
-    cfg = SandboxConfig.load(Path(__file__).resolve().parents[2] / "connector" / "kingdee" / "sandbox.yaml")
+    cfg = SandboxConfig.load(DEFAULT_CONFIG)
     # Kingdee's side differs from the rules' view: a closed period, a non-leaf account, a required dimension.
     b = cfg.books["002"]
     from dataclasses import replace as dc_replace
@@ -328,12 +265,6 @@ def test_a_reversal_of_opening_history_posts_at_once_and_says_qichu(pg_dsn: str,
                                       "o.key = r.reverses WHERE r.kind = 'reversal' ORDER BY r.key LIMIT 1")[0]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         # History recorded at a cutover, never posted by us (journal status OPENING, migration 0005).
-        if "OPENING" not in str(conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE "
-                                             "conname = 'vouchers_status_check'").fetchone()):
-            conn.execute("ALTER TABLE kdcdc.vouchers DROP CONSTRAINT vouchers_status_check")  # until 0005 lands
-            conn.execute("ALTER TABLE kdcdc.vouchers ADD CONSTRAINT vouchers_status_check CHECK (status IN ("
-                         "'JOURNALED', 'POSTING', 'POSTED', 'REJECTED_BY_KINGDEE', 'REVERSED', 'NEEDS_ATTENTION', "
-                         "'OPENING'))")
         conn.execute("UPDATE kdcdc.vouchers SET status = 'OPENING' WHERE key = %s", (original,))
     with client_for(sandbox) as client:
         poster = Poster(journal, client, books=load_rules(RULES).ledger.books)

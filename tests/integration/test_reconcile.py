@@ -16,8 +16,7 @@ from connector.sandbox import start_sandbox
 from connector.mapping import load_rules
 from connector.ops import JournalBacklog
 from connector.reconcile import reconcile, record, source_totals
-from tests.integration.helpers import rows
-from tests.integration.test_poster import RULES, client_for, journal_vouchers
+from tests.integration.helpers import RULES, client_for, journal_vouchers, rows
 
 
 def test_reconcile_finds_deleted_and_altered_vouchers(pg_dsn: str) -> None:

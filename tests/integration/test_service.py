@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.devstack import free_port
 from connector.sandbox import start_sandbox
-from tests.integration.helpers import RULES, produce, rows
+from tests.integration.helpers import CLI, RULES, produce, rows, wait_for
 
 APP_SECRET = "kdcdc-test-app-secret-7f3a9c"
 METRICS_TOKEN = "kdcdc-test-metrics-token-51be"
@@ -58,34 +56,32 @@ def test_one_process_service_metrics_and_no_secret_in_logs(
     log = tmp_path / "service.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "run", "-c", str(cfg), "--post", "--feedback"],
+        proc = subprocess.Popen([CLI, "run", "-c", str(cfg), "--post", "--feedback"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 120
-        s: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         ready_seen = False
-        while time.monotonic() < deadline:
+
+        def settled() -> bool:
+            nonlocal scraped, ready_seen
             assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                s = _scrape(port)
-                ready_seen |= httpx.get(f"http://127.0.0.1:{port}/readyz", headers={
-                    "Authorization": f"Bearer {METRICS_TOKEN}"}).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(0.3)
-                continue
-            if (_sum(s, "kingdee_cdc_events_consumed_total") == produced.count
-                    and s.get(("kingdee_cdc_poster_backlog", ())) == 0
-                    and s.get(("kingdee_cdc_feedback_outbox_backlog", ())) == 0
-                    and _sum(s, "kingdee_cdc_vouchers_settled_total") > 0):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"service did not settle: {s}\n{log.read_text()[-3000:]}")
+            scraped = _scrape(port)
+            ready_seen |= httpx.get(f"http://127.0.0.1:{port}/readyz", headers={
+                "Authorization": f"Bearer {METRICS_TOKEN}"}).status_code == 200
+            return (_sum(scraped, "kingdee_cdc_events_consumed_total") == produced.count
+                    and scraped.get(("kingdee_cdc_poster_backlog", ())) == 0
+                    and scraped.get(("kingdee_cdc_feedback_outbox_backlog", ())) == 0
+                    and _sum(scraped, "kingdee_cdc_vouchers_settled_total") > 0)
+        wait_for(settled, 120, f"the service to consume all {produced.count} records and drain the poster and "
+                               f"feedback backlogs (metrics on :{port})", ignore=(httpx.HTTPError,),
+                 interval_s=0.3, observe=lambda: (scraped, log.read_text()[-3000:]))
+        s = scraped
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         sb.stop()
 
     assert ready_seen
@@ -116,7 +112,7 @@ def test_one_process_service_metrics_and_no_secret_in_logs(
     assert any(x.get("reason") for x in keyed), "rejections are logged with their reason and source key"
     assert any(x.get("voucher_key") for x in keyed), "journaled records are logged with their voucher keys"
     assert APP_SECRET not in text and METRICS_TOKEN not in text
-    show = subprocess.run([sys.executable, "-m", "connector.cli", "config", "show", "-c", str(cfg)],
+    show = subprocess.run([CLI, "config", "show", "-c", str(cfg)],
                           capture_output=True, text=True, env=env)
     assert show.returncode == 0, show.stderr
     assert "app_secret" in show.stdout and APP_SECRET not in show.stdout and METRICS_TOKEN not in show.stdout

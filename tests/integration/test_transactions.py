@@ -8,7 +8,6 @@ import base64
 import json
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,10 +15,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
 
-from tests.integration.helpers import RULES, make_pipeline, rows
+from connector.ops import Metrics
+from tests.integration.helpers import RULES, log_end, make_pipeline, pos_amounts, rows, wait_for, \
+    wait_for_records
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules" / "pos-sale-by-line.yaml"
 
@@ -143,23 +145,6 @@ def _exact_topic(bootstrap: str, name: str, partitions: int = 1) -> str:
     return name
 
 
-def _log_end(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "wm", "log_level": "3"})
-    out = {}
-    for t in topics:
-        for p in c.list_topics(t, timeout=10).topics[t].partitions:
-            out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-    c.close()
-    return out
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is_complete(
         kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str, tmp_path: Path) -> None:
     system = f"shop{uuid.uuid4().hex[:8]}"
@@ -191,11 +176,17 @@ def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is
     src.flush()
     first = pipeline()
     first.journal.migrate()
+    first.metrics = Metrics(CollectorRegistry())
     runner = threading.Thread(target=lambda: first.run())
     runner.start()
     try:
-        _wait(lambda: bool(rows(pg_dsn, "SELECT 1 FROM kdcdc.event_log")))
-        time.sleep(2)  # time to (wrongly) journal anything else
+        # Once the pipeline has read every record, nothing else can be journaled: whatever it did not journal
+        # it holds (kingdee_cdc_transaction_held_records), waiting for order 1's lines, which are not in Kafka.
+        def read_everything() -> bool:
+            journaled = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0]
+            held = first.metrics.registry.get_sample_value("kingdee_cdc_transaction_held_records") or 0
+            return bool(journaled + held == src.produced)
+        wait_for(read_everything, 60, f"the pipeline to read all {src.produced} records (journaled or held)")
     finally:
         first.stop()
         runner.join(30)
@@ -232,7 +223,7 @@ def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is
     log = rows(pg_dsn, "SELECT topic, kafka_partition, kafka_offset, outcome, source_pk, voucher_keys "
                        "FROM kdcdc.event_log WHERE consumer_group = %s", group)
     assert len(log) == src.produced == len({(t, p, o) for t, p, o, *_ in log})
-    end = _log_end(kafka_bootstrap, topics)
+    end = log_end(kafka_bootstrap, topics)
     assert dict(((t, p), o) for t, p, o in rows(
         pg_dsn, "SELECT topic, kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
         group)) == {tp: n for tp, n in end.items() if n}
@@ -265,7 +256,6 @@ def test_real_debezium_orders_with_lines_become_one_voucher_each(
     Debezium really writes them group each order with its lines."""
     from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
     from harness.devstack import EmbeddedPostgres
-    from tests.integration.test_debezium_e2e import pos_amounts, wait_for_records
 
     system = f"posgrp{uuid.uuid4().hex[:6]}"
     with EmbeddedPostgres(tmp_path / "business", durable=False) as business:
@@ -273,7 +263,11 @@ def test_real_debezium_orders_with_lines_become_one_voucher_each(
         connect = KafkaConnect(tmp_path / "connect", kafka_bootstrap,
                                [connector_config("pos", "127.0.0.1", business.port, topic_prefix=system)]).start()
         try:
-            time.sleep(3)  # the (empty) snapshot is done and streaming has begun
+            # The (empty) snapshot is done and Debezium streams: its replication connection is in state
+            # streaming. Rows written before that could be read by the snapshot, without transaction metadata.
+            wait_for(lambda: rows(business.dsn(), "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s "
+                                                  "ON s.active_pid = r.pid WHERE s.slot_name = 'kdcdc_pos' AND "
+                                                  "r.state = 'streaming'")[0][0], 120, "Debezium to start streaming from slot kdcdc_pos (pg_stat_replication state 'streaming')")
             orders = [biz.insert("pos", lines=n, payment_method="CASH", currency="CNY", **pos_amounts(g))
                       for n, g in ((1, "113.00"), (2, "226.00"), (3, "100.00"), (3, "56.50"), (2, "1130.00"))]
             biz.update("pos", orders[1].row_id, status="CANCELLED")  # header only: a reversal, no lines needed
@@ -290,7 +284,7 @@ def test_real_debezium_orders_with_lines_become_one_voucher_each(
     pipe = make_pipeline(kafka_bootstrap, pg_dsn, topics, group=group, rules=rules)
     stats = pipe.run(max_idle_s=4)
     assert stats.transactions_ungrouped == 0
-    end = _log_end(kafka_bootstrap, topics)
+    end = log_end(kafka_bootstrap, topics)
     log = rows(pg_dsn, "SELECT topic, outcome, source_pk, voucher_keys FROM kdcdc.event_log WHERE consumer_group = %s",
                group)
     assert len(log) == sum(end.values())

@@ -6,8 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import samples
-from connector.events import ChangeEvent, DecodeFailure, Decoder, FixedSchemas, KafkaCoordinates, Tombstone
-from tests.conftest import FIXTURES, fixture_bytes
+from connector.events import (ChangeEvent, DecodeFailure, Decoder, FixedSchemas, KafkaCoordinates, Tombstone,
+                              TransactionMarker)
+from tests.unit.helpers import FIXTURES, fixture_bytes
 
 AT = KafkaCoordinates(topic="fuzz", partition=1, offset=7)
 _GEN = samples.SampleGenerator(seed=11)
@@ -20,7 +21,7 @@ DECODER = Decoder(FixedSchemas(samples.value_schema(samples.POS), {1: samples.va
 
 
 def _check(result: object, raw: bytes | None) -> None:
-    assert isinstance(result, (ChangeEvent, DecodeFailure, Tombstone)) or type(result).__name__ == "TransactionMarker"
+    assert isinstance(result, (ChangeEvent, DecodeFailure, Tombstone, TransactionMarker)), result
     if isinstance(result, DecodeFailure):
         assert result.reason and result.stage
         # Every failure is classified: the catch-all "unexpected …" path means a decoder bug.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,54 +9,14 @@ from typing import Any
 import pytest
 
 from connector.ledger import ReasonCode, VoucherKind, check_voucher, render_entry
-from connector.mapping import InMemoryLedger, Mapper, MapResult, RuleError, load_rules
-from connector.mapping._golden import golden_event, run_golden
-
-RULES = Path(__file__).resolve().parents[2] / "rules"
-
-SALE: dict[str, Any] = {"id": 1, "order_no": "SO1", "channel": "STORE", "company_code": "100", "customer_code": None,
-                        "order_date": "2026-11-12", "currency": "CNY", "net_amount": "100.00",
-                        "tax_amount": "13.00", "gross_amount": "113.00", "points_deduction": "0.00",
-                        "payment_method": "CASH", "status": "PAID"}
-
-
-def event(system: str, table: str, op: str = "c", *, after: dict[str, Any] | None = None,
-          before: dict[str, Any] | None = None, key: dict[str, Any] | None = None, lsn: int = 1,
-          ts_ms: int = 1794535200000) -> Any:
-    from datetime import date
-
-    def fix(img: dict[str, Any] | None) -> dict[str, Any] | None:
-        if img is None:
-            return None
-        return {k: date.fromisoformat(v) if k.endswith("_date") and isinstance(v, str) and v[:4].isdigit() else v
-                for k, v in img.items()}
-    return golden_event({"op": op, "source": {"system": system, "table": table, "lsn": lsn, "ts_ms": ts_ms},
-                         "key": key if key is not None else {"id": (after or before or {}).get("id", 1)},
-                         "after": fix(after), "before": fix(before)})
-
-
-def sale(**changes: Any) -> dict[str, Any]:
-    return {**SALE, **changes}
+from connector.mapping import InMemoryLedger, Mapper, RuleError, load_rules
+from connector.mapping._golden import run_golden
+from tests.unit.helpers import RULES, event, only_rejection, rules_with, sale
 
 
 @pytest.fixture(scope="module")
 def mapper() -> Mapper:
     return Mapper(load_rules(RULES))
-
-
-def rules_with(tmp_path: Path, **files: str) -> Path:
-    """The shipped rules plus/overridden by extra files."""
-    target = tmp_path / "rules"
-    shutil.copytree(RULES, target, ignore=shutil.ignore_patterns("golden"))
-    for name, text in files.items():
-        (target / f"{name}.yaml").write_text(text, encoding="utf-8")
-    return target
-
-
-def only_rejection(result: MapResult) -> ReasonCode:
-    assert not result.vouchers, result
-    assert result.rejections, result
-    return result.rejections[0].code
 
 
 # --------------------------------------------------------------------------- golden files

@@ -12,7 +12,7 @@ import pytest
 from connector.events import ChangeEvent, TransactionInfo
 from connector.ledger import ReasonCode, Side
 from connector.mapping import InMemoryLedger, Mapper, RuleError, load_rules
-from tests.unit.test_mapping import RULES, event, sale
+from tests.unit.helpers import RULES, event, sale
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "rules" / "pos-sale-by-line.yaml"
 
