@@ -71,8 +71,9 @@ def test_json_with_and_without_schemas_through_real_broker(kafka_bootstrap: str,
         producer.produce(topic, key=samples.json_key(key),
                          value=samples.encode_json(samples.PURCHASING, env, schemas=i % 2 == 0))
         sent.append(env)
-    producer.flush(30)
+    assert producer.flush(30) == 0
     msgs = consume_all(kafka_bootstrap, topic, len(sent))
+    assert len(msgs) == len(sent)
     decoder = Decoder()
     for m, env in zip(sorted(msgs, key=lambda m: m.offset()), sent):
         d = decoder.decode_message(m)

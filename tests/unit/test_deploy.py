@@ -26,12 +26,16 @@ def _alert_exprs() -> list[tuple[str, str]]:
     return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
 
 
+def _unknown_series(exprs: list[str]) -> set[str]:
+    """Series the expressions use that the service does not export."""
+    return {name for e in exprs for name in SERIES.findall(e)} - exported_series()
+
+
 def test_every_dashboard_query_uses_exported_series() -> None:
-    exported = exported_series()
     exprs = _dashboard_exprs()
     assert len(exprs) >= 14
     used = {name for e in exprs for name in SERIES.findall(e)}
-    assert used and used <= exported, sorted(used - exported)
+    assert used and not _unknown_series(exprs), sorted(_unknown_series(exprs))
     # the issue's panels: throughput, lag, latency percentiles, rejections/dead letters, Kingdee errors, backlogs
     for needed in ("kingdee_cdc_events_consumed_total", "kingdee_cdc_consumer_lag",
                    "kingdee_cdc_end_to_end_latency_seconds_bucket", "kingdee_cdc_rejections_total",
@@ -56,9 +60,13 @@ def test_every_alert_uses_exported_series_and_has_a_runbook() -> None:
 
 
 def test_a_renamed_metric_would_be_caught() -> None:
-    exported = exported_series()
-    assert "kingdee_cdc_events_consumed_total" in exported
-    assert "kingdee_cdc_events_consumed" not in exported  # counters are exported with _total only
+    """The check above can fail: a dashboard query still using a series' old name is reported."""
+    exprs = _dashboard_exprs()
+    stale = [e.replace("kingdee_cdc_events_consumed_total", "kingdee_cdc_events_read_total") for e in exprs]
+    assert stale != exprs  # the dashboard does chart the series
+    assert _unknown_series(stale) == {"kingdee_cdc_events_read_total"}
+    # counters are exported with _total only: the bare name a query might use by mistake is unknown too
+    assert _unknown_series(["rate(kingdee_cdc_events_consumed[5m])"]) == {"kingdee_cdc_events_consumed"}
 
 
 def test_compose_init_script_is_the_harness_ddl() -> None:

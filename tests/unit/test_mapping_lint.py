@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 from connector.cli import app
 from connector.events import ChangeEvent, KafkaCoordinates, Op, SourceInfo
-from connector.ledger._checks import LedgerContext
-from connector.mapping import RuleError, RuleSet, load_rules
+from connector.mapping import RuleError, load_rules
 from connector.mapping._lint import LintProblem, envelope_columns, lint_rules, with_account_suggestions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,35 +309,18 @@ def test_system_without_permissions_entry_is_an_error(tmp_path: Path) -> None:
         f"under permissions: in {d / 'ledger.yaml'}; nothing it maps can post (add one, or `default: allow`)"]
 
 
-def _default_allow(ctx: LedgerContext) -> LedgerContext:
-    """The ledger context with ``default_permission = "allow"``: the real field once the ledger parses
-    ``permissions: {default: allow}``, until then a subclass instance carrying the attribute."""
-    if "default_permission" in {f.name for f in dataclasses.fields(ctx)}:
-        return dataclasses.replace(ctx, default_permission="allow")  # type: ignore[call-arg,unused-ignore]
-
-    class Allowing(LedgerContext):  # not a dataclass itself: its instances have a __dict__
-        pass
-
-    allowing = Allowing(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
-    object.__setattr__(allowing, "default_permission", "allow")
-    return allowing
-
-
 def test_system_without_permissions_entry_is_fine_under_default_allow(tmp_path: Path) -> None:
     d = rules_dir(tmp_path, ledger=_without_bank(LEDGER), bank=BANK_PAYMENT)
     rs = load_rules(d)
-    allowed = RuleSet(rules=rs.rules, tables=rs.tables, ledger=_default_allow(rs.ledger), golden=rs.golden,
-                      files=rs.files, ignored=rs.ignored)
+    allowed = dataclasses.replace(rs, ledger=dataclasses.replace(rs.ledger, default_permission="allow"))
     assert lint_rules(allowed, schemas_dir=SCHEMAS) == []
 
 
 def test_default_allow_written_in_the_ledger_file(tmp_path: Path) -> None:
     ledger = _without_bank(LEDGER).replace("permissions:\n", "permissions:\n  default: allow\n")
     d = rules_dir(tmp_path, ledger=ledger, bank=BANK_PAYMENT)
-    try:
-        rs = load_rules(d)
-    except RuleError:
-        pytest.skip("the ledger loader does not parse `permissions: {default: allow}` yet")
+    rs = load_rules(d)
+    assert rs.ledger.default_permission == "allow"
     assert lint_rules(rs, schemas_dir=SCHEMAS) == []
 
 

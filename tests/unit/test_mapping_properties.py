@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from harness import samples
@@ -65,8 +65,7 @@ def test_original_plus_reversal_nets_to_zero_per_account_and_dimension(row: dict
     ledger.apply(created)
     deleted = mapper.map(_sale_event(row, op="d", lsn=2), ledger)
     ledger.apply(deleted)
-    if not created.vouchers:
-        return
+    assume(created.vouchers)  # (a rejected sale has nothing to reverse; Hypothesis fails if that is all it finds)
     assert len(deleted.vouchers) == 1 and deleted.vouchers[0].reverses == created.vouchers[0].key
     net: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
     for v in (*created.vouchers, *deleted.vouchers):
@@ -93,6 +92,7 @@ def test_same_event_same_key_and_voucher(row: dict[str, Any], lsn: int) -> None:
 @given(pos_rows)
 def test_vouchers_survive_avro_and_kingdee_json_exactly(row: dict[str, Any]) -> None:
     result = Mapper(RULES).map(_sale_event(row))
+    assume(result.vouchers)
     for v in result.vouchers:
         assert voucher_from_avro(voucher_to_avro(v)) == v
         model = json.loads(kingdee_json(to_kingdee(v, RULES.ledger.books[v.book])), parse_float=Decimal)
