@@ -121,9 +121,11 @@ def run(
             worker.stop()
             th.join(30)
         ops.stop()
+    letters = stats.rejected + stats.dead_lettered
     typer.echo(f"stopped: {stats.records} records in {stats.batches} batches; {stats.vouchers} vouchers, "
-               f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} dead "
-               f"letters, {stats.skipped} skipped, {stats.retries} retries, {stats.fenced} fenced batches")
+               f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} "
+               f"undecodable ({letters} dead letters: kingdee-cdc dlq list), {stats.skipped} skipped, "
+               f"{stats.retries} retries, {stats.fenced} fenced batches")
 
 
 @app.command()
