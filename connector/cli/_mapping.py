@@ -38,7 +38,7 @@ def mapping_check(
     except RuleError as e:
         raise RuleError(with_account_suggestions(rules, e.problems)) from None
     if schemas is None:
-        schemas = next((d for d in (rules.resolve().parent / "schemas", Path("schemas")) if d.is_dir()), None)
+        schemas = next((d for d in (rules.parent / "schemas", Path("schemas")) if d.is_dir()), None)
     events: list[ChangeEvent] = []
     decoder = Decoder()
     for path in sample or ():
