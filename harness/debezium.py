@@ -439,3 +439,81 @@ class KafkaConnect(JavaService):
             time.sleep(0.25)
         self.stop()
         raise DevStackError(f"Debezium connectors not running after {timeout:.0f}s:\n{_tail(self.log_path, 60)}")
+
+
+# --------------------------------------------------------------------------- Debezium JDBC sink (peer benchmark)
+JDBC_SINK_POM: Final = REPO_ROOT / "deploy" / "jdbc-sink" / "pom.xml"
+JDBC_SINK_PLUGIN_DIR: Final = REPO_ROOT / "deploy" / "jdbc-sink" / "plugins"
+
+
+def ensure_jdbc_sink_plugin() -> Path:
+    """The plugin path holding the Debezium JDBC sink connector (``deploy/jdbc-sink/pom.xml``), unpacked once.
+
+    Maven unpacks the connector's official plugin archive (``io.debezium:debezium-connector-jdbc:<v>:tar.gz:
+    plugin``) into ``plugins/debezium-connector-jdbc/``; ``plugins/.resolved`` marks a completed resolution and
+    editing the POM makes it stale (the old plugin directory is removed first, so versions never mix).
+    """
+    import sys  # (this module's imports are shared code: kept local to the peer-benchmark addition)
+
+    marker = JDBC_SINK_PLUGIN_DIR / ".resolved"
+    if marker.exists() and marker.stat().st_mtime >= JDBC_SINK_POM.stat().st_mtime:
+        return JDBC_SINK_PLUGIN_DIR
+    if shutil.which("mvn") is None:
+        raise DevStackError("Maven (mvn) is needed once to fetch the Debezium JDBC sink connector from Maven "
+                            "Central: apt-get install maven")
+    print(f"kingdee-cdc: resolving the Debezium JDBC sink connector from Maven Central into "
+          f"{JDBC_SINK_PLUGIN_DIR} …", file=sys.stderr)
+    JDBC_SINK_PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
+    for old in JDBC_SINK_PLUGIN_DIR.iterdir():
+        if old.is_dir():
+            shutil.rmtree(old)
+    res = subprocess.run(["mvn", "-q", "-B", "-f", str(JDBC_SINK_POM), "dependency:unpack",
+                          f"-Dplugins.dir={JDBC_SINK_PLUGIN_DIR}"], capture_output=True, text=True)
+    if res.returncode != 0 or not any(JDBC_SINK_PLUGIN_DIR.glob("*/debezium-connector-jdbc-*.jar")):
+        raise DevStackError(f"Maven could not resolve the Debezium JDBC sink plugin (exit {res.returncode}):\n"
+                            f"{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    marker.touch()
+    return JDBC_SINK_PLUGIN_DIR
+
+
+def jdbc_sink_config(name: str, topic: str, jdbc_url: str, table: str, *, user: str = "postgres",
+                     batch_size: int = 500, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Debezium JDBC sink connector configured as its documentation recommends for topics written by a
+    Debezium source connector: no flattening SMT (the sink reads the change-event envelope itself: ``after``
+    of creates and updates, deletes by key), upsert by the record key, deletes applied, the table created
+    from the record schema (``schema.evolution=basic``), one task. The worker's converters (JSON with
+    schemas) apply. ``batch_size`` is also the consumer's ``max.poll.records``."""
+    return {
+        "name": name,
+        "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
+        "tasks.max": "1",
+        "topics": topic,
+        "connection.url": jdbc_url,
+        "connection.username": user,
+        "connection.password": "unused-trust-auth",
+        "insert.mode": "upsert",
+        "primary.key.mode": "record_key",
+        "delete.enabled": "true",
+        "schema.evolution": "basic",
+        "collection.name.format": table,
+        "batch.size": str(batch_size),
+        "consumer.override.max.poll.records": str(batch_size),
+        **(extra or {}),
+    }
+
+
+class JdbcSinkConnect(KafkaConnect):
+    """A standalone Kafka Connect worker whose plugin path is the Debezium JDBC sink connector's.
+
+    Same worker as :class:`KafkaConnect` (same Connect runtime, JSON converters with schemas), plus
+    ``worker_overrides`` appended to its properties (the last occurrence of a key wins).
+    """
+
+    def __init__(self, workdir: Path, bootstrap: str, connectors: Iterable[Mapping[str, str]], *,
+                 heap: str = "512m", worker_overrides: Mapping[str, str] | None = None) -> None:
+        super().__init__(workdir, bootstrap, connectors, heap=heap)
+        self.worker_overrides = dict(worker_overrides or {})
+
+    def _worker_properties(self, plugin_path: Path) -> str:
+        base = super()._worker_properties(ensure_jdbc_sink_plugin())
+        return base + "".join(f"{k}={v}\n" for k, v in self.worker_overrides.items())
