@@ -1,4 +1,4 @@
-"""Vouchers, entries, rejections, the accounting checks and Kingdee/Avro serialisation."""
+"""Vouchers, entries, rejections, the accounting checks, row state and Kingdee/Avro serialisation."""
 
 from connector.ledger._model import (
     Entry,
@@ -30,6 +30,7 @@ from connector.ledger._checks import (
     check_voucher,
     dimension_slot,
 )
+from connector.ledger._state import NO_PRIOR, BatchState, InMemoryLedger, Mapped, PriorLookup, SourceChange
 from connector.ledger._serde import (
     key_marker,
     kingdee_json,
@@ -46,4 +47,5 @@ __all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "Cutover", "
            "check_voucher", "dimension_slot", "key_marker", "kingdee_json", "render_entry", "to_kingdee",
            "voucher_from_avro", "voucher_from_json", "voucher_summary", "voucher_to_avro", "voucher_to_json",
            "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "Voucher", "VoucherKind",
-           "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "voucher_key"]
+           "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "voucher_key",
+           "NO_PRIOR", "BatchState", "InMemoryLedger", "Mapped", "PriorLookup", "SourceChange"]

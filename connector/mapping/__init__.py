@@ -1,6 +1,7 @@
 """Declarative mapping: YAML rules turn change events into vouchers (pure, no I/O)."""
 
-from connector.mapping._engine import NO_PRIOR, InMemoryLedger, Mapper, MapResult, PriorLookup
+from connector.ledger import NO_PRIOR, InMemoryLedger, PriorLookup  # row state: re-exported for existing imports
+from connector.mapping._engine import Mapper, MapResult
 from connector.mapping._expr import Compiler, EvalError, ExprError, Tables
 from connector.mapping._compile import Rule, RuleSet
 from connector.mapping._load import load_rules

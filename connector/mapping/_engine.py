@@ -3,20 +3,20 @@
 Change semantics per rule: ``c``/``r`` post a voucher; ``u`` (``on_update``) reverses the row's active
 voucher and posts the new one (``reverse_and_repost``, unchanged amounts are a no-op), posts only the
 difference (``post_delta``) or leaves it (``ignore``); ``d`` reverses (红字冲销). The row's active vouchers
-come from a ``PriorLookup`` — the journal in production, ``InMemoryLedger`` in previews and golden tests.
+come from a ``PriorLookup`` (``connector.ledger``) — the journal's ``BatchState`` in production, an
+``InMemoryLedger`` in previews and golden tests.
 An event's outcome is all or nothing: one rejection and none of its vouchers are emitted.
 """
 
 from __future__ import annotations
 
-
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple
 
 from connector.errors import MoneyError
 from connector.events import ChangeEvent, Op
@@ -35,33 +35,14 @@ from connector.ledger._model import (
     reverse,
     voucher_key,
 )
-from connector.mapping._expr import BOOK_TZ, DEFAULT_TZ, MAX_ITEMS, EvalError, number, to_date, truth
-from connector.mapping._compile import Rule, RuleSet
+# Row state lives in the ledger; these names stay importable from here (and from connector.mapping).
+from connector.ledger._state import NO_PRIOR as NO_PRIOR
+from connector.ledger._state import InMemoryLedger as InMemoryLedger
+from connector.ledger._state import PriorLookup as PriorLookup
+from connector.mapping._expr import BOOK_TZ, DEFAULT_TZ, MAX_ITEMS, Compiled, EvalError, number, to_date, truth
+from connector.mapping._compile import CompiledEntry, Rule, RuleSet
 from connector.mapping._spec import RoundingSpec
 from connector.money import MAX_MONEY, MONEY_CONTEXT, ZERO, quantize, to_money
-
-
-class PriorLookup(Protocol):
-    """What the journal knows about a source row under a rule."""
-
-    def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
-        """The vouchers currently in force (not reversed), oldest first."""
-        ...
-
-    def latest(self, row: RowRef, rule_id: str) -> str | None:
-        """Key of the row's newest non-reversal voucher under the rule, in force or not (``None``: none yet)."""
-        ...
-
-
-class _NoPrior:
-    def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
-        return ()
-
-    def latest(self, row: RowRef, rule_id: str) -> str | None:
-        return None
-
-
-NO_PRIOR: PriorLookup = _NoPrior()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,41 +58,6 @@ class MapResult:
     @property
     def rejected(self) -> bool:
         return bool(self.rejections)
-
-
-class InMemoryLedger:
-    """A ``PriorLookup`` that remembers what it was given: for previews, golden tests and benchmarks."""
-
-    def __init__(self) -> None:
-        self._active: dict[tuple[RowRef, str], list[Voucher]] = {}
-        self._latest: dict[tuple[RowRef, str], str] = {}
-        self.posted: list[Voucher] = []
-
-    def active(self, row: RowRef, rule_id: str) -> Sequence[Voucher]:
-        return tuple(self._active.get((row, rule_id), ()))
-
-    def latest(self, row: RowRef, rule_id: str) -> str | None:
-        return self._latest.get((row, rule_id))
-
-    def seed(self, vouchers: Iterable[Voucher]) -> None:
-        """Start from vouchers already in force (e.g. read from the journal), oldest first."""
-        for v in vouchers:
-            self._active.setdefault((v.source.row, v.rule_id), []).append(v)
-            self._latest[(v.source.row, v.rule_id)] = v.key
-
-    def seed_latest(self, latest: Mapping[tuple[RowRef, str], str]) -> None:
-        """The newest voucher key per row and rule, including reversed ones (read from the journal)."""
-        self._latest.update(latest)
-
-    def apply(self, result: MapResult) -> None:
-        for v in result.vouchers:
-            self.posted.append(v)
-            slot = self._active.setdefault((v.source.row, v.rule_id), [])
-            if v.kind is VoucherKind.REVERSAL:
-                slot[:] = [x for x in slot if x.key != v.reverses]
-            else:
-                slot.append(v)
-                self._latest[(v.source.row, v.rule_id)] = v.key
 
 
 def _rejection(e: EvalError, rule: Rule, source: SourceRef | None) -> Rejection:
@@ -149,7 +95,7 @@ def _money(v: Any, field: str) -> Decimal:
         raise EvalError("INVALID_AMOUNT", str(e), field, v) from None
 
 
-def _dimensions(ce: Any, s: Mapping[str, Any]) -> dict[str, str]:
+def _dimensions(ce: CompiledEntry, s: Mapping[str, Any]) -> dict[str, str]:
     """An entry's dimension values; empty and blank ones are left out (a blank is not a value, and Kingdee
     wants no blank FDetailID refs)."""
     dims = {}
@@ -163,7 +109,7 @@ def _dimensions(ce: Any, s: Mapping[str, Any]) -> dict[str, str]:
     return dims
 
 
-def _optional_money(expr: Any, s: Mapping[str, Any], field: str) -> Decimal | None:
+def _optional_money(expr: Compiled | None, s: Mapping[str, Any], field: str) -> Decimal | None:
     """Quantity / price: optional, so an absent expression or a null value means "not given"."""
     if expr is None:
         return None
@@ -195,6 +141,21 @@ def _exact_floats(img: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if img is None:
         return None
     return {k: (Decimal(repr(v)) if type(v) is float and math.isfinite(v) else v) for k, v in img.items()}
+
+
+class _Header(NamedTuple):
+    """What a voucher's entries are built with: its book, dates, text, currency and rate."""
+
+    book: str
+    book_cfg: Book | None
+    local: str  #: the book's local currency
+    local_places: int
+    day: date
+    business_day: date | None
+    explanation: str
+    currency: str  #: the voucher's (transaction) currency
+    rate_type: str
+    rate: Decimal
 
 
 #: Differences of exact source amounts below this are arithmetic noise (38-digit division), not data errors.
@@ -249,22 +210,43 @@ class Mapper:
             event = replace(event, op=Op.UPDATE, before=event.after)
         src = event.source
         rules = self.rules.for_table(src.name, src.schema, src.table)
-        if not rules:
-            if event.op in (Op.TRUNCATE, Op.MESSAGE):
-                return MapResult(skipped=f"op {event.op.value} ignored (no rule asks for it)")
-            why = self.rules.ignored_reason(src.name, src.schema, src.table)
-            if why is not None:
-                return MapResult(skipped=f"table {src.table_id} ignored: {why}")
-            return MapResult(rejections=(Rejection(
-                code=ReasonCode.NO_RULE, message=f"no mapping rule for system {src.name!r} table "
-                f"{src.table_id!r}", value=src.table_id),))
         op = event.op.value
         applicable = [r for r in rules if op in r.spec.match.ops]
         if not applicable:
+            return self._not_mapped(event, rules)
+        grouped: set[int] = set()
+        vouchers, rejections, matched = self._apply_rules(applicable, event, prior, remap, lines, grouped)
+        if not rejections and not matched:
+            rejections += self._uncovered(event, rules)
+        checked = self._checked(vouchers, rejections)
+        if rejections:
+            return MapResult(rejections=tuple(rejections))
+        if not checked:
+            why = ("unchanged: the row's vouchers in force already book this content" if matched
+                   else "no accounting effect (conditions not met, or nothing to reverse)")
+            return MapResult(skipped=why, grouped=tuple(sorted(grouped)))
+        return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)))
+
+    def _not_mapped(self, event: ChangeEvent, rules: Sequence[Rule]) -> MapResult:
+        """No rule maps this op of this table: skipped (an ignored table or op) or rejected (no rule at all)."""
+        src = event.source
+        if rules:
             return MapResult(skipped=f"op {event.op.value} not mapped by {', '.join(r.id for r in rules)}")
+        if event.op in (Op.TRUNCATE, Op.MESSAGE):
+            return MapResult(skipped=f"op {event.op.value} ignored (no rule asks for it)")
+        why = self.rules.ignored_reason(src.name, src.schema, src.table)
+        if why is not None:
+            return MapResult(skipped=f"table {src.table_id} ignored: {why}")
+        return MapResult(rejections=(Rejection(
+            code=ReasonCode.NO_RULE, message=f"no mapping rule for system {src.name!r} table "
+            f"{src.table_id!r}", value=src.table_id),))
+
+    def _apply_rules(self, applicable: Sequence[Rule], event: ChangeEvent, prior: PriorLookup, remap: str | None,
+                     lines: Sequence[ChangeEvent] | None, grouped: set[int]
+                     ) -> tuple[list[Voucher], list[Rejection], bool]:
+        """Each rule's vouchers (or its rejection) for the change, and whether any rule matched the row."""
         vouchers: list[Voucher] = []
         rejections: list[Rejection] = []
-        grouped: set[int] = set()
         matched = False
         self._deadline = time.perf_counter() + self.time_budget_s
         for rule in applicable:
@@ -289,14 +271,23 @@ class Mapper:
                                             message=f"rule {rule.id} failed on this event: {describe_failure(e)}"))
             finally:
                 BOOK_TZ.reset(token)
-        if not rejections and not matched and event.op in (Op.CREATE, Op.READ, Op.UPDATE):
-            every = [r for r in rules if r.spec.coverage == "every_row"]
-            if every:
-                conds = "; ".join(f"{r.id} ({r.spec.match.when or 'every row'})" for r in rules)
-                rejections.append(Rejection(
-                    code=ReasonCode.UNMATCHED, rule=every[0].id, value=src.table_id,
-                    message=f"this {src.table} row matches none of the rules for its table — {conds} — but every "
-                            f"row must post (coverage: every_row in {', '.join(r.id for r in every)})"))
+        return vouchers, rejections, matched
+
+    @staticmethod
+    def _uncovered(event: ChangeEvent, rules: Sequence[Rule]) -> list[Rejection]:
+        """A row no rule matched, of a table whose rules say every row must post (``coverage: every_row``)."""
+        every = [r for r in rules if r.spec.coverage == "every_row"]
+        if not every or event.op not in (Op.CREATE, Op.READ, Op.UPDATE):
+            return []
+        src = event.source
+        conds = "; ".join(f"{r.id} ({r.spec.match.when or 'every row'})" for r in rules)
+        return [Rejection(
+            code=ReasonCode.UNMATCHED, rule=every[0].id, value=src.table_id,
+            message=f"this {src.table} row matches none of the rules for its table — {conds} — but every "
+                    f"row must post (coverage: every_row in {', '.join(r.id for r in every)})")]
+
+    def _checked(self, vouchers: Sequence[Voucher], rejections: list[Rejection]) -> list[Voucher]:
+        """The vouchers that pass the accounting checks; the others' rejections go to ``rejections``."""
         checked: list[Voucher] = []
         for v in vouchers:
             try:
@@ -310,13 +301,7 @@ class Mapper:
                 checked.append(result)
             else:
                 rejections.extend(result)
-        if rejections:
-            return MapResult(rejections=tuple(rejections))
-        if not checked:
-            why = ("unchanged: the row's vouchers in force already book this content" if matched
-                   else "no accounting effect (conditions not met, or nothing to reverse)")
-            return MapResult(skipped=why, grouped=tuple(sorted(grouped)))
-        return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)))
+        return checked
 
     # ------------------------------------------------------------------ internals
     def _check_time(self) -> None:
@@ -532,8 +517,7 @@ class Mapper:
                                                "(allow_negative: true if they are legitimate)", field, q)
         return q, (exact if exact is not None else q)
 
-    def _build(self, rule: Rule, s: Mapping[str, Any], src: SourceRef) -> Voucher:
-        spec = rule.spec
+    def _header(self, rule: Rule, s: Mapping[str, Any]) -> _Header:
         book = rule.book(s)
         if not book:
             raise EvalError("UNKNOWN_BOOK", "the book expression gave an empty value", "voucher.book")
@@ -548,79 +532,90 @@ class Mapper:
             raise EvalError(e.code, e.message, e.field or "voucher.date", e.value) from None
         explanation = rule.explanation(s)[:500]
         currency = self._currency(rule.currency(s), book_cfg, "voucher.currency") if rule.currency else local
-        rate_type = spec.voucher.rate_type
-        tables = self.rules.tables
+        rate_type = rule.spec.voucher.rate_type
         if rule.rate:
             rate = self._source_rate(rule.rate(s), currency, day, rate_type, book_cfg, "voucher.rate")
         else:
-            rate = tables.rate(currency, day, rate_type, local)
-        local_places = self.ledger.places(local)
+            rate = self.rules.tables.rate(currency, day, rate_type, local)
+        return _Header(book, book_cfg, local, self.ledger.places(local), day, bday, explanation, currency, rate_type,
+                       rate)
+
+    def _build(self, rule: Rule, s: Mapping[str, Any], src: SourceRef) -> Voucher:
+        spec = rule.spec
+        h = self._header(rule, s)
+        currency, rate, rate_type, explanation, local_places = h.currency, h.rate, h.rate_type, h.explanation, \
+            h.local_places
         entries: list[Entry] = []
         exact_for: list[Decimal] = []  # per entry, signed: debit +, credit −
         exact_local: list[Decimal] = []
         make = Entry._make  # positional tuple construction: the hot path builds several per event
-        local_rate = currency == local and rate == 1
+        local_rate = currency == h.local and rate == 1
         skip_zero = spec.skip_zero_lines
         for ce, plain, es in self._entry_scopes(rule, s):
             if ce.when is not None and not truth(ce.when(es)):
                 continue
-            p_amount, p_rate, p_local, p_qty, p_price = ce.paths
             allow_negative = spec.allow_negative if ce.allow_negative is None else ce.allow_negative
             sign = 1 if ce.side is Side.DEBIT else -1
+            entry: Entry | None
             if plain:  # the voucher's currency and rate, no optional fields
-                amount_for, exact = self._amount(ce.amount(es), currency, p_amount, allow_negative)
+                amount_for, exact = self._amount(ce.amount(es), currency, ce.paths[0], allow_negative)
                 if local_rate:
                     amount, x_local = amount_for, exact
                 else:
                     amount = quantize(MONEY_CONTEXT.multiply(amount_for, rate), local_places)
                     x_local = MONEY_CONTEXT.multiply(exact, rate)
-                exact_for.append(exact if sign > 0 else -exact)
-                exact_local.append(x_local if sign > 0 else -x_local)
-                if skip_zero and amount_for == ZERO:
-                    continue
-                entries.append(make((
+                entry = None if skip_zero and amount_for == ZERO else make((
                     ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500],
-                    currency, rate_type, rate, amount_for, None, None, None, None, None, _dimensions(ce, es))))
-                continue
-            self._check_time()
-            cur = self._currency(ce.currency(es), book_cfg, f"entries[{ce.index}].currency") if ce.currency \
-                else currency
-            amount_for, exact = self._amount(ce.amount(es), cur, p_amount, allow_negative)
-            if ce.rate is not None:
-                r = self._source_rate(ce.rate(es), cur, day, rate_type, book_cfg, p_rate)
-            elif cur == currency:
-                r = rate
+                    currency, rate_type, rate, amount_for, None, None, None, None, None, _dimensions(ce, es)))
             else:
-                r = tables.rate(cur, day, rate_type, local)
-            if ce.local_amount is not None:
-                amount, x_local = self._amount(ce.local_amount(es), local, p_local, allow_negative)
-            elif cur == local and r == 1:
-                amount, x_local = amount_for, exact
-            else:
-                amount = quantize(MONEY_CONTEXT.multiply(amount_for, r), local_places)
-                x_local = MONEY_CONTEXT.multiply(exact, r)
+                entry, exact, x_local = self._full_entry(ce, es, h, allow_negative, skip_zero)
             exact_for.append(exact if sign > 0 else -exact)
             exact_local.append(x_local if sign > 0 else -x_local)
-            if skip_zero and amount_for == ZERO and amount == ZERO:
-                continue
-            entries.append(make((
-                ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500], cur,
-                rate_type, r, amount_for, _optional_money(ce.quantity, es, p_qty) if ce.quantity is not None else None,
-                _optional_money(ce.price, es, p_price) if ce.price is not None else None, ce.unit(es) if ce.unit else None,
-                ce.settle_type(es) if ce.settle_type else None, ce.settle_no(es) if ce.settle_no else None,
-                _dimensions(ce, es))))
-        entries = self._balance(spec.rounding, entries, exact_for, exact_local, local, rate)
+            if entry is not None:
+                entries.append(entry)
+        entries = self._balance(spec.rounding, entries, exact_for, exact_local, h.local, rate)
         return Voucher(
-            key="", book=book, date=day, business_date=bday,
+            key="", book=h.book, date=h.day, business_date=h.business_day,
             group=rule.group(s), explanation=explanation, entries=tuple(entries), source=src, rule_id=rule.id,
             rule_version=rule.version, data_centre=(rule.data_centre(s) if rule.data_centre else None)
-            or (book_cfg.data_centre if book_cfg else None), attachments=spec.voucher.attachments)
+            or (h.book_cfg.data_centre if h.book_cfg else None), attachments=spec.voucher.attachments)
 
-    def _entry_scopes(self, rule: Rule, s: Mapping[str, Any]) -> list[tuple[Any, bool, Mapping[str, Any]]]:
+    def _full_entry(self, ce: CompiledEntry, es: Mapping[str, Any], h: _Header, allow_negative: bool,
+                    skip_zero: bool) -> tuple[Entry | None, Decimal, Decimal]:
+        """An entry with its own currency, rate or local amount, or optional fields (quantity, price,
+        settlement …): the entry (``None``: a zero line skipped) and its exact amounts before rounding."""
+        self._check_time()
+        p_amount, p_rate, p_local, p_qty, p_price = ce.paths
+        cur = self._currency(ce.currency(es), h.book_cfg, f"entries[{ce.index}].currency") if ce.currency \
+            else h.currency
+        amount_for, exact = self._amount(ce.amount(es), cur, p_amount, allow_negative)
+        if ce.rate is not None:
+            r = self._source_rate(ce.rate(es), cur, h.day, h.rate_type, h.book_cfg, p_rate)
+        elif cur == h.currency:
+            r = h.rate
+        else:
+            r = self.rules.tables.rate(cur, h.day, h.rate_type, h.local)
+        if ce.local_amount is not None:
+            amount, x_local = self._amount(ce.local_amount(es), h.local, p_local, allow_negative)
+        elif cur == h.local and r == 1:
+            amount, x_local = amount_for, exact
+        else:
+            amount = quantize(MONEY_CONTEXT.multiply(amount_for, r), h.local_places)
+            x_local = MONEY_CONTEXT.multiply(exact, r)
+        if skip_zero and amount_for == ZERO and amount == ZERO:
+            return None, exact, x_local
+        return Entry._make((
+            ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else h.explanation)[:500], cur,
+            h.rate_type, r, amount_for, _optional_money(ce.quantity, es, p_qty) if ce.quantity is not None else None,
+            _optional_money(ce.price, es, p_price) if ce.price is not None else None, ce.unit(es) if ce.unit else None,
+            ce.settle_type(es) if ce.settle_type else None, ce.settle_no(es) if ce.settle_no else None,
+            _dimensions(ce, es))), exact, x_local
+
+    def _entry_scopes(self, rule: Rule, s: Mapping[str, Any]) -> list[tuple[CompiledEntry, bool, Mapping[str, Any]]]:
         """Each entry with the scope it is evaluated in: per-line entries once per line, with ``line``."""
         if rule.spec.lines is None:
             return [(ce, plain, s) for ce, plain in rule.entry_plan]
-        out: list[tuple[Any, bool, Mapping[str, Any]]] = []
+        out: list[tuple[CompiledEntry, bool, Mapping[str, Any]]] = []
         for ce, plain in rule.entry_plan:
             if ce.for_each_line:
                 out.extend((ce, plain, {**s, "line": row}) for row in s["lines"])
