@@ -8,16 +8,15 @@ already produced vouchers is a no-op, and one that was rejected now maps under t
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from confluent_kafka import Producer
+from psycopg import sql
 
 from connector.errors import InfraError
-from connector.journal import Journal
+from connector.journal import AuditAction, AuditRow, DeadLetterStatus, Journal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +29,7 @@ class DeadLetter:
     stage: str
     reason: str
     error_class: str
-    status: str
+    status: DeadLetterStatus
     created_at: datetime
     raw_key: bytes | None
     raw_value: bytes | None
@@ -41,33 +40,56 @@ class DeadLetter:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A ``dead_letters`` row as stored (headers: [[name, base64 value or null], …])."""
+
+    id: int
+    consumer_group: str
+    topic: str
+    kafka_partition: int
+    kafka_offset: int
+    stage: str
+    reason: str
+    error_class: str
+    status: str
+    created_at: datetime
+    raw_key: bytes | None
+    raw_value: bytes | None
+    headers: list[list[str | None]] | None
+
+    def letter(self) -> DeadLetter:
+        headers = [(str(k), base64.b64decode(v) if v is not None else None) for k, v in (self.headers or [])]
+        return DeadLetter(id=self.id, consumer_group=self.consumer_group, topic=self.topic,
+                          partition=self.kafka_partition, offset=self.kafka_offset, stage=self.stage,
+                          reason=self.reason, error_class=self.error_class, status=DeadLetterStatus(self.status),
+                          created_at=self.created_at, raw_key=bytes(self.raw_key) if self.raw_key else None,
+                          raw_value=bytes(self.raw_value) if self.raw_value else None, headers=headers)
+
+
 _COLS = ("id, consumer_group, topic, kafka_partition, kafka_offset, stage, reason, error_class, status, created_at, "
          "raw_key, raw_value, headers")
 
 
-def _row(r: Sequence[Any]) -> DeadLetter:
-    headers = [(k, base64.b64decode(v) if v is not None else None) for k, v in (r[12] or [])]
-    return DeadLetter(id=r[0], consumer_group=r[1], topic=r[2], partition=r[3], offset=r[4], stage=r[5], reason=r[6],
-                      error_class=r[7], status=r[8], created_at=r[9], raw_key=bytes(r[10]) if r[10] else None,
-                      raw_value=bytes(r[11]) if r[11] else None, headers=headers)
-
-
-def list_dead_letters(journal: Journal, *, status: str | None = "NEW", stage: str | None = None,
+def list_dead_letters(journal: Journal, *, status: str | None = DeadLetterStatus.NEW, stage: str | None = None,
                       limit: int = 100) -> list[DeadLetter]:
-    where, args = ["consumer_group = %s"], [journal.group]
+    """Dead letters of the journal's group, oldest first (``status``: a ``DeadLetterStatus``, None for all)."""
+    where: list[sql.Composable] = [sql.SQL("consumer_group = %s")]
+    args: list[object] = [journal.group]
     if status:
-        where.append("status = %s")
+        where.append(sql.SQL("status = %s"))
         args.append(status)
     if stage:
-        where.append("stage = %s")
+        where.append(sql.SQL("stage = %s"))
         args.append(stage)
-    q = journal.q(f"SELECT {_COLS} FROM {{s}}.dead_letters WHERE {' AND '.join(where)} ORDER BY id LIMIT %s")
-    return [_row(r) for r in journal.conn.execute(q, (*args, limit)).fetchall()]
+    query = sql.SQL("SELECT {cols} FROM {s}.dead_letters WHERE {where} ORDER BY id LIMIT %s").format(
+        cols=sql.SQL(_COLS), s=sql.Identifier(journal.schema), where=sql.SQL(" AND ").join(where))
+    return [r.letter() for r in journal.rows(_Row, query, (*args, limit))]
 
 
 def get_dead_letter(journal: Journal, dl_id: int) -> DeadLetter | None:
-    r = journal.conn.execute(journal.q(f"SELECT {_COLS} FROM {{s}}.dead_letters WHERE id = %s"), (dl_id,)).fetchone()
-    return _row(r) if r else None
+    found = journal.rows(_Row, journal.q(f"SELECT {_COLS} FROM {{s}}.dead_letters WHERE id = %s"), (dl_id,))
+    return found[0].letter() if found else None
 
 
 def requeue(journal: Journal, letters: Sequence[DeadLetter], *, producer_conf: dict[str, str],
@@ -84,9 +106,8 @@ def requeue(journal: Journal, letters: Sequence[DeadLetter], *, producer_conf: d
     if producer.flush(30) != 0:
         raise InfraError("Kafka did not acknowledge the requeued records within 30 s; nothing marked as requeued")
     with journal.transaction() as conn:
-        conn.execute(journal.q("UPDATE {s}.dead_letters SET status = 'REQUEUED' WHERE id = ANY(%s)"),
-                     ([d.id for d in letters],))
-        for d in letters:
-            conn.execute(journal.q("INSERT INTO {s}.audit (actor, action, detail) VALUES (%s, 'DLQ_REQUEUED', %s)"),
-                         (actor, json.dumps({"dead_letter": d.id, "from": d.where, "to": to_topic or d.topic})))
+        conn.execute(journal.q("UPDATE {s}.dead_letters SET status = {requeued} WHERE id = ANY(%s)",
+                               requeued=DeadLetterStatus.REQUEUED), ([d.id for d in letters],))
+        journal.insert_audit([AuditRow.of(actor, AuditAction.DLQ_REQUEUED, None, {
+            "dead_letter": d.id, "from": d.where, "to": to_topic or d.topic}) for d in letters])
     return len(letters)

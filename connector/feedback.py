@@ -23,8 +23,9 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -63,6 +64,30 @@ def avro_record(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class FeedbackMetrics(Protocol):
+    """What the relay reports (``connector.ops.Metrics``)."""
+
+    def feedback_sent_to(self, system: str, n: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsent:
+    """An outbox row not sent yet."""
+
+    id: int
+    event_id: str
+    source_system: str
+    message_key: str
+    status: str
+    payload: dict[str, Any]  #: ``connector.journal.FeedbackEvent.payload``
+    created_at: datetime
+
+    def event(self) -> dict[str, Any]:
+        """The feedback event as relayed: the payload with its id, status and time."""
+        return {**self.payload, "event_id": self.event_id, "status": self.status,
+                "ts_ms": int(self.created_at.timestamp() * 1000)}
+
+
 @dataclass(slots=True)
 class RelayStats:
     sent: int = 0
@@ -72,9 +97,9 @@ class RelayStats:
 
 class FeedbackRelay:
     def __init__(self, journal: Journal, producer_conf: dict[str, str], *, topic_prefix: str = "kingdee-cdc.feedback",
-                 batch: int = 1000, metrics: Any = None, registry: Any = None) -> None:
+                 batch: int = 1000, metrics: FeedbackMetrics | None = None, registry: Any = None) -> None:
         self.journal = journal
-        self.metrics = metrics  #: connector.ops.Metrics, optional
+        self.metrics = metrics
         self._avro: Any = None
         if registry is not None:  # Avro through the schema registry (subject <topic>-value)
             from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -103,9 +128,7 @@ class FeedbackRelay:
         self._stop.set()
 
     def pending(self) -> int:
-        row = self.journal.conn.execute(self.journal.q("SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL")
-                                        ).fetchone()
-        return int(row[0]) if row else 0
+        return self.journal.count(self.journal.q("SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL"))
 
     def run(self, *, idle_sleep_s: float = 0.5, exit_when_idle: bool = False) -> RelayStats:
         stats = RelayStats()
@@ -127,32 +150,14 @@ class FeedbackRelay:
         return stats
 
     def relay_once(self, stats: RelayStats | None = None) -> int:
+        """One round (steps 2–4); returns how many rows were acknowledged and marked sent."""
         stats = stats or RelayStats()
         j = self.journal
-        rows = j.conn.execute(j.q("SELECT id, event_id, source_system, message_key, status, payload, created_at "
-                                  "FROM {s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s"), (self.batch,)).fetchall()
+        rows = j.rows(_Unsent, j.q("SELECT id, event_id, source_system, message_key, status, payload, created_at "
+                                   "FROM {s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s"), (self.batch,))
         if not rows:
             return 0
-        results: dict[int, KafkaError | None] = {}
-
-        def delivered(row_id: int) -> Callable[[KafkaError | None, Message], None]:
-            def cb(err: KafkaError | None, msg: Message) -> None:
-                results[row_id] = err
-            return cb
-
-        for row_id, event_id, system, key, status, payload, created in rows:
-            value = {**payload, "event_id": event_id, "status": status, "ts_ms": int(created.timestamp() * 1000)}
-            topic = self.topic_for(system)
-            self.producer.produce(topic, key=str(key).encode(), value=self._encode(topic, value),
-                                  headers=[("kdcdc.event_id", event_id.encode()), ("kdcdc.status", status.encode())],
-                                  on_delivery=delivered(row_id))
-            self.producer.poll(0)
-        self.producer.flush(30)
-        acked: list[int] = []
-        for row_id, *_ in rows:  # the prefix up to the first failure keeps per-key order
-            if results.get(row_id, KafkaError(KafkaError._TIMED_OUT)) is not None:
-                break
-            acked.append(row_id)
+        acked = self._send(rows)
         stats.rounds += 1
         stats.failed += len(rows) - len(acked)
         if self.before_mark is not None:
@@ -163,13 +168,38 @@ class FeedbackRelay:
             if self.metrics is not None:
                 per_system: dict[str, int] = {}
                 for row in rows[:len(acked)]:
-                    per_system[row[2]] = per_system.get(row[2], 0) + 1
+                    per_system[row.source_system] = per_system.get(row.source_system, 0) + 1
                 for system, n in per_system.items():
                     self.metrics.feedback_sent_to(system, n)
         stats.sent += len(acked)
         if len(acked) < len(rows):
             log.warning("feedback: %d of %d not acknowledged by Kafka; will retry", len(rows) - len(acked), len(rows))
         return len(acked)
+
+    def _send(self, rows: list[_Unsent]) -> list[int]:
+        """Produce ``rows`` and flush; the ids of the prefix the broker acknowledged (a failure and everything
+        after it wait for the next round, which keeps per-key order)."""
+        results: dict[int, KafkaError | None] = {}
+
+        def delivered(row_id: int) -> Callable[[KafkaError | None, Message], None]:
+            def cb(err: KafkaError | None, msg: Message) -> None:
+                results[row_id] = err
+            return cb
+
+        for row in rows:
+            topic = self.topic_for(row.source_system)
+            self.producer.produce(topic, key=str(row.message_key).encode(), value=self._encode(topic, row.event()),
+                                  headers=[("kdcdc.event_id", row.event_id.encode()),
+                                           ("kdcdc.status", row.status.encode())],
+                                  on_delivery=delivered(row.id))
+            self.producer.poll(0)
+        self.producer.flush(30)
+        acked: list[int] = []
+        for row in rows:
+            if results.get(row.id, KafkaError(KafkaError._TIMED_OUT)) is not None:
+                break
+            acked.append(row.id)
+        return acked
 
 
 def tail(kafka: str | dict[str, Any], topic: str, *, from_beginning: bool = True, limit: int | None = None,

@@ -6,16 +6,16 @@ its position changed under it; stop the instances first. Every change is audited
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 
 from connector.errors import ConnectorError
-from connector.journal import Journal
+from connector.journal import AuditAction, AuditRow, FeedbackStatus, Journal
 
 
 class OffsetsError(ConnectorError):
@@ -98,30 +98,45 @@ def set_offsets(journal: Journal, kafka_conf: dict[str, str], topic: str, to: st
             raise OffsetsError(f"{topic}[{p}]: offset {off} is outside the log ({o.low}..{o.high})")
     journal.migrate()
     cleared: dict[str, int] = {}
-    with journal.transaction() as conn:
+    with journal.transaction():
         for p, off in target.items():
-            # Rewinding means the records from `off` on are consumed again and their outcomes recorded again:
-            # their per-record rows move back with the offset, in the same transaction (vouchers and the audit log
-            # stay; re-read changes are recognised as DUPLICATE). Feedback for re-read rejections is re-sent with
-            # the same event ids.
-            args = (journal.group, topic, p, off)
-            where = "consumer_group = %s AND topic = %s AND kafka_partition = %s AND kafka_offset >= %s"
-            for table in ("event_log", "rejections", "dead_letters"):
-                cur = conn.execute(journal.q(f"DELETE FROM {{s}}.{table} WHERE {where}"), args)
-                cleared[table] = cleared.get(table, 0) + cur.rowcount
-            cur = conn.execute(journal.q(
-                "DELETE FROM {s}.outbox WHERE status IN ('REJECTED', 'DEAD_LETTERED') AND "
-                "(payload->'kafka'->>'topic') = %s AND (payload->'kafka'->>'partition')::int = %s AND "
-                "(payload->'kafka'->>'offset')::bigint >= %s AND event_id LIKE %s"),
-                (topic, p, off, f"{journal.group}:%"))
-            cleared["outbox"] = cleared.get("outbox", 0) + cur.rowcount
-            conn.execute(journal.q(
-                "INSERT INTO {s}.offsets (consumer_group, topic, kafka_partition, next_offset, owner) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
-                "SET next_offset = EXCLUDED.next_offset, owner = EXCLUDED.owner, updated_at = now()"),
-                (journal.group, topic, p, off, f"offsets-tool:{actor}"))
-        conn.execute(journal.q("INSERT INTO {s}.audit (actor, action, detail) VALUES (%s, 'OFFSETS_SET', %s)"),
-                     (actor, json.dumps({"group": journal.group, "topic": topic, "to": to,
-                                         "from": {p: current[p].stored for p in target}, "now": target,
-                                         "cleared": cleared})))
+            for table, n in _rewind(journal, topic, p, off, actor=actor).items():
+                cleared[table] = cleared.get(table, 0) + n
+        journal.insert_audit([AuditRow.of(actor, AuditAction.OFFSETS_SET, None, {
+            "group": journal.group, "topic": topic, "to": to, "from": {p: current[p].stored for p in target},
+            "now": target, "cleared": cleared})])
     return target
+
+
+#: per-record rows that move back with a rewound offset
+_PER_RECORD: tuple[str, ...] = ("event_log", "rejections", "dead_letters")
+
+
+def _rewind(journal: Journal, topic: str, partition: int, offset: int, *, actor: str) -> dict[str, int]:
+    """Set one partition's stored offset (in the caller's transaction); rows cleared per table.
+
+    Rewinding means the records from ``offset`` on are consumed again and their outcomes recorded again: their
+    per-record rows move back with the offset (vouchers and the audit log stay; re-read changes are recognised
+    as DUPLICATE). Feedback for re-read rejections and dead letters is re-sent with the same event ids.
+    """
+    conn = journal.conn
+    args = (journal.group, topic, partition, offset)
+    cleared: dict[str, int] = {}
+    for table in _PER_RECORD:
+        cur = conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE consumer_group = %s AND topic = %s AND "
+                                   "kafka_partition = %s AND kafka_offset >= %s").format(
+            s=sql.Identifier(journal.schema), t=sql.Identifier(table)), args)
+        cleared[table] = cur.rowcount
+    cur = conn.execute(journal.q(
+        "DELETE FROM {s}.outbox WHERE status IN ({per_record}) AND "
+        "(payload->'kafka'->>'topic') = %s AND (payload->'kafka'->>'partition')::int = %s AND "
+        "(payload->'kafka'->>'offset')::bigint >= %s AND event_id LIKE %s",
+        per_record=(FeedbackStatus.REJECTED, FeedbackStatus.DEAD_LETTERED)),
+        (topic, partition, offset, f"{journal.group}:%"))
+    cleared["outbox"] = cur.rowcount
+    conn.execute(journal.q(
+        "INSERT INTO {s}.offsets (consumer_group, topic, kafka_partition, next_offset, owner) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
+        "SET next_offset = EXCLUDED.next_offset, owner = EXCLUDED.owner, updated_at = now()"),
+        (journal.group, topic, partition, offset, f"offsets-tool:{actor}"))
+    return cleared

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from connector import __version__
 from connector.errors import ConfigError
+
+#: the poster's backlog: ``connector.journal.UNSETTLED`` (ops sits below the journal in the package map, so the
+#: names are repeated here; they match the ``vouchers_pending`` partial index)
+BACKLOG_STATUSES: Final = ("JOURNALED", "POSTING")
 
 
 class Metrics:
@@ -70,6 +78,17 @@ class Metrics:
         self.kingdee_errors = Counter("kingdee_cdc_kingdee_request_errors_total",
                                       "Failed Kingdee WebAPI calls, by operation and outcome (msgcode_N, "
                                       "unavailable, ambiguous, error)", ["operation", "outcome"], registry=r)
+        self.unknown = Counter("kingdee_cdc_vouchers_outcome_unknown_total",
+                               "Vouchers whose BatchSave outcome was unknown (timeout, lost answer, HTTP 5xx): looked "
+                               "up by key after the grace period", registry=r)
+        self.taken_over = Counter("kingdee_cdc_poster_lease_takeovers_total",
+                                  "POSTING vouchers taken over after their poster's lease expired", registry=r)
+        self.duplicates_found = Counter("kingdee_cdc_kingdee_duplicates_total",
+                                        "Extra copies of a voucher key found in Kingdee, by action (deleted, flagged)",
+                                        ["action"], registry=r)
+        self.duplicates_open = Gauge("kingdee_cdc_kingdee_duplicates_open",
+                                     "Extra copies of voucher keys in Kingdee waiting for a human (or a deletion)",
+                                     registry=r)
         # feedback
         self.feedback_sent = Counter("kingdee_cdc_feedback_events_sent_total",
                                      "Feedback events acknowledged by Kafka, by source system", ["system"], registry=r)
@@ -78,6 +97,8 @@ class Metrics:
 
     # intent-named methods ------------------------------------------------
     def batch_journaled(self, records: Sequence[Any], result: Any, seconds: float) -> None:
+        """``records``: ``connector.journal.EventRecord``s, ``result``: their ``BatchResult`` (ops sits below the
+        journal, so it reads them by duck typing)."""
         now_ms = time.time() * 1000
         for rec in records:
             self.consumed.labels(rec.kafka.topic).inc()
@@ -108,20 +129,38 @@ class Metrics:
     def journal_committed(self, seconds: float) -> None:
         self.journal_commit.observe(seconds)
 
+    def retried(self) -> None:
+        self.retries.inc()
+
     def kingdee_request(self, operation: str, seconds: float, outcome: str) -> None:
         self.kingdee_seconds.labels(operation).observe(seconds)
         if outcome != "ok":
             self.kingdee_errors.labels(operation, outcome).inc()
 
-    def voucher_settled(self, status: str, *, source_ts_ms: int | None, journaled_at: datetime | None) -> None:
+    def voucher_settled(self, status: str) -> None:
+        """A voucher reached a settled status (POSTED, REJECTED_BY_KINGDEE, NEEDS_ATTENTION, REVERSED)."""
         self.settled.labels(status).inc()
-        if status != "POSTED":
-            return
+
+    def voucher_posted(self, *, source_ts_ms: int | None, journaled_at: datetime | None) -> None:
+        """How long a posted voucher took, from its source commit and from its journal commit."""
         now = time.time()
         if source_ts_ms:
             self.posted_latency.labels("source_commit").observe(max(0.0, now - source_ts_ms / 1000))
         if journaled_at is not None:
             self.posted_latency.labels("journal_commit").observe(max(0.0, now - journaled_at.timestamp()))
+
+    def outcomes_unknown(self, n: int) -> None:
+        self.unknown.inc(n)
+
+    def leases_taken_over(self, n: int) -> None:
+        self.taken_over.inc(n)
+
+    def duplicate_copies(self, action: str, n: int = 1) -> None:
+        """Extra copies of keys in Kingdee ``deleted`` or ``flagged`` for a person."""
+        self.duplicates_found.labels(action).inc(n)
+
+    def duplicate_copies_open(self, n: int) -> None:
+        self.duplicates_open.set(n)
 
     def feedback_sent_to(self, system: str, n: int) -> None:
         self.feedback_sent.labels(system).inc(n)
@@ -145,7 +184,8 @@ class JournalBacklog:
     """A collector that reads the poster and outbox backlogs from the journal at scrape time.
 
     Scrape-time reads stay correct when the poster or the relay is down (exactly when the numbers
-    matter); each scrape costs two indexed queries under a 2 s statement timeout.
+    matter); each scrape costs three indexed queries under a 2 s statement timeout, on a connection of a
+    small pool (opened on the first scrape, checked before each use) rather than a new one per scrape.
     """
 
     FAMILIES: tuple[tuple[str, str], ...] = (
@@ -163,28 +203,50 @@ class JournalBacklog:
     def __init__(self, dsn: str, schema: str = "kdcdc") -> None:
         self.dsn = dsn
         self.schema = schema
+        s = sql.Identifier(schema)
+        self._waiting = sql.SQL(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(journaled_at)), 0) FROM {s}.vouchers "
+            "WHERE status IN ({waiting})").format(s=s, waiting=sql.SQL(", ").join(map(sql.Literal, BACKLOG_STATUSES)))
+        self._unsent = sql.SQL(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM {s}.outbox "
+            "WHERE sent_at IS NULL").format(s=s)
+        self._reconciled = sql.SQL(
+            "SELECT DISTINCT ON (book) book, flagged, abs_difference, extract(epoch FROM run_at) "
+            "FROM {s}.reconciliations ORDER BY book, run_at DESC").format(s=s)
+        self._pool: ConnectionPool | None = None
+        self._closer: weakref.finalize[[], JournalBacklog] | None = None
+        self._pool_lock = threading.Lock()
 
-    def describe(self) -> list[Any]:
+    def _connections(self) -> ConnectionPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.dsn, min_size=1, max_size=2, open=True, name="kingdee-cdc-metrics",
+                    check=ConnectionPool.check_connection, reconnect_timeout=0,
+                    kwargs={"autocommit": True, "connect_timeout": 2, "application_name": "kingdee-cdc-metrics",
+                            "options": "-c statement_timeout=2000"})
+                # Closed with the collector (or at exit) on the thread that lets go of it: left to the garbage
+                # collector, the pool could be finalized on one of its own worker threads, which cannot join itself.
+                self._closer = weakref.finalize(self, self._pool.close)
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._closer is not None:
+                self._closer()
+            self._pool = self._closer = None
+
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Any:
-        import psycopg
-        from prometheus_client.core import GaugeMetricFamily
-
+    def collect(self) -> Iterator[Metric]:
         counts, oldest, outbox, outbox_age, up = (GaugeMetricFamily(name, h) for name, h in self.FAMILIES)
         recon = [GaugeMetricFamily(name, h, labels=["book"]) for name, h in self.RECONCILIATION]
         try:
-            with psycopg.connect(self.dsn, connect_timeout=2, options="-c statement_timeout=2000") as conn:
-                s = self.schema
-                waiting, age = conn.execute(
-                    f"SELECT count(*), coalesce(extract(epoch FROM now() - min(journaled_at)), 0) "  # noqa: S608
-                    f"FROM {s}.vouchers WHERE status IN ('JOURNALED', 'POSTING')").fetchone() or (0, 0)
-                unsent, unsent_age = conn.execute(
-                    f"SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "  # noqa: S608
-                    f"FROM {s}.outbox WHERE sent_at IS NULL").fetchone() or (0, 0)
-                for book, flagged, diff, at in conn.execute(
-                        f"SELECT DISTINCT ON (book) book, flagged, abs_difference, "  # noqa: S608
-                        f"extract(epoch FROM run_at) FROM {s}.reconciliations ORDER BY book, run_at DESC").fetchall():
+            with self._connections().connection(timeout=2) as conn:
+                waiting, age = conn.execute(self._waiting).fetchone() or (0, 0)
+                unsent, unsent_age = conn.execute(self._unsent).fetchone() or (0, 0)
+                for book, flagged, diff, at in conn.execute(self._reconciled).fetchall():
                     for fam, value in zip(recon, (flagged, diff, at)):
                         fam.add_metric([str(book)], float(value))
             counts.add_metric([], float(waiting))

@@ -15,9 +15,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final, Protocol, TypeVar
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
@@ -29,16 +29,18 @@ from connector.events import (
     DecodeFailure,
     Decoded,
     Decoder,
+    KafkaCoordinates,
     Tombstone,
     TransactionMarker,
 )
-from connector.journal import BatchResult, EventRecord, Fenced, Journal, Outcome
-from connector.ledger import RowRef, canonical_pk
+from connector.journal import REJECTED_STAGE, BatchResult, EventRecord, Fenced, Journal, Outcome, Partition
+from connector.ledger import BatchState, RowRef, SourceChange, canonical_pk
 from connector.logs import event_context
-from connector.mapping import InMemoryLedger, Mapper
+from connector.mapping import Mapper
 from connector.transactions import TRANSACTION_SUFFIX, TransactionGrouper, TxKey
 
 log = logging.getLogger("kingdee_cdc.pipeline")
+T = TypeVar("T")
 
 #: Kafka Connect dead-letter header names (DeadLetterQueueReporter), so existing DLQ tooling works.
 DLQ_PREFIX: Final = "__connect.errors."
@@ -106,9 +108,9 @@ def dlq_headers(rec: EventRecord, connector: str) -> list[tuple[str, str | bytes
         code = f"DECODE_{rec.failure.stage.upper()}"
     else:
         first = rec.rejections[0] if rec.rejections else None
-        stage, cls = "TASK_PUT", "connector.ledger.Rejection"
+        stage, cls = REJECTED_STAGE, "connector.ledger.Rejection"
         msg = str(first) if first else (rec.detail or "rejected")
-        code = first.code.value if first else "REJECTED"
+        code = first.code.value if first else Outcome.REJECTED.value
     hdrs = [(f"{DLQ_PREFIX}topic", k.topic), (f"{DLQ_PREFIX}partition", str(k.partition)),
             (f"{DLQ_PREFIX}offset", str(k.offset)), (f"{DLQ_PREFIX}connector.name", connector),
             (f"{DLQ_PREFIX}task.id", "0"), (f"{DLQ_PREFIX}stage", stage),
@@ -123,6 +125,16 @@ def dlq_headers(rec: EventRecord, connector: str) -> list[tuple[str, str | bytes
     return out + [(n, v) for n, v in rec.headers]
 
 
+def _positions(records: Sequence[EventRecord]) -> dict[Partition, tuple[int, int]]:
+    """Each partition's (first offset, next offset) in ``records``."""
+    positions: dict[Partition, tuple[int, int]] = {}
+    for r in records:
+        tp = (r.kafka.topic, r.kafka.partition)
+        first, _ = positions.get(tp, (r.kafka.offset, 0))
+        positions[tp] = (min(first, r.kafka.offset), r.kafka.offset + 1)
+    return positions
+
+
 def _headers(m: Message) -> tuple[tuple[str, bytes | None], ...]:
     out: list[tuple[str, bytes | None]] = []
     for item in m.headers() or ():
@@ -131,8 +143,33 @@ def _headers(m: Message) -> tuple[tuple[str, bytes | None], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Decoded records ready to map, with the source change each data event carries and the complete source
+    transactions among them."""
+
+    items: Sequence[tuple[Message, Decoded]]
+    #: index → the source change of each change event with a key: compared with the journal's (``BatchState``)
+    changes: Mapping[int, SourceChange]
+    #: complete source transactions: key → indices of their data events (a document header maps with its lines)
+    groups: Mapping[TxKey, Sequence[int]]
+
+    @classmethod
+    def of(cls, items: Sequence[tuple[Message, Decoded]], groups: Mapping[TxKey, Sequence[int]] | None = None
+           ) -> Batch:
+        changes: dict[int, SourceChange] = {}
+        for i, (_, d) in enumerate(items):
+            if isinstance(d, ChangeEvent) and d.key:
+                # every change is compared with the row's state: a create or snapshot read of a row already in
+                # force (read again) posts nothing, an update reverses, a re-created row gets a new key
+                s = d.source
+                changes[i] = SourceChange(RowRef(s.name, s.table_id, canonical_pk(d.key)), s.position, d.op.value)
+        return cls(items, changes, groups or {})
+
+
 class Processor:
-    """The pure part of a batch: decoded records → ``EventRecord`` outcomes (needs the journal for prior vouchers)."""
+    """The pure step of a batch: decoded records and what the journal knows of their rows (``BatchState``) →
+    one ``EventRecord`` per record. No I/O: the pipeline decodes before and fetches the state."""
 
     def __init__(self, decoder: Decoder, mapper: Mapper) -> None:
         self.decoder = decoder
@@ -140,82 +177,33 @@ class Processor:
         self._grouped = mapper.rules.grouped  # rules with lines:, looked up per grouped record
 
     def decode(self, msgs: Sequence[Message]) -> list[tuple[Message, Decoded]]:
+        """Decode ``msgs`` (may ask the schema registry: ``InfraError`` when it is unreachable)."""
         return [(m, self.decoder.decode_message(m)) for m in msgs]
 
-    def process(self, msgs: Sequence[Message], journal: Journal, *,
-                decoded: Sequence[tuple[Message, Decoded]] | None = None,
-                groups: Mapping[TxKey, Sequence[int]] | None = None) -> list[EventRecord]:
-        """Outcomes for ``msgs`` (or already ``decoded`` ones). ``groups``: complete source transactions among
-        them (indices of their data events): a document header is mapped together with its lines."""
-        if decoded is None:
-            decoded = self.decode(msgs)
-        wanted: list[RowRef] = []
-        changes: dict[int, tuple[str, str, str, str, str]] = {}
-        for i, (_, d) in enumerate(decoded):
-            if isinstance(d, ChangeEvent) and d.key:
-                s = d.source
-                ref = RowRef(system=s.name, table=s.table_id, pk=canonical_pk(d.key))
-                changes[i] = (ref.system, ref.table, ref.pk, s.position, d.op.value)
-                # every change is compared with the row's state: a create or snapshot read of a row already
-                # in force (read again) posts nothing, an update reverses, a re-created row gets a new key
-                wanted.append(ref)
-        # A change that already produced vouchers (a replay from any topic, a redelivery) is not mapped again:
-        # mapping it against today's state could reverse a *later* voucher. Its outcome is DUPLICATE.
-        done = journal.journaled_changes(changes.values())
-        ledger = journal.prefetch_active(wanted)
-        # Source transactions: each header is mapped with its transaction's other data events; the lines it
-        # takes are journaled as GROUPED. A line can only be decided once its headers are mapped, so records
-        # are taken partition by partition, in order, and a partition whose next record is such a line waits.
-        tx_events: dict[int, list[int]] = {}  # header index → its transaction's other data events
-        needs: dict[int, list[int]] = {}  # line index → the header indices that must be mapped first
-        for members in (groups or {}).values():
-            headers = [i for i in members if self._is_header(decoded[i][1])]
+    def process(self, batch: Batch, state: BatchState) -> list[EventRecord]:
+        """Outcomes for the batch's records, in order. A change ``state`` says already produced vouchers (a
+        replay from any topic, a redelivery) is not mapped again — mapping it against today's state could
+        reverse a *later* voucher — its outcome is DUPLICATE. ``state`` itself is left as it is."""
+        tx_events, needs = self._transactions(batch)
+        run = _BatchRun(self.mapper, batch, state, tx_events)
+        for i in _schedule(batch.items, needs):
+            run.decide(i)
+        return run.records()
+
+    def _transactions(self, batch: Batch) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        """Source transactions: each header is mapped with its transaction's other data events (header index →
+        those events); the lines it takes are journaled as GROUPED, so a line waits for the headers of its
+        transaction (line index → those headers)."""
+        tx_events: dict[int, list[int]] = {}
+        needs: dict[int, list[int]] = {}
+        for members in batch.groups.values():
+            headers = [i for i in members if self._is_header(batch.items[i][1])]
             for h in headers:
                 tx_events[h] = [i for i in members if i not in headers]
             for i in members:
                 if headers and i not in headers:
                     needs[i] = headers
-        carried: dict[int, EventRecord] = {}  # line index → the header record whose voucher carries it
-        out: dict[int, EventRecord] = {}
-
-        def run(i: int) -> None:
-            m, d = decoded[i]
-            header = carried.get(i)
-            if header is not None and header.kafka is not None and isinstance(d, ChangeEvent) and d.kafka:
-                out[i] = EventRecord(outcome=Outcome.GROUPED, event=d, kafka=d.kafka,
-                                     grouped_into=tuple(v.key for v in header.vouchers),
-                                     detail=f"line of {header.kafka} (source transaction "
-                                            f"{d.transaction.group if d.transaction else '?'})")
-            else:  # an ordinary event, or a line no header of its transaction took
-                out[i] = self._one(i, m, d, changes, done, ledger, decoded, tx_events, carried)
-
-        if not needs:  # no line waits for a header: simply in order
-            for i in range(len(decoded)):
-                run(i)
-            return [out[i] for i in range(len(decoded))]
-        queues: dict[tuple[str | None, int | None], list[int]] = {}
-        for i, (m, _) in enumerate(decoded):
-            queues.setdefault((m.topic(), m.partition()), []).append(i)
-        heads = {tp: 0 for tp in queues}
-        while len(out) < len(decoded):
-            progressed = False
-            for tp, q in queues.items():
-                while heads[tp] < len(q):
-                    i = q[heads[tp]]
-                    if i in out:  # mapped early (a header its own line was waiting for)
-                        heads[tp] += 1
-                        continue
-                    if any(h not in out for h in needs.get(i, ())):
-                        break
-                    run(i)
-                    heads[tp] += 1
-                    progressed = True
-            if not progressed:  # header and line on one partition, the line first: map the header now
-                blocked = next(q[heads[tp]] for tp, q in queues.items() if heads[tp] < len(q))
-                for h in needs[blocked]:
-                    if h not in out:
-                        run(h)
-        return [out[i] for i in range(len(decoded))]
+        return tx_events, needs
 
     def _is_header(self, d: Decoded) -> bool:
         if not isinstance(d, ChangeEvent):
@@ -223,38 +211,120 @@ class Processor:
         s = d.source
         return any(r.matches_table(s.name, s.schema, s.table) for r in self._grouped)
 
-    def _one(self, i: int, m: Message, d: Decoded, changes: Mapping[int, tuple[str, str, str, str, str]],
-             done: dict[tuple[str, ...], list[str]], ledger: InMemoryLedger,
-             decoded: Sequence[tuple[Message, Decoded]], tx_events: Mapping[int, Sequence[int]],
-             carried: dict[int, EventRecord]) -> EventRecord:
+
+def _schedule(items: Sequence[tuple[Message, Decoded]], needs: Mapping[int, Sequence[int]]) -> Iterator[int]:
+    """The order records are mapped in. In order when no line waits for a header; otherwise partition by
+    partition, in offset order, and a partition whose next record is a line whose headers are not mapped yet
+    waits. When nothing can move (header and line on one partition, the line first) the blocked line's
+    headers are mapped now."""
+    if not needs:
+        yield from range(len(items))
+        return
+    queues: dict[tuple[str | None, int | None], list[int]] = {}
+    for i, (m, _) in enumerate(items):
+        queues.setdefault((m.topic(), m.partition()), []).append(i)
+    heads = {tp: 0 for tp in queues}
+    done: set[int] = set()
+    while len(done) < len(items):
+        progressed = False
+        for tp, q in queues.items():
+            while heads[tp] < len(q):
+                i = q[heads[tp]]
+                if i in done:  # mapped early (a header its own line was waiting for)
+                    heads[tp] += 1
+                    continue
+                if any(h not in done for h in needs.get(i, ())):
+                    break
+                done.add(i)
+                yield i
+                heads[tp] += 1
+                progressed = True
+        if not progressed:
+            blocked = next(q[heads[tp]] for tp, q in queues.items() if heads[tp] < len(q))
+            for h in needs[blocked]:
+                if h not in done:
+                    done.add(h)
+                    yield h
+
+
+class _BatchRun:
+    """One batch being mapped: the row state it extends record by record, and the records decided so far."""
+
+    def __init__(self, mapper: Mapper, batch: Batch, state: BatchState, tx_events: Mapping[int, Sequence[int]]
+                 ) -> None:
+        self.mapper = mapper
+        self.batch = batch
+        self.tx_events = tx_events
+        #: changes already journaled, and (so the same change again later in this batch is a duplicate too)
+        #: the ones this batch maps
+        self.done: dict[SourceChange, tuple[str, ...]] = dict(state.done)
+        self.rows = state.rows.copy()
+        self.carried: dict[int, EventRecord] = {}  # line index → the header record whose voucher carries it
+        self.out: dict[int, EventRecord] = {}
+
+    def records(self) -> list[EventRecord]:
+        return [self.out[i] for i in range(len(self.batch.items))]
+
+    def decide(self, i: int) -> None:
+        m, d = self.batch.items[i]
+        header = self.carried.get(i)
+        if header is not None and isinstance(d, ChangeEvent) and d.kafka:
+            self.out[i] = EventRecord(outcome=Outcome.GROUPED, event=d, kafka=d.kafka,
+                                      grouped_into=tuple(v.key for v in header.vouchers),
+                                      detail=f"line of {header.kafka} (source transaction "
+                                             f"{d.transaction.group if d.transaction else '?'})")
+        else:  # an ordinary event, or a line no header of its transaction took
+            self.out[i] = self._one(i, m, d)
+
+    def _one(self, i: int, m: Message, d: Decoded) -> EventRecord:
         kafka = d.kafka
         assert kafka is not None
-        if i in changes and changes[i] in done:
+        change = self.batch.changes.get(i)
+        if change is not None and change in self.done:
             return EventRecord(outcome=Outcome.DUPLICATE, event=d if isinstance(d, ChangeEvent) else None,
-                               duplicate_of=tuple(done[changes[i]]), detail="change already journaled", kafka=kafka)
+                               duplicate_of=self.done[change], detail="change already journaled", kafka=kafka)
         if isinstance(d, DecodeFailure):
             return EventRecord(outcome=Outcome.DEAD_LETTERED, failure=d, detail=f"{d.stage}: {d.reason}",
                                kafka=kafka, raw_key=m.key(), raw_value=m.value(), headers=_headers(m))
         if isinstance(d, (Tombstone, TransactionMarker)):
             return EventRecord(outcome=Outcome.SKIPPED, detail=type(d).__name__, kafka=kafka)
-        members = tx_events.get(i)
-        lines = [e for j in members if isinstance(e := decoded[j][1], ChangeEvent)] if members is not None else None
-        result = self.mapper.map(d, ledger, lines=lines)
-        ledger.apply(result)
+        return self._mapped(i, m, d, kafka, change)
+
+    def _mapped(self, i: int, m: Message, d: ChangeEvent, kafka: KafkaCoordinates, change: SourceChange | None
+                ) -> EventRecord:
+        members = self.tx_events.get(i)
+        items = self.batch.items
+        lines = [e for j in members if isinstance(e := items[j][1], ChangeEvent)] if members is not None else None
+        result = self.mapper.map(d, self.rows, lines=lines)
+        self.rows.apply(result)
         if result.rejections:
             return EventRecord(outcome=Outcome.REJECTED, event=d, rejections=result.rejections,
                                detail=str(result.rejections[0]), kafka=kafka, raw_key=m.key(),
                                raw_value=m.value(), headers=_headers(m))
-        if result.vouchers:
-            rec = EventRecord(outcome=Outcome.VOUCHERED, event=d, vouchers=result.vouchers, kafka=kafka)
-            if members is not None and lines is not None:
-                index = [j for j in members if isinstance(decoded[j][1], ChangeEvent)]
-                for g in result.grouped:
-                    carried[index[g]] = rec
-            if i in changes:  # the same change again later in this batch is a duplicate too
-                done[changes[i]] = [v.key for v in result.vouchers]
-            return rec
-        return EventRecord(outcome=Outcome.SKIPPED, event=d, detail=result.skipped, kafka=kafka)
+        if not result.vouchers:
+            return EventRecord(outcome=Outcome.SKIPPED, event=d, detail=result.skipped, kafka=kafka)
+        rec = EventRecord(outcome=Outcome.VOUCHERED, event=d, vouchers=result.vouchers, kafka=kafka)
+        if members is not None:
+            index = [j for j in members if isinstance(items[j][1], ChangeEvent)]
+            for g in result.grouped:
+                self.carried[index[g]] = rec
+        if change is not None:
+            self.done[change] = tuple(v.key for v in result.vouchers)
+        return rec
+
+
+class PipelineMetrics(Protocol):
+    """What the pipeline reports (``connector.ops.Metrics``)."""
+
+    def batch_journaled(self, records: Sequence[EventRecord], result: BatchResult, seconds: float) -> None: ...
+
+    def journal_committed(self, seconds: float) -> None: ...
+
+    def transactions_observed(self, held: int, ungrouped: int) -> None: ...
+
+    def lag_observed(self, topic: str, partition: int, lag: int) -> None: ...
+
+    def retried(self) -> None: ...
 
 
 class Pipeline:
@@ -263,14 +333,15 @@ class Pipeline:
     def __init__(self, *, consumer_conf: dict[str, str], topics: Sequence[str], journal: Journal,
                  processor: Processor, options: PipelineOptions = PipelineOptions(),
                  producer_conf: dict[str, str] | None = None,
-                 on_batch: Callable[[BatchResult, float], None] | None = None, metrics: Any = None) -> None:
+                 on_batch: Callable[[BatchResult, float], None] | None = None,
+                 metrics: PipelineMetrics | None = None) -> None:
         self.topics = list(topics)
         self.journal = journal
         self.processor = processor
         self.opts = options
         self.stats = PipelineStats()
         self.on_batch = on_batch
-        self.metrics = metrics  #: connector.ops.Metrics, optional
+        self.metrics = metrics
         self._stop = threading.Event()
         self._lag_checked = 0.0
         self.assigned: set[tuple[str, int]] = set()
@@ -394,32 +465,25 @@ class Pipeline:
         if release.items:
             self._handle([m for m, _ in release.items], decoded=release.items, groups=release.groups)
 
-    def _handle(self, msgs: list[Message], *, decoded: Sequence[tuple[Message, Decoded]] | None = None,
+    def _handle(self, msgs: Sequence[Message], *, decoded: Sequence[tuple[Message, Decoded]] | None = None,
                 groups: Mapping[TxKey, Sequence[int]] | None = None) -> None:
+        """One batch through the protocol: decode (unless ``decoded``), read what the journal knows of its rows,
+        map (pure), dead letters to their topic, the journal transaction, then the advisory Kafka commit."""
         started = time.monotonic()
-        positions: dict[tuple[str, int], tuple[int, int]] = {}
+        positions: dict[Partition, tuple[int, int]] = {}
         try:
-            records = self._retry(lambda: self.processor.process(msgs, self.journal, decoded=decoded, groups=groups))
-            records = self._apply_tolerance(records)
+            if decoded is None:
+                decoded = self._retry(lambda: self.processor.decode(msgs))
+            batch = Batch.of(decoded, groups)
+            state = self._retry(lambda: self.journal.batch_state(batch.changes.values()))
+            records = self._apply_tolerance(self.processor.process(batch, state))
             if not records:
                 return
-            for r in records:
-                tp = (r.kafka.topic, r.kafka.partition)
-                first, _ = positions.get(tp, (r.kafka.offset, 0))
-                positions[tp] = (min(first, r.kafka.offset), r.kafka.offset + 1)
+            positions = _positions(records)
             self._publish_dead_letters(records)
-            commit_started = time.monotonic()
-            result = self._retry(lambda: self.journal.write_batch(records, positions))
-            if self.metrics is not None:
-                self.metrics.journal_committed(time.monotonic() - commit_started)
+            result = self._journal(records, positions)
         except Fenced as e:
-            self.stats.fenced += 1
-            log.warning("%s", e)
-            # The whole batch was rolled back: every partition in it — not only the fenced ones — must be
-            # read again from its journal offset, or the records of the others would be skipped.
-            if self.grouper is not None and groups:
-                self.grouper.forget(groups)
-            self._reseek(sorted(positions), fallback={tp: first for tp, (first, _) in positions.items()})
+            self._fenced(e, positions, groups)
             return
         # 5. advisory: let lag tools see progress (the journal is the truth).
         self.consumer.commit(offsets=[TopicPartition(t, p, nxt) for (t, p), (_, nxt) in positions.items()],
@@ -432,6 +496,25 @@ class Pipeline:
             self._observe_lag()
         if self.on_batch is not None:
             self.on_batch(result, elapsed)
+
+    def _journal(self, records: Sequence[EventRecord], positions: Mapping[Partition, tuple[int, int]]
+                 ) -> BatchResult:
+        """Steps 1–4: the batch's one journal transaction (retried whole on transient failures)."""
+        commit_started = time.monotonic()
+        result = self._retry(lambda: self.journal.write_batch(records, positions))
+        if self.metrics is not None:
+            self.metrics.journal_committed(time.monotonic() - commit_started)
+        return result
+
+    def _fenced(self, e: Fenced, positions: Mapping[Partition, tuple[int, int]],
+                groups: Mapping[TxKey, Sequence[int]] | None) -> None:
+        self.stats.fenced += 1
+        log.warning("%s", e)
+        # The whole batch was rolled back: every partition in it — not only the fenced ones — must be
+        # read again from its journal offset, or the records of the others would be skipped.
+        if self.grouper is not None and groups:
+            self.grouper.forget(groups)
+        self._reseek(sorted(positions), fallback={tp: first for tp, (first, _) in positions.items()})
 
     @staticmethod
     def _log_outcomes(records: Sequence[EventRecord]) -> None:
@@ -451,14 +534,15 @@ class Pipeline:
     def _observe_lag(self, every_s: float = 1.0) -> None:
         """Consumer lag per partition (log end − position), from librdkafka's cached watermarks."""
         now = time.monotonic()
-        if now - self._lag_checked < every_s:
+        metrics = self.metrics
+        if metrics is None or now - self._lag_checked < every_s:
             return
         self._lag_checked = now
         try:
             for tp in self.consumer.position([TopicPartition(t, p) for t, p in self.assigned]):
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if tp.offset >= 0 and high >= 0:
-                    self.metrics.lag_observed(tp.topic, tp.partition, high - tp.offset)
+                    metrics.lag_observed(tp.topic, tp.partition, high - tp.offset)
         except Exception as e:  # lag is advisory; never let it break the batch loop
             log.debug("lag observation failed: %s", e)
 
@@ -518,11 +602,11 @@ class Pipeline:
         s.skipped += r.skipped
         s.grouped += r.grouped
 
-    def _retry(self, fn: Callable[[], Any]) -> Any:
+    def _retry(self, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
             self.stats.retries += 1
             if self.metrics is not None:
-                self.metrics.retries.inc()
+                self.metrics.retried()
             exc = state.outcome.exception() if state.outcome else None
             log.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
             self.journal.reset()

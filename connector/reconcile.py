@@ -16,21 +16,31 @@ in the journal (``record``), which the service exports as ``kingdee_cdc_reconcil
 from __future__ import annotations
 
 import csv
+import enum
 import json
 import re
-from collections.abc import Mapping
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from connector.journal import Journal
+from connector.journal import IN_KINGDEE, UNSETTLED, Journal
 from connector.kingdee import KingdeeClient
+from connector.ledger import Side
 
 _MARKER = re.compile(r"\[kdcdc:([0-9a-f]{8,64})\]")
 ZERO = Decimal(0)
+
+
+class LineStatus(enum.StrEnum):
+    """How a reconciled line stands."""
+
+    OK = "ok"
+    IN_FLIGHT = "in-flight"  #: the difference is vouchers still being posted
+    FLAGGED = "FLAGGED"
 
 
 @dataclass(slots=True)
@@ -57,10 +67,12 @@ class AccountDiff:
         return kingdee_ok and abs(self.source_difference) <= self.tolerance
 
     @property
-    def status(self) -> str:
+    def status(self) -> LineStatus:
         if self.difference == ZERO and self.source_difference == ZERO:
-            return "ok"
-        return "in-flight" if self.explained and self.in_flight else ("ok" if self.explained else "FLAGGED")
+            return LineStatus.OK
+        if self.explained:
+            return LineStatus.IN_FLIGHT if self.in_flight else LineStatus.OK
+        return LineStatus.FLAGGED
 
 
 @dataclass(slots=True)
@@ -139,10 +151,11 @@ tr.in-flight{background:#ffd}</style></head><body>
 """
 
 
-def _dims(dimensions: Any) -> str:
-    if isinstance(dimensions, str):
-        dimensions = json.loads(dimensions or "{}")
-    return ",".join(f"{k}={v}" for k, v in sorted((dimensions or {}).items()) if v not in (None, ""))
+def _dims(dimensions: str | Mapping[str, object] | None) -> str:
+    """``FLEX5=D01,FLEX9=TRAVEL``: an entry's dimensions (jsonb, or its text) without the empty ones."""
+    values: Mapping[str, object] = (json.loads(dimensions or "{}") if isinstance(dimensions, str)
+                                    else dimensions or {})
+    return ",".join(f"{k}={v}" for k, v in sorted(values.items()) if v not in (None, ""))
 
 
 def source_totals(dsn: str, query: str, *, book: str, period: str) -> dict[str, Decimal]:
@@ -176,75 +189,111 @@ def _period(period: str) -> tuple[date, date]:
     return start, end
 
 
-def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str, by_dimension: bool = False,
-              tolerance: Decimal = ZERO, source: Mapping[str, Decimal] | None = None) -> Report:
-    start, end = _period(period)
-    q = journal.q(
+@dataclass(frozen=True, slots=True)
+class _JournalLine:
+    """A voucher's net on one account and dimension set, from the journal."""
+
+    key: str
+    status: str
+    account: str
+    dimensions: str | Mapping[str, object] | None
+    net: Decimal
+
+
+@dataclass(slots=True)
+class _JournalSide:
+    """The journal's side of a period: nets of what reached Kingdee, and what is still being posted."""
+
+    by_voucher: dict[str, dict[str, Decimal]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Decimal)))
+    posted: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    in_flight: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    in_flight_keys: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    slots: set[str] = field(default_factory=set)  #: dimension slots used
+
+
+@dataclass(slots=True)
+class _KingdeeSide:
+    """Kingdee's side of a period: nets per line and per voucher (by key marker, else by bill number)."""
+
+    net: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    by_voucher: dict[str, dict[str, Decimal]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Decimal)))
+    bill_of: dict[str, str] = field(default_factory=dict)
+    copies: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  #: key → id → bill number
+
+
+def _journal_side(journal: Journal, book: str, start: date, end: date, by_dimension: bool) -> _JournalSide:
+    side = _JournalSide()
+    lines = journal.rows(_JournalLine, journal.q(
         "SELECT v.key, v.status, e.account, e.dimensions, "
-        "sum(CASE e.side WHEN 'debit' THEN e.amount ELSE -e.amount END) "
+        "sum(CASE e.side WHEN {debit} THEN e.amount ELSE -e.amount END) AS net "
         "FROM {s}.vouchers v JOIN {s}.entries e ON e.voucher_key = v.key "
         "WHERE v.book = %s AND v.voucher_date >= %s AND v.voucher_date < %s "
-        "AND v.status IN ('POSTED', 'REVERSED', 'JOURNALED', 'POSTING') GROUP BY 1, 2, 3, 4")
-    journal_by_voucher: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    posted_net: dict[str, Decimal] = defaultdict(Decimal)
-    in_flight: dict[str, Decimal] = defaultdict(Decimal)
-    in_flight_keys: dict[str, list[str]] = defaultdict(list)
-    slots: set[str] = set()
-    for key, status, account, dims, net in journal.conn.execute(q, (book, start, end)).fetchall():
-        dim_text = _dims(dims)
-        slots |= {d.split("=", 1)[0] for d in dim_text.split(",") if d}
-        line = f"{account}|{dim_text}" if by_dimension and dim_text else str(account)
-        if status in ("POSTED", "REVERSED"):
-            journal_by_voucher[key][line] += net
-            posted_net[line] += net
+        "AND v.status IN ({counted}) GROUP BY 1, 2, 3, 4", debit=Side.DEBIT, counted=(*IN_KINGDEE, *UNSETTLED)),
+        (book, start, end))
+    for r in lines:
+        dim_text = _dims(r.dimensions)
+        side.slots |= {d.split("=", 1)[0] for d in dim_text.split(",") if d}
+        line = f"{r.account}|{dim_text}" if by_dimension and dim_text else str(r.account)
+        if r.status in IN_KINGDEE:
+            side.by_voucher[r.key][line] += r.net
+            side.posted[line] += r.net
         else:
-            in_flight[line] += net
-            in_flight_keys[line].append(key)
-    slot_list = sorted(slots) if by_dimension else []
+            side.in_flight[line] += r.net
+            side.in_flight_keys[line].append(r.key)
+    return side
+
+
+def _kingdee_side(client: KingdeeClient, book: str, start: date, slots: list[str], by_dimension: bool
+                  ) -> _KingdeeSide:
+    side = _KingdeeSide()
     fields = ["FBillNo", "FEXPLANATION", "FACCOUNTID.FNumber", "FDEBIT", "FCREDIT", "FVOUCHERID"]
-    fields += [f"FDetailID.F{s_}.FNumber" if s_.startswith("FLEX") else f"FDetailID.{s_}.FNumber"
-               for s_ in slot_list]
-    rows: list[Any] = client.execute_bill_query(
+    fields += [f"FDetailID.F{s_}.FNumber" if s_.startswith("FLEX") else f"FDetailID.{s_}.FNumber" for s_ in slots]
+    rows = client.execute_bill_query(
         "GL_VOUCHER", fields,
         f"FAccountBookID.FNumber = '{book}' and FYEAR = {start.year} and FPERIOD = {start.month}", limit=1_000_000)
-    kingdee_net: dict[str, Decimal] = defaultdict(Decimal)
-    kingdee_by_voucher: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    bill_of: dict[str, str] = {}
     marker_of_id: dict[Any, str] = {}
-    copies: dict[str, dict[str, str]] = defaultdict(dict)  # key → FVOUCHERID → FBillNo
     for row in rows:
         m = _MARKER.search(str(row[1] or ""))
         if m:
             marker_of_id[row[5]] = m.group(1)
-            copies[m.group(1)][str(row[5])] = str(row[0])
+            side.copies[m.group(1)][str(row[5])] = str(row[0])
     for row in rows:
         bill, _, account, debit, credit, vid = row[:6]
         net = Decimal(str(debit or 0)) - Decimal(str(credit or 0))
-        dim_text = ",".join(f"{s_}={v}" for s_, v in zip(slot_list, row[6:]) if v not in (None, ""))
+        dim_text = ",".join(f"{s_}={v}" for s_, v in zip(slots, row[6:]) if v not in (None, ""))
         line = f"{account}|{dim_text}" if by_dimension and dim_text else str(account)
-        kingdee_net[line] += net
+        side.net[line] += net
         ident = marker_of_id.get(vid) or f"bill:{bill}"
-        kingdee_by_voucher[ident][line] += net
-        bill_of[ident] = str(bill)
+        side.by_voucher[ident][line] += net
+        side.bill_of[ident] = str(bill)
+    return side
+
+
+def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str, by_dimension: bool = False,
+              tolerance: Decimal = ZERO, source: Mapping[str, Decimal] | None = None) -> Report:
+    start, end = _period(period)
+    js = _journal_side(journal, book, start, end, by_dimension)
+    slot_list = sorted(js.slots) if by_dimension else []
+    ks = _kingdee_side(client, book, start, slot_list, by_dimension)
 
     def nonzero(d: Mapping[str, Decimal]) -> dict[str, Decimal]:
         return {a: v for a, v in d.items() if v}
-    missing = sorted(k for k in journal_by_voucher if k not in kingdee_by_voucher)
-    unknown = sorted(f"{bill_of[k]} ({k})" for k in kingdee_by_voucher if k not in journal_by_voucher)
-    mismatch = sorted(k for k in journal_by_voucher if k in kingdee_by_voucher
-                      and nonzero(journal_by_voucher[k]) != nonzero(kingdee_by_voucher[k]))
+    missing = sorted(k for k in js.by_voucher if k not in ks.by_voucher)
+    unknown = sorted(f"{ks.bill_of[k]} ({k})" for k in ks.by_voucher if k not in js.by_voucher)
+    mismatch = sorted(k for k in js.by_voucher if k in ks.by_voucher
+                      and nonzero(js.by_voucher[k]) != nonzero(ks.by_voucher[k]))
     accounts = []
     src = dict(source or {})
-    for line in sorted(set(posted_net) | set(kingdee_net) | set(in_flight) | set(src)):
-        diff = AccountDiff(line, posted_net.get(line, ZERO) + in_flight.get(line, ZERO),
-                           kingdee_net.get(line, ZERO), in_flight.get(line, ZERO),
+    for line in sorted(set(js.posted) | set(ks.net) | set(js.in_flight) | set(src)):
+        diff = AccountDiff(line, js.posted.get(line, ZERO) + js.in_flight.get(line, ZERO),
+                           ks.net.get(line, ZERO), js.in_flight.get(line, ZERO),
                            source=src.get(line, ZERO) if source is not None else None, tolerance=tolerance)
-        involved = [k for k in missing + mismatch if line in journal_by_voucher.get(k, {})]
-        involved += [u for u in unknown if line in kingdee_by_voucher.get(u.split("(")[-1].rstrip(")"), {})]
-        diff.vouchers = involved + [f"in-flight:{k}" for k in in_flight_keys.get(line, [])]
+        involved = [k for k in missing + mismatch if line in js.by_voucher.get(k, {})]
+        involved += [u for u in unknown if line in ks.by_voucher.get(u.split("(")[-1].rstrip(")"), {})]
+        diff.vouchers = involved + [f"in-flight:{k}" for k in js.in_flight_keys.get(line, [])]
         accounts.append(diff)
     duplicated = {k: [bills[v] for v in sorted(bills, key=lambda x: (len(x), x))]
-                  for k, bills in copies.items() if len(bills) > 1}
+                  for k, bills in ks.copies.items() if len(bills) > 1}
     return Report(book, period, accounts, missing, unknown, mismatch, by_dimension=by_dimension,
                   with_source=source is not None, duplicated_in_kingdee=duplicated)
 

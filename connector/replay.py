@@ -16,16 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from tqdm import tqdm
 
-from connector.events import ChangeEvent, Op
-from connector.journal import Journal
-from connector.ledger import RowRef, Voucher, canonical_pk
+from connector.events import ChangeEvent, KafkaCoordinates, Op
+from connector.journal import BatchResult, Journal, Outcome
+from connector.ledger import RowRef, SourceChange, Voucher, canonical_pk
+from connector.mapping import RuleSet
 from connector.offsets import set_offsets, show
-from connector.pipeline import Pipeline, PipelineOptions, Processor
+from connector.pipeline import Batch, Pipeline, PipelineOptions, Processor
 
 
 @dataclass(slots=True)
@@ -37,11 +36,11 @@ class ReplaySummary:
 
     @property
     def new(self) -> int:
-        return self.outcomes.get("VOUCHERED", 0)
+        return self.outcomes.get(Outcome.VOUCHERED, 0)
 
     @property
     def already_present(self) -> int:
-        return self.outcomes.get("DUPLICATE", 0)
+        return self.outcomes.get(Outcome.DUPLICATE, 0)
 
 
 def _ends(kafka_conf: dict[str, str], topic: str, partitions: list[int], to_time: str | None,
@@ -74,7 +73,7 @@ def replay(*, journal: Journal, processor: Processor, kafka_conf: dict[str, str]
                         processor=processor, options=PipelineOptions(dead_letter_topic=""))
     pipeline.stop_at = {(topic, p): end[p] for p in parts}
 
-    def on_batch(result: Any, _: float) -> None:
+    def on_batch(result: BatchResult, _: float) -> None:
         bar.update(result.records)
         for k, v in result.outcomes.items():
             summary.outcomes[k] = summary.outcomes.get(k, 0) + v
@@ -102,7 +101,9 @@ def dry_run(*, journal: Journal, processor: Processor, kafka_conf: dict[str, str
     summary = ReplaySummary(group=f"{journal.group} (dry run)")
     started = time.monotonic()
     for msgs in _read_batches(kafka_conf, topic, start, to_time, f"{journal.group}-dry-run", batch):
-        for rec in processor.process(msgs, journal):
+        prepared = Batch.of(processor.decode(msgs))
+        state = journal.batch_state(prepared.changes.values())
+        for rec in processor.process(prepared, state):
             summary.outcomes[rec.outcome.value] = summary.outcomes.get(rec.outcome.value, 0) + 1
         summary.records += len(msgs)
     summary.seconds = time.monotonic() - started
@@ -133,7 +134,7 @@ class RepostSummary:
     seconds: float = 0.0
 
 
-def rules_tag(rules: Any) -> str:
+def rules_tag(rules: RuleSet) -> str:
     """A short, stable name for a rules version: the hash of every rule's id, version and source text."""
     h = hashlib.sha256()
     for r in sorted(rules.rules, key=lambda r: r.id):
@@ -143,7 +144,7 @@ def rules_tag(rules: Any) -> str:
 
 
 def _read_batches(kafka_conf: dict[str, str], topic: str, start: str, to_time: str | None, group: str,
-                  batch: int = 2000) -> Iterator[list[Any]]:
+                  batch: int = 2000) -> Iterator[list[Message]]:
     """The topic's records from ``start`` (earliest, an offset or an ISO time) up to the log end / ``to_time``,
     in batches, in offset order per partition, with a throwaway consumer (no group offsets written)."""
     c = Consumer({**kafka_conf, "group.id": f"{group}-read", "enable.auto.commit": "false"})
@@ -184,7 +185,7 @@ def repost_changed(*, journal: Journal, processor: Processor, kafka_conf: dict[s
     mapper = processor.mapper
     summary = RepostSummary(tag=tag or rules_tag(mapper.rules))
     started = time.monotonic()
-    latest: dict[RowRef, tuple[Any, ChangeEvent]] = {}
+    latest: dict[RowRef, tuple[KafkaCoordinates | None, ChangeEvent]] = {}
     bar = tqdm(unit="ev", desc=f"reading {topic}", disable=not progress, dynamic_ncols=True)
     for msg in (m for msgs in _read_batches(kafka_conf, topic, start, to_time, journal.group) for m in msgs):
         summary.records += 1
@@ -199,11 +200,11 @@ def repost_changed(*, journal: Journal, processor: Processor, kafka_conf: dict[s
     summary.rows = len(latest)
     prior = journal.prefetch_active(latest)
     known = journal.latest_changes(latest)
-    corrections: list[tuple[Any, Voucher]] = []
+    corrections: list[tuple[KafkaCoordinates | None, Voucher]] = []
     for row, (coords, ev) in latest.items():
         # Only the row's newest known state may be re-mapped: a replay range that stops before a later
         # change (or holds changes the pipeline has not journaled yet) would "correct" the books backwards.
-        if known.get(row) != (ev.source.position, ev.op.value):
+        if known.get(row) != SourceChange(row, ev.source.position, ev.op.value):
             summary.stale.append(row)
             continue
         result = mapper.map(ev, prior, remap=summary.tag)

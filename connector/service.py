@@ -6,19 +6,27 @@ Kept separate from the parts themselves so each can be built directly in tests w
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connector.config import Settings
 from connector.errors import ConfigError
 from connector.events import Decoder, RegistrySchemas
 from connector.journal import Journal
-from connector.mapping import Mapper, load_rules
-from connector.pipeline import Pipeline, PipelineOptions, Processor
+from connector.ledger import LedgerContext
+from connector.mapping import Mapper, RuleSet, load_rules
+from connector.pipeline import Pipeline, PipelineMetrics, PipelineOptions, Processor
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from connector.feedback import FeedbackMetrics, FeedbackRelay
+    from connector.kingdee import KingdeeClient
+    from connector.kingdee.poster import Poster, PosterMetrics
 
 log = logging.getLogger("kingdee_cdc")
 
 
-def registry_client(settings: Settings) -> Any | None:
+def registry_client(settings: Settings) -> SchemaRegistryClient | None:
     url = settings.schema_registry.url
     if not url:
         return None
@@ -41,7 +49,7 @@ def build_journal(settings: Settings) -> Journal:
     return Journal(journal_dsn(settings), schema=settings.journal.schema_name, group=settings.kafka.group_id)
 
 
-def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:
+def build_pipeline(settings: Settings, *, metrics: PipelineMetrics | None = None) -> Pipeline:
     if not settings.kafka.topics:
         raise ConfigError("kafka.topics is empty: name the Debezium topics to consume")
     client = registry_client(settings)
@@ -57,10 +65,10 @@ def build_pipeline(settings: Settings, **kwargs: Any) -> Pipeline:
                                 batch_size=settings.kafka.batch_size,
                                 group_transactions=settings.transactions.group,
                                 transaction_hold_s=settings.transactions.hold_s,
-                                transaction_max_held=settings.transactions.max_held), **kwargs)
+                                transaction_max_held=settings.transactions.max_held), metrics=metrics)
 
 
-def ledger_context(settings: Settings, rules: Any) -> Any:
+def ledger_context(settings: Settings, rules: RuleSet) -> LedgerContext:
     """The checks' ledger: the rules' own, or with the chart of accounts fetched from Kingdee."""
     if settings.mapping.chart_source != "kingdee":
         return rules.ledger
@@ -78,7 +86,7 @@ def ledger_context(settings: Settings, rules: Any) -> Any:
     return ledger
 
 
-def build_relay(settings: Settings, *, metrics: Any = None) -> Any:
+def build_relay(settings: Settings, *, metrics: FeedbackMetrics | None = None) -> FeedbackRelay:
     from connector.feedback import FeedbackRelay
 
     registry = None
@@ -90,7 +98,7 @@ def build_relay(settings: Settings, *, metrics: Any = None) -> Any:
                          topic_prefix=settings.feedback.topic_prefix, metrics=metrics, registry=registry)
 
 
-def build_kingdee_client(settings: Settings) -> Any:
+def build_kingdee_client(settings: Settings) -> KingdeeClient:
     from connector.kingdee import KingdeeClient, KingdeeCredentials
 
     k = settings.kingdee
@@ -109,7 +117,7 @@ def build_kingdee_client(settings: Settings) -> Any:
                          rate_limit_per_s=k.rate_limit_per_s)
 
 
-def build_poster(settings: Settings, *, metrics: Any = None) -> Any:
+def build_poster(settings: Settings, *, metrics: PosterMetrics | None = None) -> Poster:
     """The poster wired from the settings: journal, Kingdee client, the rules' books and every poster option
     (lease, unknown-outcome grace, duplicate scan)."""
     from connector.kingdee.poster import Poster, poster_options

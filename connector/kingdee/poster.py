@@ -39,22 +39,34 @@ A reversal's explanations name the voucher it reverses: ``冲销 <Kingdee number
 
 from __future__ import annotations
 
-import json
+import enum
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import psycopg
 
 from connector.errors import InfraError
-from connector.journal import Journal
+from connector.journal import (
+    OPEN_COPIES,
+    UNSETTLED,
+    AuditAction,
+    AuditRow,
+    CopyState,
+    FeedbackEvent,
+    FeedbackReason,
+    FeedbackStatus,
+    Journal,
+    KingdeeRef,
+    VoucherStatus,
+)
 from connector.kingdee._client import (
     KingdeeAmbiguous,
     KingdeeBusinessError,
@@ -65,7 +77,11 @@ from connector.kingdee._client import (
 from connector.ledger import Book, Voucher, VoucherKind, to_kingdee, voucher_from_json
 from connector.ledger._serde import key_marker
 
+if TYPE_CHECKING:
+    from connector.config import Settings
+
 log = logging.getLogger("kingdee_cdc.poster")
+ACTOR: Final = "poster"
 FORM: Final = "GL_VOUCHER"
 REVERSAL_PREFIX: Final = "冲销 "
 #: what a reversal names instead of a Kingdee number when the original is OPENING history (never posted by us)
@@ -73,7 +89,9 @@ OPENING_NUMBER: Final = "期初"
 EXPLANATION_LIMIT: Final = 500  #: FEXPLANATION is text(500)
 #: document statuses Kingdee lets a voucher be deleted in (Z 暂存, A 创建, D 重新审核) — not B 审核中, C 已审核
 DELETABLE: Final = frozenset({"A", "D", "Z"})
-SETTLED_ORIGINAL: Final = ("POSTED", "REVERSED", "REJECTED_BY_KINGDEE", "OPENING")
+#: a reversal or delta is claimed once the voucher it refers to is settled (or opening history, never posted)
+SETTLED_ORIGINAL: Final = (VoucherStatus.POSTED, VoucherStatus.REVERSED, VoucherStatus.REJECTED_BY_KINGDEE,
+                           VoucherStatus.OPENING)
 _MARKER_IN_TEXT: Final = re.compile(r"\[kdcdc:([^\]\s]+)\]")
 _SCAN_PAGE: Final = 10_000
 
@@ -122,12 +140,30 @@ class PosterOptions:
                              "cannot look vouchers up otherwise")
 
 
-def poster_options(settings: Any) -> PosterOptions:
-    """``PosterOptions`` from ``connector.config.Settings`` (the ``kingdee`` section)."""
+def poster_options(settings: Settings) -> PosterOptions:
+    """``PosterOptions`` from the settings' ``kingdee`` section."""
     k = settings.kingdee
     return PosterOptions(batch_size=k.batch_size, concurrency=k.max_concurrency, key_field=k.key_field,
                          lease_s=k.lease_s, unknown_grace_s=k.unknown_outcome_grace_s,
                          duplicate_scan_every_s=k.duplicate_scan_every_s, delete_duplicates=k.delete_duplicates)
+
+
+class PosterMetrics(Protocol):
+    """What the poster reports (``connector.ops.Metrics``)."""
+
+    def kingdee_request(self, operation: str, seconds: float, outcome: str) -> None: ...
+
+    def voucher_settled(self, status: str) -> None: ...
+
+    def voucher_posted(self, *, source_ts_ms: int | None, journaled_at: datetime | None) -> None: ...
+
+    def outcomes_unknown(self, n: int) -> None: ...
+
+    def leases_taken_over(self, n: int) -> None: ...
+
+    def duplicate_copies(self, action: str, n: int = 1) -> None: ...
+
+    def duplicate_copies_open(self, n: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -178,12 +214,21 @@ class _Copy:
     status: str = ""  #: FDocumentStatus
 
 
+class Unsettled(enum.StrEnum):
+    """A claimed voucher's outcome that leaves it unsettled (it is not a voucher status)."""
+
+    UNKNOWN = "UNKNOWN"  #: the BatchSave outcome is unknown: looked up after the grace period
+    RELEASED = "RELEASED"  #: nothing was sent in this claim: JOURNALED again
+
+
+#: the statuses a claim settles a voucher in
+_SETTLED: Final = frozenset({VoucherStatus.POSTED, VoucherStatus.REJECTED_BY_KINGDEE, VoucherStatus.NEEDS_ATTENTION})
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     key: str
-    #: POSTED | REJECTED_BY_KINGDEE | NEEDS_ATTENTION (settled); UNKNOWN (look up after the grace period);
-    #: RELEASED (nothing sent in this claim)
-    status: str
+    status: VoucherStatus | Unsettled  #: a status of ``_SETTLED``, or ``Unsettled``
     kingdee_id: str | None = None
     number: str | None = None
     group_no: str | None = None
@@ -192,7 +237,32 @@ class _Outcome:
     recheck: bool = False  #: sent again after an earlier attempt: look the key up once more after the grace
 
 
-_SETTLED: Final = frozenset({"POSTED", "REJECTED_BY_KINGDEE", "NEEDS_ATTENTION"})
+@dataclass(slots=True)
+class _ClaimRow:
+    """A voucher a claim took (the claim statement's RETURNING columns)."""
+
+    key: str
+    payload: bytes
+    attempts: int
+    source_pk: str
+    source_system: str
+    journaled_at: datetime | None
+    kafka_offset: int | None
+    was: VoucherStatus  #: its status before this claim (POSTING: an unknown outcome or a lease taken over)
+    was_since: datetime | None  #: when the previous claim took it
+    was_owner: str | None  #: the poster that held it
+    unknown: datetime | None  #: when its outcome became unknown
+    onum: str | None  #: the reversed original's Kingdee number
+    ostatus: VoucherStatus | None  #: the reversed original's status
+
+    def __post_init__(self) -> None:  # the database gives text
+        self.was = VoucherStatus(self.was)
+        self.ostatus = VoucherStatus(self.ostatus) if self.ostatus is not None else None
+
+    @property
+    def taken_over(self) -> bool:
+        """Claimed from a poster whose lease ran out (not an unknown outcome whose grace passed)."""
+        return self.was is VoucherStatus.POSTING and self.unknown is None
 
 
 @dataclass
@@ -204,7 +274,59 @@ class _Claimed:
     journaled_at: datetime | None = None
     #: the original's Kingdee number (reversals) and journal status (OPENING: history never posted)
     original_number: str | None = None
-    original_status: str | None = None
+    original_status: VoucherStatus | None = None
+
+    @classmethod
+    def of(cls, r: _ClaimRow) -> _Claimed:
+        return cls(voucher_from_json(bytes(r.payload)), r.attempts, r.source_pk, r.source_system, r.journaled_at,
+                   original_number=r.onum, original_status=r.ostatus)
+
+    def feedback(self, o: _Outcome, status: FeedbackStatus) -> FeedbackEvent:
+        """The feedback event of settling this voucher with ``o``."""
+        return FeedbackEvent.for_voucher(status, self.voucher, kingdee=KingdeeRef(o.kingdee_id, o.number, o.group_no),
+                                         reasons=tuple(FeedbackReason("KINGDEE", m) for m in o.messages))
+
+
+@dataclass(slots=True)
+class _KeyStatus:
+    key: str
+    status: VoucherStatus
+    kingdee_id: str | None
+
+    def __post_init__(self) -> None:
+        self.status = VoucherStatus(self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class _Recheck:
+    key: str
+    book: str
+    voucher_date: date
+
+
+@dataclass(slots=True)
+class _CopyChange:
+    """A ``duplicate_copies`` row an upsert or update changed."""
+
+    voucher_key: str
+    kingdee_id: str
+    kingdee_number: str
+    state: CopyState
+    reason: str | None
+
+    def __post_init__(self) -> None:
+        self.state = CopyState(self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class _CopyRecord:
+    """A copy to record in ``duplicate_copies``: the copy, the one the journal keeps, the state and why."""
+
+    key: str
+    copy: _Copy
+    kept_id: str | None
+    state: CopyState
+    reason: str
 
 
 def reversal_text(text: str, number: str) -> str:
@@ -234,45 +356,40 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-class _Series:
-    """Poster series beyond ``connector.ops.Metrics``, registered once on the same registry."""
+@dataclass(slots=True)
+class _Chunk:
+    """One chunk's way through its look-up and send rounds (on a worker thread: Kingdee only, no journal)."""
 
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Gauge
+    pending: list[_Claimed]
+    must_look: set[str] = field(default_factory=set)  #: keys to look up in Kingdee before sending
+    outcomes: list[_Outcome] = field(default_factory=list)
+    stats: PostStats = field(default_factory=PostStats)
 
-        self.unknown = Counter("kingdee_cdc_vouchers_outcome_unknown_total",
-                               "Vouchers whose BatchSave outcome was unknown (timeout, lost answer, HTTP 5xx): looked "
-                               "up by key after the grace period", registry=registry)
-        self.taken_over = Counter("kingdee_cdc_poster_lease_takeovers_total",
-                                  "POSTING vouchers taken over after their poster's lease expired", registry=registry)
-        self.duplicates = Counter("kingdee_cdc_kingdee_duplicates_total",
-                                  "Extra copies of a voucher key found in Kingdee, by action (deleted, flagged)",
-                                  ["action"], registry=registry)
-        self.open = Gauge("kingdee_cdc_kingdee_duplicates_open",
-                          "Extra copies of voucher keys in Kingdee waiting for a human (or a deletion)",
-                          registry=registry)
+    def settle(self, c: _Claimed, outcome: _Outcome) -> None:
+        self.pending.remove(c)
+        self.outcomes.append(outcome)
 
-    @classmethod
-    def of(cls, metrics: Any) -> _Series | None:
-        registry = getattr(metrics, "registry", None)
-        if registry is None:
-            return None
-        series = getattr(metrics, "_kdcdc_poster_series", None)
-        if series is None:
-            series = cls(registry)
-            metrics._kdcdc_poster_series = series
-        return series if isinstance(series, cls) else None
+    def settle_all(self, status: VoucherStatus | Unsettled, message: str) -> None:
+        self.outcomes += [_Outcome(c.voucher.key, status, messages=(message,)) for c in self.pending]
+        self.pending = []
+
+
+class _Extra(NamedTuple):
+    """An extra copy of a key to delete, and the copy the journal keeps."""
+
+    key: str
+    copy: _Copy
+    kept: _Copy
 
 
 class Poster:
     def __init__(self, journal: Journal, client: KingdeeClient, *, books: Mapping[str, Book] | None = None,
-                 options: PosterOptions = PosterOptions(), metrics: Any = None) -> None:
+                 options: PosterOptions = PosterOptions(), metrics: PosterMetrics | None = None) -> None:
         self.journal = journal
         self.client = client
-        self.metrics = metrics  #: connector.ops.Metrics, optional
+        self.metrics = metrics
         if metrics is not None and client.observer is None:
             client.observer = metrics.kingdee_request
-        self.series = _Series.of(metrics) if metrics is not None else None
         self.books = dict(books or {})
         self.opts = options
         self._stop = threading.Event()
@@ -312,9 +429,8 @@ class Poster:
 
     def pending(self) -> int:
         """Vouchers not settled yet (JOURNALED, POSTING — including unknown outcomes waiting for their grace)."""
-        row = self.journal.conn.execute(self.journal.q(
-            "SELECT count(*) FROM {s}.vouchers WHERE status IN ('JOURNALED', 'POSTING')")).fetchone()
-        return int(row[0]) if row else 0
+        j = self.journal
+        return j.count(j.q("SELECT count(*) FROM {s}.vouchers WHERE status IN ({unsettled})", unsettled=UNSETTLED))
 
     def run_once(self) -> PostStats:
         stats = PostStats()
@@ -341,151 +457,164 @@ class Poster:
         "    v.unknown_since AS unknown, o.kingdee_number AS onum, o.status AS ostatus "
         "  FROM {s}.vouchers v LEFT JOIN {s}.vouchers o ON o.key = v.reverses "
         "  WHERE {cond} "
-        "    AND (v.reverses IS NULL OR o.status IN ('POSTED', 'REVERSED', 'REJECTED_BY_KINGDEE', 'OPENING')) "
+        "    AND (v.reverses IS NULL OR o.status IN ({settled_original})) "
         # a correction's reversal goes first: nothing else of the same source change while it is unsettled
-        "    AND (v.kind = 'reversal' OR NOT EXISTS (SELECT 1 FROM {s}.vouchers r WHERE r.kind = 'reversal' "
-        "         AND r.status IN ('JOURNALED', 'POSTING') AND r.source_system = v.source_system "
+        "    AND (v.kind = {reversal} OR NOT EXISTS (SELECT 1 FROM {s}.vouchers r WHERE r.kind = {reversal} "
+        "         AND r.status IN ({unsettled}) AND r.source_system = v.source_system "
         "         AND r.source_table = v.source_table AND r.source_pk = v.source_pk "
         "         AND r.source_position = v.source_position AND r.source_op = v.source_op)) "
         "  ORDER BY v.seq LIMIT %(limit)s FOR UPDATE OF v SKIP LOCKED) "
         # unknown_since is cleared: this claim's own lease now guards the voucher (attempts > 1 still forces the
         # look-up), and a second poster must not see an expired grace on a voucher this one is working on
-        "UPDATE {s}.vouchers v SET status = 'POSTING', attempts = v.attempts + 1, posting_since = now(), "
+        "UPDATE {s}.vouchers v SET status = {posting}, attempts = v.attempts + 1, posting_since = now(), "
         "posting_owner = %(owner)s, unknown_since = NULL, updated_at = now() FROM c WHERE v.key = c.key "
         "RETURNING v.key, v.payload, v.attempts, v.source_pk, v.source_system, v.journaled_at, v.kafka_offset, "
         "c.was, c.was_since, c.was_owner, c.unknown, c.onum, c.ostatus")
     #: unknown outcomes whose grace has passed, and claims of posters that died or stalled (lease + grace)
-    _AGAIN: Final = ("v.status = 'POSTING' AND CASE WHEN v.unknown_since IS NOT NULL "
+    _AGAIN: Final = ("v.status = {posting} AND CASE WHEN v.unknown_since IS NOT NULL "
                      "THEN v.unknown_since < now() - make_interval(secs => %(grace)s) "
                      "ELSE v.posting_since < now() - make_interval(secs => %(lease)s + %(grace)s) END")
-    _FRESH: Final = ("v.status = 'JOURNALED' AND (v.unknown_since IS NULL "
+    _FRESH: Final = ("v.status = {journaled} AND (v.unknown_since IS NULL "
                      "OR v.unknown_since < now() - make_interval(secs => %(grace)s))")
 
     def _claim(self, stats: PostStats | None = None) -> list[_Claimed]:
-        j = self.journal
-        params = {"grace": self.opts.unknown_grace_s, "lease": self.opts.lease_s, "owner": j.owner,
-                  "limit": self.opts.claim_limit}
-        with j.transaction() as conn:
-            # Unknown outcomes first: they are looked up before anything else is sent.
-            rows = conn.execute(j.q(self._CLAIM.replace("{cond}", self._AGAIN)), params).fetchall()
+        """Step 1: claim vouchers — unknown outcomes and expired leases first: they are looked up before
+        anything is sent — and audit each lease taken over. Look-ups first, then journal order."""
+        with self.journal.transaction():
+            rows = self._claim_rows(self._AGAIN, self.opts.claim_limit)
             if len(rows) < self.opts.claim_limit:
-                rows += conn.execute(j.q(self._CLAIM.replace("{cond}", self._FRESH)),
-                                     {**params, "limit": self.opts.claim_limit - len(rows)}).fetchall()
-            taken = [r for r in rows if r[7] == "POSTING" and r[10] is None]
-            if taken:
-                j.insert_audit(conn, [("poster", "LEASE_TAKEN_OVER", r[0], json.dumps(
-                    {"from": r[9], "claimed_at": r[8].isoformat() if r[8] else None, "attempt": r[2],
-                     "lease_s": self.opts.lease_s, "grace_s": self.opts.unknown_grace_s})) for r in taken])
+                rows += self._claim_rows(self._FRESH, self.opts.claim_limit - len(rows))
+            taken = [r for r in rows if r.taken_over]
+            self.journal.insert_audit([AuditRow.of(ACTOR, AuditAction.LEASE_TAKEN_OVER, r.key, {
+                "from": r.was_owner, "claimed_at": r.was_since.isoformat() if r.was_since else None,
+                "attempt": r.attempts, "lease_s": self.opts.lease_s, "grace_s": self.opts.unknown_grace_s})
+                for r in taken])
         if taken:
-            by_owner: dict[str, list[Any]] = {}
-            for r in taken:
-                by_owner.setdefault(str(r[9] or "an unknown poster"), []).append(r)
-            for owner, rs in by_owner.items():
-                log.warning("took over %d POSTING vouchers from %s, claimed at %s: its lease (%.0fs) and the grace "
-                            "period (%.0fs) expired without an outcome (the poster stopped or stalled); looking "
-                            "them up in Kingdee before re-sending: %s%s", len(rs), owner,
-                            min(r[8] for r in rs if r[8]) if any(r[8] for r in rs) else "?", self.opts.lease_s,
-                            self.opts.unknown_grace_s, ", ".join(r[0] for r in rs[:5]), " …" if len(rs) > 5 else "")
-            if stats is not None:
-                stats.taken_over += len(taken)
-            if self.series is not None:
-                self.series.taken_over.inc(len(taken))
-        rows.sort(key=lambda r: (r[7] != "POSTING", r[5], r[6] or 0))  # look-ups first, then journal order
-        return [_Claimed(voucher_from_json(bytes(r[1])), int(r[2]), r[3], r[4], r[5], original_number=r[11],
-                         original_status=r[12]) for r in rows]
+            self._report_takeovers(taken, stats)
+        rows.sort(key=lambda r: (r.was is not VoucherStatus.POSTING, r.journaled_at, r.kafka_offset or 0))
+        return [_Claimed.of(r) for r in rows]
+
+    def _claim_rows(self, cond: str, limit: int) -> list[_ClaimRow]:
+        j = self.journal
+        query = j.q(self._CLAIM.replace("{cond}", cond), settled_original=SETTLED_ORIGINAL,
+                    reversal=VoucherKind.REVERSAL, unsettled=UNSETTLED, posting=VoucherStatus.POSTING,
+                    journaled=VoucherStatus.JOURNALED)
+        return j.rows(_ClaimRow, query, {"grace": self.opts.unknown_grace_s, "lease": self.opts.lease_s,
+                                         "owner": j.owner, "limit": limit})
+
+    def _report_takeovers(self, taken: Sequence[_ClaimRow], stats: PostStats | None) -> None:
+        by_owner: dict[str, list[_ClaimRow]] = {}
+        for r in taken:
+            by_owner.setdefault(str(r.was_owner or "an unknown poster"), []).append(r)
+        for owner, rs in by_owner.items():
+            since = [r.was_since for r in rs if r.was_since]
+            log.warning("took over %d POSTING vouchers from %s, claimed at %s: its lease (%.0fs) and the grace "
+                        "period (%.0fs) expired without an outcome (the poster stopped or stalled); looking "
+                        "them up in Kingdee before re-sending: %s%s", len(rs), owner, min(since) if since else "?",
+                        self.opts.lease_s, self.opts.unknown_grace_s, ", ".join(r.key for r in rs[:5]),
+                        " …" if len(rs) > 5 else "")
+        if stats is not None:
+            stats.taken_over += len(taken)
+        if self.metrics is not None:
+            self.metrics.leases_taken_over(len(taken))
 
     # ------------------------------------------------------------------ post one chunk
     def _post_chunk(self, chunk: list[_Claimed], originals_rejected: set[str], deadline: float = float("inf")
                     ) -> tuple[list[_Outcome], PostStats]:
-        stats = PostStats()
-        outcomes: list[_Outcome] = []
-        pending = list(chunk)
-        for c in list(pending):
-            if c.voucher.reverses in originals_rejected:
-                outcomes.append(_Outcome(c.voucher.key, "REJECTED_BY_KINGDEE",
-                                         messages=("the voucher it reverses was rejected by Kingdee: nothing to "
-                                                   "reverse",)))
-                stats.rejected += 1
-                pending.remove(c)
-        must_look = {c.voucher.key for c in pending if c.attempts > 1}
+        """Steps 2 and 3 for one chunk: look up what may already be in Kingdee, send the rest."""
+        work = _Chunk(list(chunk))
+        for c in [c for c in chunk if c.voucher.reverses in originals_rejected]:
+            work.settle(c, _Outcome(c.voucher.key, VoucherStatus.REJECTED_BY_KINGDEE, messages=(
+                "the voucher it reverses was rejected by Kingdee: nothing to reverse",)))
+            work.stats.rejected += 1
+        work.must_look = {c.voucher.key for c in work.pending if c.attempts > 1}
         for _ in range(self.opts.max_rounds):
-            if not pending:
+            if not work.pending or not self._round(work, deadline):
                 break
-            sending = False
-            try:
-                if must_look:
-                    found = self._lookup([c.voucher.key for c in pending if c.voucher.key in must_look])
-                    for c in list(pending):
-                        hits = found.get(c.voucher.key)
-                        if not hits:
-                            continue
-                        pending.remove(c)
-                        if len(hits) == 1:
-                            h = hits[0]
-                            outcomes.append(_Outcome(c.voucher.key, "POSTED", h.id, h.number, h.group_no, found=True))
-                            stats.found_after_timeout += 1
-                        else:
-                            outcomes.append(_Outcome(c.voucher.key, "NEEDS_ATTENTION", messages=(
-                                f"{len(hits)} Kingdee vouchers carry this key: {', '.join(h.number for h in hits)}",)))
-                            stats.needs_attention += 1
-                    must_look = set()
-                if not pending:
-                    break
-                if time.monotonic() >= deadline:
-                    # Past the lease, another poster may take these over: starting a call now could race it.
-                    log.warning("the claim's lease (%.0fs) ran out before %d vouchers were sent; releasing them",
-                                self.opts.lease_s, len(pending))
-                    break
-                sending = True
-                results = self.client.batch_save(FORM, [self._model(c) for c in pending],
-                                                 NeedReturnFields=["FBillNo", "FVOUCHERGROUPNO"], IsDeleteEntry="true",
-                                                 IsAutoSubmitAndAudit="false")
-                for c, r in zip(pending, results):
-                    if r.ok:
-                        outcomes.append(_Outcome(c.voucher.key, "POSTED", r.id, r.number,
-                                                 str(r.return_data.get("FVOUCHERGROUPNO") or "") or None,
-                                                 recheck=c.attempts > 1))
-                        stats.posted += 1
-                    else:
-                        outcomes.append(_Outcome(c.voucher.key, "REJECTED_BY_KINGDEE", messages=r.messages))
-                        stats.rejected += 1
-                pending = []
-            except KingdeeAmbiguous as e:
-                # Kingdee may still be working on it and commit later: looking now could find nothing yet.
-                stats.ambiguous_calls += 1
-                stats.unknown += len(pending)
-                log.warning("BatchSave of %d vouchers: %s; they are looked up by key after the %.0fs grace period, "
-                            "not re-sent before", len(pending), e, self.opts.unknown_grace_s)
-                outcomes += [_Outcome(c.voucher.key, "UNKNOWN", messages=(str(e),)) for c in pending]
-                pending = []
-            except KingdeeRetryable as e:
-                stats.retried_calls += 1
-                log.warning("Kingdee asked to retry (%s); backing off", e)
-                time.sleep(0.2)
-            except KingdeeBusinessError as e:
-                for c in pending:
-                    outcomes.append(_Outcome(c.voucher.key, "REJECTED_BY_KINGDEE", messages=(str(e),)))
-                    stats.rejected += 1
-                pending = []
-            except KingdeeError as e:
-                if sending:  # an answer we cannot read: the save may have happened
-                    stats.unknown += len(pending)
-                    log.error("BatchSave of %d vouchers failed with an unreadable answer (%s); they are looked up "
-                              "by key after the %.0fs grace period", len(pending), e, self.opts.unknown_grace_s)
-                    outcomes += [_Outcome(c.voucher.key, "UNKNOWN", messages=(str(e),)) for c in pending]
-                    pending = []
-                else:
-                    log.error("Kingdee error, leaving %d vouchers for the next round: %s", len(pending), e)
-                break
-        stats.left_pending = len(pending)
-        outcomes += [_Outcome(c.voucher.key, "RELEASED") for c in pending]
-        self._auto_submit([o for o in outcomes if o.status == "POSTED" and not o.found], chunk)
-        return outcomes, stats
+        work.stats.left_pending = len(work.pending)
+        work.outcomes += [_Outcome(c.voucher.key, Unsettled.RELEASED) for c in work.pending]
+        self._auto_submit([o for o in work.outcomes if o.status is VoucherStatus.POSTED and not o.found], chunk)
+        return work.outcomes, work.stats
+
+    def _round(self, work: _Chunk, deadline: float) -> bool:
+        """One round: the look-up (if due), then BatchSave. False: no further round (nothing left, the lease
+        ran out, or Kingdee failed in a way another round cannot fix now)."""
+        sending = False
+        try:
+            if work.must_look:
+                self._look_up(work)
+                work.must_look = set()
+            if not work.pending:
+                return False
+            if time.monotonic() >= deadline:
+                # Past the lease, another poster may take these over: starting a call now could race it.
+                log.warning("the claim's lease (%.0fs) ran out before %d vouchers were sent; releasing them",
+                            self.opts.lease_s, len(work.pending))
+                return False
+            sending = True
+            self._send(work)
+        except KingdeeAmbiguous as e:
+            # Kingdee may still be working on it and commit later: looking now could find nothing yet.
+            work.stats.ambiguous_calls += 1
+            work.stats.unknown += len(work.pending)
+            log.warning("BatchSave of %d vouchers: %s; they are looked up by key after the %.0fs grace period, "
+                        "not re-sent before", len(work.pending), e, self.opts.unknown_grace_s)
+            work.settle_all(Unsettled.UNKNOWN, str(e))
+        except KingdeeRetryable as e:
+            work.stats.retried_calls += 1
+            log.warning("Kingdee asked to retry (%s); backing off", e)
+            time.sleep(0.2)
+        except KingdeeBusinessError as e:
+            work.stats.rejected += len(work.pending)
+            work.settle_all(VoucherStatus.REJECTED_BY_KINGDEE, str(e))
+        except KingdeeError as e:
+            if sending:  # an answer we cannot read: the save may have happened
+                work.stats.unknown += len(work.pending)
+                log.error("BatchSave of %d vouchers failed with an unreadable answer (%s); they are looked up "
+                          "by key after the %.0fs grace period", len(work.pending), e, self.opts.unknown_grace_s)
+                work.settle_all(Unsettled.UNKNOWN, str(e))
+            else:
+                log.error("Kingdee error, leaving %d vouchers for the next round: %s", len(work.pending), e)
+            return False
+        return True
+
+    def _look_up(self, work: _Chunk) -> None:
+        """Step 2: vouchers claimed again are looked up by key: found once → POSTED, more than once →
+        NEEDS_ATTENTION, not found → sent again."""
+        found = self._lookup([c.voucher.key for c in work.pending if c.voucher.key in work.must_look])
+        for c in list(work.pending):
+            hits = found.get(c.voucher.key)
+            if not hits:
+                continue
+            if len(hits) == 1:
+                h = hits[0]
+                work.settle(c, _Outcome(c.voucher.key, VoucherStatus.POSTED, h.id, h.number, h.group_no, found=True))
+                work.stats.found_after_timeout += 1
+            else:
+                work.settle(c, _Outcome(c.voucher.key, VoucherStatus.NEEDS_ATTENTION, messages=(
+                    f"{len(hits)} Kingdee vouchers carry this key: {', '.join(h.number for h in hits)}",)))
+                work.stats.needs_attention += 1
+
+    def _send(self, work: _Chunk) -> None:
+        """Step 3: BatchSave the pending vouchers; per-item results in order."""
+        results = self.client.batch_save(FORM, [self._model(c) for c in work.pending],
+                                         NeedReturnFields=["FBillNo", "FVOUCHERGROUPNO"], IsDeleteEntry="true",
+                                         IsAutoSubmitAndAudit="false")
+        for c, r in zip(work.pending, results):
+            if r.ok:
+                work.outcomes.append(_Outcome(c.voucher.key, VoucherStatus.POSTED, r.id, r.number,
+                                              str(r.return_data.get("FVOUCHERGROUPNO") or "") or None,
+                                              recheck=c.attempts > 1))
+                work.stats.posted += 1
+            else:
+                work.outcomes.append(_Outcome(c.voucher.key, VoucherStatus.REJECTED_BY_KINGDEE, messages=r.messages))
+                work.stats.rejected += 1
+        work.pending = []
 
     def _model(self, c: _Claimed) -> dict[str, Any]:
         v = c.voucher
         if v.kind is VoucherKind.REVERSAL:
-            number = OPENING_NUMBER if c.original_status == "OPENING" else c.original_number
+            number = OPENING_NUMBER if c.original_status is VoucherStatus.OPENING else c.original_number
             if number:
                 v = name_original(v, number)
         return to_kingdee(v, self.books.get(v.book), key_field=self.opts.key_field, marker=self.opts.marker)
@@ -496,9 +625,9 @@ class Poster:
             return set()
         j = self.journal
         with j.transaction() as conn:
-            rows = conn.execute(j.q("SELECT key FROM {s}.vouchers WHERE key = ANY(%s) AND "
-                                    "status = 'REJECTED_BY_KINGDEE'"), (refs,)).fetchall()
-        return {r[0] for r in rows}
+            rows = conn.execute(j.q("SELECT key FROM {s}.vouchers WHERE key = ANY(%s) AND status = {rejected}",
+                                    rejected=VoucherStatus.REJECTED_BY_KINGDEE), (refs,)).fetchall()
+        return {key for (key,) in rows}
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, list[_Copy]]:
         """Find vouchers in Kingdee by key: key → its copies (distinct FVOUCHERIDs, in the order Kingdee lists them)."""
@@ -548,108 +677,126 @@ class Poster:
 
     # ------------------------------------------------------------------ record
     def _record(self, outcomes: Sequence[_Outcome], claimed: Mapping[str, _Claimed]) -> None:
-        j = self.journal
+        """Step 4: each voucher's new status, audit row and feedback event in one transaction — only for vouchers
+        still held by this claim (the attempt number identifies it: a voucher taken over meanwhile is left to
+        its new holder). A posted reversal also moves the original to REVERSED."""
         settled = [o for o in outcomes if o.status in _SETTLED]
-        unknown = [o for o in outcomes if o.status == "UNKNOWN"]
-        released = [o for o in outcomes if o.status == "RELEASED"]
-
-        def still_ours(batch: Sequence[_Outcome]) -> tuple[list[str], list[int]]:
-            # the attempt number identifies this claim: a voucher taken over meanwhile is left to its new holder
-            return [o.key for o in batch], [claimed[o.key].attempts for o in batch]
-        with j.transaction() as conn:
-            applied: set[str] = set()
-            if settled:
-                keys, attempts = still_ours(settled)
-                applied = {r[0] for r in conn.execute(j.q(
-                    "UPDATE {s}.vouchers v SET status = o.status, kingdee_id = o.kid, kingdee_number = o.num, "
-                    "kingdee_group_no = o.gno, kingdee_messages = o.msg, unknown_since = NULL, "
-                    "recheck_after = CASE WHEN o.recheck THEN now() + make_interval(secs => %s) END, "
-                    "updated_at = now() "
-                    "FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                    "%s::boolean[]) AS o(key, attempts, status, kid, num, gno, msg, recheck) "
-                    "WHERE v.key = o.key AND v.status = 'POSTING' AND v.attempts = o.attempts RETURNING v.key"),
-                    (self.opts.unknown_grace_s, keys, attempts, [o.status for o in settled],
-                     [o.kingdee_id for o in settled], [o.number for o in settled], [o.group_no for o in settled],
-                     ["; ".join(o.messages) or None for o in settled], [o.recheck for o in settled])).fetchall()}
-            marked: set[str] = set()
-            if unknown:
-                keys, attempts = still_ours(unknown)
-                marked = {r[0] for r in conn.execute(j.q(
-                    "UPDATE {s}.vouchers v SET unknown_since = now(), kingdee_messages = o.msg, updated_at = now() "
-                    "FROM unnest(%s::text[], %s::int[], %s::text[]) AS o(key, attempts, msg) "
-                    "WHERE v.key = o.key AND v.status = 'POSTING' AND v.attempts = o.attempts RETURNING v.key"),
-                    (keys, attempts, ["; ".join(o.messages) for o in unknown])).fetchall()}
-            if released:  # nothing was sent in this claim: JOURNALED again (attempts > 1: looked up first)
-                keys, attempts = still_ours(released)
-                conn.execute(j.q(
-                    "UPDATE {s}.vouchers v SET status = 'JOURNALED', updated_at = now() "
-                    "FROM unnest(%s::text[], %s::int[]) AS o(key, attempts) "
-                    "WHERE v.key = o.key AND v.status = 'POSTING' AND v.attempts = o.attempts"), (keys, attempts))
+        unknown = [o for o in outcomes if o.status is Unsettled.UNKNOWN]
+        released = [o for o in outcomes if o.status is Unsettled.RELEASED]
+        with self.journal.transaction():
+            applied = self._update_claimed(settled, claimed, self._SETTLE, self.opts.unknown_grace_s,
+                                           ["; ".join(o.messages) or None for o in settled],
+                                           [o.status.value for o in settled], [o.kingdee_id for o in settled],
+                                           [o.number for o in settled], [o.group_no for o in settled],
+                                           [o.recheck for o in settled])
+            marked = self._update_claimed(unknown, claimed, self._UNKNOWN, None,
+                                          ["; ".join(o.messages) for o in unknown])
+            self._update_claimed(released, claimed, self._RELEASE, None)
             settled = [o for o in settled if o.key in applied]
-            reversed_originals = [claimed[o.key].voucher.reverses for o in settled if o.status == "POSTED"
-                                  and claimed[o.key].voucher.kind is VoucherKind.REVERSAL]
-            if reversed_originals:
-                conn.execute(j.q("UPDATE {s}.vouchers SET status = 'REVERSED', updated_at = now() "
-                                 "WHERE key = ANY(%s) AND status = 'POSTED'"), (reversed_originals,))
-            audit, outbox = [], []
-            for o in settled:
-                c = claimed[o.key]
-                v = c.voucher
-                detail = {"kingdee_id": o.kingdee_id, "number": o.number, "group_no": o.group_no,
-                          "messages": list(o.messages), "attempts": c.attempts, "found_by_key": o.found}
-                audit.append(("poster", o.status, o.key, json.dumps(detail, ensure_ascii=False)))
-                payload = {"status": o.status, "voucher_key": o.key, "kind": v.kind.value, "reverses": v.reverses,
-                           "source": {"system": c.system, "table": v.source.row.table, "pk": c.pk,
-                                      "position": v.source.position, "op": v.source.op},
-                           "kingdee": {"id": o.kingdee_id, "number": o.number, "group_no": o.group_no},
-                           "reasons": [{"code": "KINGDEE", "message": m} for m in o.messages]}
-                outbox.append((f"{o.key}:{o.status}", c.system, c.pk, o.status,
-                               json.dumps(payload, ensure_ascii=False)))
-                if o.status == "POSTED" and v.kind is VoucherKind.REVERSAL and v.reverses:
-                    audit.append(("poster", "REVERSED", v.reverses, json.dumps({"by": o.key})))
-                    outbox.append((f"{v.reverses}:REVERSED", c.system, c.pk, "REVERSED", json.dumps(
-                        {**payload, "status": "REVERSED", "voucher_key": v.reverses, "reversed_by": o.key},
-                        ensure_ascii=False)))
-            for o in unknown:
-                if o.key in marked:
-                    audit.append(("poster", "OUTCOME_UNKNOWN", o.key, json.dumps(
-                        {"messages": list(o.messages), "attempts": claimed[o.key].attempts,
-                         "look_up_after_s": self.opts.unknown_grace_s}, ensure_ascii=False)))
+            self._mark_reversed(settled, claimed)
+            audit, outbox = self._settled_rows(settled, claimed)
+            audit += [AuditRow.of(ACTOR, AuditAction.OUTCOME_UNKNOWN, o.key, {
+                "messages": list(o.messages), "attempts": claimed[o.key].attempts,
+                "look_up_after_s": self.opts.unknown_grace_s}) for o in unknown if o.key in marked]
             # One statement each (not executemany: its pipeline mode stalled for seconds at a time under
             # psycopg 3.3 while the worker threads were busy with HTTP)
-            j.insert_audit(conn, audit)
-            j.insert_outbox(conn, outbox)
+            self.journal.insert_audit(audit)
+            self.journal.insert_outbox(outbox)
+        self._report_settled(settled, claimed, len(marked))
+
+    #: each UPDATE applies to the vouchers still held by this claim: ``o`` holds (key, attempts, …)
+    _SETTLE: Final = (
+        "UPDATE {s}.vouchers v SET status = o.status, kingdee_id = o.kid, kingdee_number = o.num, "
+        "kingdee_group_no = o.gno, kingdee_messages = o.msg, unknown_since = NULL, "
+        "recheck_after = CASE WHEN o.recheck THEN now() + make_interval(secs => %s) END, updated_at = now() "
+        "FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+        "%s::boolean[]) AS o(key, attempts, msg, status, kid, num, gno, recheck) "
+        "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
+    _UNKNOWN: Final = (
+        "UPDATE {s}.vouchers v SET unknown_since = now(), kingdee_messages = o.msg, updated_at = now() "
+        "FROM unnest(%s::text[], %s::int[], %s::text[]) AS o(key, attempts, msg) "
+        "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
+    #: nothing was sent in this claim: JOURNALED again (attempts > 1: looked up first)
+    _RELEASE: Final = (
+        "UPDATE {s}.vouchers v SET status = {journaled}, updated_at = now() "
+        "FROM unnest(%s::text[], %s::int[]) AS o(key, attempts) "
+        "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
+
+    def _update_claimed(self, outcomes: Sequence[_Outcome], claimed: Mapping[str, _Claimed], statement: str,
+                        lead: float | None, *columns: Sequence[object]) -> set[str]:
+        """Run ``statement`` for ``outcomes`` (``lead``: a first parameter, then keys, attempts and ``columns``);
+        the keys it changed."""
+        if not outcomes:
+            return set()
+        j = self.journal
+        params = [[o.key for o in outcomes], [claimed[o.key].attempts for o in outcomes], *columns]
+        query = j.q(statement, posting=VoucherStatus.POSTING, journaled=VoucherStatus.JOURNALED)
+        rows = j.conn.execute(query, ([lead] if lead is not None else []) + params).fetchall()
+        return {key for (key,) in rows}
+
+    def _mark_reversed(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]) -> None:
+        originals = [claimed[o.key].voucher.reverses for o in settled if o.status is VoucherStatus.POSTED
+                     and claimed[o.key].voucher.kind is VoucherKind.REVERSAL]
+        if originals:
+            j = self.journal
+            j.conn.execute(j.q("UPDATE {s}.vouchers SET status = {reversed}, updated_at = now() "
+                               "WHERE key = ANY(%s) AND status = {posted}", reversed=VoucherStatus.REVERSED,
+                               posted=VoucherStatus.POSTED), (originals,))
+
+    @staticmethod
+    def _settled_rows(settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]
+                      ) -> tuple[list[AuditRow], list[FeedbackEvent]]:
+        """An audit row and a feedback event per settled voucher; a posted reversal's original gets REVERSED."""
+        audit: list[AuditRow] = []
+        outbox: list[FeedbackEvent] = []
         for o in settled:
-            if o.status != "POSTED":
-                v = claimed[o.key].voucher
-                log.warning("%s: %s", o.status, "; ".join(o.messages) or "no message", extra={
-                    "voucher_key": o.key, "source_key": f"{claimed[o.key].system}/{v.source.row.table}/"
-                                                        f"{claimed[o.key].pk}@{v.source.position}"})
-        if self.series is not None and marked:
-            self.series.unknown.inc(len(marked))
-        if self.metrics is not None:  # after the commit: counted once they are durable
-            for o in settled:
+            c = claimed[o.key]
+            v = c.voucher
+            audit.append(AuditRow.of(ACTOR, AuditAction(o.status), o.key, {
+                "kingdee_id": o.kingdee_id, "number": o.number, "group_no": o.group_no,
+                "messages": list(o.messages), "attempts": c.attempts, "found_by_key": o.found}))
+            event = c.feedback(o, FeedbackStatus(o.status))
+            outbox.append(event)
+            if o.status is VoucherStatus.POSTED and v.kind is VoucherKind.REVERSAL and v.reverses:
+                audit.append(AuditRow.of(ACTOR, AuditAction.REVERSED, v.reverses, {"by": o.key}))
+                outbox.append(event.reversed_original())
+        return audit, outbox
+
+    def _report_settled(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed], unknown: int) -> None:
+        for o in settled:
+            if o.status is not VoucherStatus.POSTED:
                 c = claimed[o.key]
-                self.metrics.voucher_settled(o.status, source_ts_ms=c.voucher.source.ts_ms,
-                                             journaled_at=c.journaled_at)
-                if o.status == "POSTED" and c.voucher.kind is VoucherKind.REVERSAL and c.voucher.reverses:
-                    self.metrics.voucher_settled("REVERSED", source_ts_ms=None, journaled_at=None)
+                log.warning("%s: %s", o.status, "; ".join(o.messages) or "no message", extra={
+                    "voucher_key": o.key, "source_key": f"{c.system}/{c.voucher.source.row.table}/"
+                                                        f"{c.pk}@{c.voucher.source.position}"})
+        if self.metrics is None:
+            return
+        if unknown:
+            self.metrics.outcomes_unknown(unknown)
+        for o in settled:  # after the commit: counted once they are durable
+            c = claimed[o.key]
+            self.metrics.voucher_settled(o.status)
+            if o.status is not VoucherStatus.POSTED:
+                continue
+            self.metrics.voucher_posted(source_ts_ms=c.voucher.source.ts_ms, journaled_at=c.journaled_at)
+            if c.voucher.kind is VoucherKind.REVERSAL and c.voucher.reverses:
+                self.metrics.voucher_settled(VoucherStatus.REVERSED)
 
     # ------------------------------------------------------------------ duplicates
     def _recheck(self, stats: PostStats) -> None:
         """Vouchers posted by a re-send: once the grace period has passed, look their keys up again."""
         j = self.journal
-        rows = j.conn.execute(j.q(
+        rows = j.rows(_Recheck, j.q(
             "SELECT key, book, voucher_date FROM {s}.vouchers WHERE recheck_after IS NOT NULL "
-            "AND recheck_after < now() ORDER BY recheck_after LIMIT %s"), (self.opts.claim_limit,)).fetchall()
+            "AND recheck_after < now() ORDER BY recheck_after LIMIT %s"), (self.opts.claim_limit,))
         if not rows:
             return
         scan = DuplicateScan()
         try:
-            found = self._lookup([r[0] for r in rows])
+            found = self._lookup([r.key for r in rows])
             dups = {k: copies for k, copies in found.items() if len(copies) > 1}
             if dups:
-                self._settle_copies(dups, {r[0]: (str(r[1]), _period(r[2])) for r in rows}, scan)
+                self._settle_copies(dups, {r.key: (str(r.book), _period(r.voucher_date)) for r in rows}, scan)
                 self._open_copies(scan)
         except KingdeeError as e:
             log.warning("re-check of %d re-sent vouchers postponed: %s", len(rows), e)
@@ -659,7 +806,7 @@ class Poster:
             stats.duplicates_flagged += len(scan.flagged)
         with j.transaction() as conn:
             conn.execute(j.q("UPDATE {s}.vouchers SET recheck_after = NULL WHERE key = ANY(%s)"),
-                         ([r[0] for r in rows],))
+                         ([r.key for r in rows],))
 
     def periods(self, *, book: str | None = None, period: str | None = None, since: datetime | None = None
                 ) -> list[tuple[str, str]]:
@@ -668,12 +815,13 @@ class Poster:
         j = self.journal
         rows = j.conn.execute(j.q(
             "SELECT DISTINCT book, to_char(voucher_date, 'YYYY-MM') FROM {s}.vouchers "
-            "WHERE (kingdee_id IS NOT NULL OR status = 'NEEDS_ATTENTION') "
+            "WHERE (kingdee_id IS NOT NULL OR status = {needs_attention}) "
             "AND (%(book)s::text IS NULL OR book = %(book)s) "
             "AND (%(period)s::text IS NULL OR to_char(voucher_date, 'YYYY-MM') = %(period)s) "
-            "AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s) ORDER BY 1, 2"),
-            {"book": book, "period": period, "since": since}).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
+            "AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s) ORDER BY 1, 2",
+            needs_attention=VoucherStatus.NEEDS_ATTENTION), {"book": book, "period": period, "since": since}
+        ).fetchall()
+        return [(str(b), str(p)) for b, p in rows]
 
     def scan_duplicates(self, periods: Sequence[tuple[str, str]] | None = None, *, periodic: bool = False
                         ) -> DuplicateScan:
@@ -685,25 +833,16 @@ class Poster:
         j = self.journal
         scan = DuplicateScan()
         started = datetime.now().astimezone()
-        lock = j.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"kdcdc-duplicate-scan:{j.schema}",)
-                              ).fetchone()
-        if not lock or not lock[0]:
+        lock = f"kdcdc-duplicate-scan:{j.schema}"
+        got = j.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,)).fetchone()
+        if not got or not got[0]:
             scan.skipped = "another poster is scanning"
             return scan
         try:
             if periods is None:
-                since = None
-                if periodic:
-                    row = j.conn.execute(j.q(
-                        "SELECT max(started_at), max(started_at) > now() - make_interval(secs => %s) "
-                        "FROM {s}.duplicate_scans WHERE error IS NULL"),
-                        (self.opts.duplicate_scan_every_s * 0.9,)).fetchone()
-                    if row and row[1]:
-                        scan.skipped = "scanned recently"
-                        return scan
-                    if row and row[0] is not None:
-                        since = row[0] - timedelta(seconds=self.opts.unknown_grace_s + 60)
-                periods = self.periods(since=since)
+                periods = self._periods_due(periodic, scan)
+                if periods is None:
+                    return scan
             scan.periods = list(periods)
             try:
                 for book, period in scan.periods:
@@ -719,7 +858,28 @@ class Poster:
                     (started, len(scan.periods), scan.vouchers_seen, len(scan.duplicated), len(scan.deleted),
                      len(scan.flagged), scan.error))
         finally:
-            j.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"kdcdc-duplicate-scan:{j.schema}",))
+            j.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+        self._log_scan(scan)
+        return scan
+
+    def _periods_due(self, periodic: bool, scan: DuplicateScan) -> list[tuple[str, str]] | None:
+        """The periods to scan when none are given (``None``: the periodic scan is not due, ``scan.skipped``)."""
+        since = None
+        if periodic:
+            j = self.journal
+            row = j.conn.execute(j.q(
+                "SELECT max(started_at), max(started_at) > now() - make_interval(secs => %s) "
+                "FROM {s}.duplicate_scans WHERE error IS NULL"), (self.opts.duplicate_scan_every_s * 0.9,)).fetchone()
+            last, recent = row if row else (None, None)
+            if recent:
+                scan.skipped = "scanned recently"
+                return None
+            if last is not None:
+                since = last - timedelta(seconds=self.opts.unknown_grace_s + 60)
+        return self.periods(since=since)
+
+    @staticmethod
+    def _log_scan(scan: DuplicateScan) -> None:
         if scan.duplicated or scan.error:
             log.warning("duplicate scan of %d periods: %d vouchers with keys, %d keys held more than once, %d copies "
                         "deleted, %d newly flagged for a human, %d open%s", len(scan.periods), scan.vouchers_seen,
@@ -728,102 +888,121 @@ class Poster:
         else:
             log.info("duplicate scan of %d periods: %d vouchers with keys, none held twice", len(scan.periods),
                      scan.vouchers_seen)
-        return scan
 
     def _scan_period(self, book: str, period: str, scan: DuplicateScan) -> None:
+        copies = self._copies_in(book, period)
+        scan.vouchers_seen += len({vid for c in copies.values() for vid in c})
+        dups = {k: list(c.values()) for k, c in copies.items() if len(c) > 1}
+        if dups:
+            self._settle_copies(dups, {k: (book, period) for k in dups}, scan)
+        self._confirm_gone(book, period, [(k, vid) for k, c in dups.items() for vid in (x.id for x in c)])
+
+    def _copies_in(self, book: str, period: str) -> dict[str, dict[str, _Copy]]:
+        """Every Kingdee voucher of the period carrying a key marker (or key field): key → id → copy."""
         start, end = _month_range(period)
         base = (f"FAccountBookID.FNumber = {_quote(book)} and FDate >= '{start.isoformat()}' "
                 f"and FDate < '{end.isoformat()}'")
         copies: dict[str, dict[str, _Copy]] = {}
-
-        def page(fields: list[str], flt: str) -> Iterable[list[Any]]:
-            start_row = 0
-            while True:
-                rows = self.client.execute_bill_query(FORM, fields, flt, order="FVOUCHERID", limit=_SCAN_PAGE,
-                                                      start_row=start_row)
-                yield from rows
-                if len(rows) < _SCAN_PAGE:
-                    return
-                start_row += len(rows)
         if self.opts.marker:
-            for vid, bill, status, expl in page(["FVOUCHERID", "FBillNo", "FDocumentStatus", "FEXPLANATION"],
-                                                f"{base} and FEXPLANATION like '%kdcdc:%'"):
+            for vid, bill, status, expl in self._pages(["FVOUCHERID", "FBillNo", "FDocumentStatus", "FEXPLANATION"],
+                                                       f"{base} and FEXPLANATION like '%kdcdc:%'"):
                 m = _MARKER_IN_TEXT.search(str(expl or ""))
                 if m:
                     copies.setdefault(m.group(1), {})[str(vid)] = _Copy(str(vid), str(bill), status=str(status or ""))
         if self.opts.key_field:
             fk = self.opts.key_field
-            for vid, bill, status, key in page(["FVOUCHERID", "FBillNo", "FDocumentStatus", fk],
-                                               f"{base} and {fk} <> ''"):
+            for vid, bill, status, key in self._pages(["FVOUCHERID", "FBillNo", "FDocumentStatus", fk],
+                                                      f"{base} and {fk} <> ''"):
                 if key:
                     copies.setdefault(str(key), {})[str(vid)] = _Copy(str(vid), str(bill), status=str(status or ""))
-        scan.vouchers_seen += len({vid for c in copies.values() for vid in c})
-        dups = {k: list(c.values()) for k, c in copies.items() if len(c) > 1}
-        if dups:
-            self._settle_copies(dups, {k: (book, period) for k in dups}, scan)
-        # Copies flagged (or being deleted) earlier that this full read of the period no longer sees as extra
-        # copies: deleted (by us, confirmed) or resolved by a person.
-        seen = [(k, vid) for k, c in copies.items() if len(c) > 1 for vid in c]
+        return copies
+
+    def _pages(self, fields: list[str], flt: str) -> Iterator[list[Any]]:
+        start_row = 0
+        while True:
+            rows = self.client.execute_bill_query(FORM, fields, flt, order="FVOUCHERID", limit=_SCAN_PAGE,
+                                                  start_row=start_row)
+            yield from rows
+            if len(rows) < _SCAN_PAGE:
+                return
+            start_row += len(rows)
+
+    def _confirm_gone(self, book: str, period: str, seen: Sequence[tuple[str, str]]) -> None:
+        """Copies flagged (or being deleted) earlier that this full read of the period no longer sees as extra
+        copies (``seen``: key, id): deleted (by us, confirmed) or resolved by a person."""
         j = self.journal
-        with j.transaction() as conn:
-            gone = conn.execute(j.q(
-                "UPDATE {s}.duplicate_copies d SET state = CASE WHEN d.state = 'FOUND' THEN 'DELETED' ELSE 'RESOLVED' END, "
-                "settled_at = now() WHERE d.book = %s AND d.period = %s AND d.state IN ('FOUND', 'NEEDS_HUMAN') "
+        with j.transaction():
+            gone = j.rows(_CopyChange, j.q(
+                "UPDATE {s}.duplicate_copies d SET state = CASE WHEN d.state = {found} THEN {deleted} "
+                "ELSE {resolved} END, settled_at = now() WHERE d.book = %s AND d.period = %s AND d.state IN ({open}) "
                 "AND (d.voucher_key, d.kingdee_id) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
-                "RETURNING d.voucher_key, d.kingdee_id, d.kingdee_number, d.state"),
-                (book, period, [k for k, _ in seen], [v for _, v in seen])).fetchall()
-            j.insert_audit(conn, [("poster", "DUPLICATE_RESOLVED" if r[3] == "RESOLVED" else "DUPLICATE_DELETED", r[0],
-                                   json.dumps({"kingdee_id": r[1], "number": r[2], "confirmed_by_scan": True},
-                                              ensure_ascii=False)) for r in gone])
+                "RETURNING d.voucher_key, d.kingdee_id, d.kingdee_number, d.state, d.reason",
+                found=CopyState.FOUND, deleted=CopyState.DELETED, resolved=CopyState.RESOLVED, open=OPEN_COPIES),
+                (book, period, [k for k, _ in seen], [v for _, v in seen]))
+            j.insert_audit([AuditRow.of(ACTOR, AuditAction.DUPLICATE_RESOLVED if r.state is CopyState.RESOLVED
+                                        else AuditAction.DUPLICATE_DELETED, r.voucher_key,
+                                        {"kingdee_id": r.kingdee_id, "number": r.kingdee_number,
+                                         "confirmed_by_scan": True}) for r in gone])
 
     def _settle_copies(self, dups: Mapping[str, Sequence[_Copy]], where: Mapping[str, tuple[str, str]],
                        scan: DuplicateScan) -> None:
         """Keys held more than once: keep the journal's copy; delete unaudited identical extras; flag the rest."""
         j = self.journal
-        keys = list(dups)
-        journal = {r[0]: (r[1], r[2]) for r in j.conn.execute(j.q(
-            "SELECT key, status, kingdee_id FROM {s}.vouchers WHERE key = ANY(%s)"), (keys,)).fetchall()}
-        delete: list[tuple[str, _Copy, _Copy]] = []  # (key, extra, kept)
-        flag: list[tuple[str, _Copy, str | None, str]] = []  # (key, copy, kept id, reason)
+        journal = {r.key: r for r in j.rows(_KeyStatus, j.q(
+            "SELECT key, status, kingdee_id FROM {s}.vouchers WHERE key = ANY(%s)"), (list(dups),))}
+        delete, flag = self._plan_copies(dups, journal, scan)
+        if delete:
+            lines = self._lines([i for e in delete for i in (e.copy.id, e.kept.id)])
+            for e in [e for e in delete if lines.get(e.copy.id) != lines.get(e.kept.id)]:
+                delete.remove(e)
+                flag.append(_CopyRecord(e.key, e.copy, e.kept.id, CopyState.NEEDS_HUMAN,
+                                        f"its lines differ from the copy the journal recorded ({e.kept.number})"))
+        changed = self._upsert_copies(
+            [_CopyRecord(e.key, e.copy, e.kept.id, CopyState.FOUND, "unaudited extra copy: deleting") for e in delete]
+            + flag, where)
+        flagged = [f for f in flag if (f.key, f.copy.id) in changed]
+        scan.flagged += [(f.key, f.copy.id, f.copy.number, f.reason) for f in flagged]
+        if self.metrics is not None and flagged:
+            self.metrics.duplicate_copies("flagged", len(flagged))
+        self._delete_copies(delete, scan)
+
+    def _plan_copies(self, dups: Mapping[str, Sequence[_Copy]], journal: Mapping[str, _KeyStatus],
+                     scan: DuplicateScan) -> tuple[list[_Extra], list[_CopyRecord]]:
+        """Which extra copies to delete (unaudited, ``delete_duplicates``) and which to flag for a person."""
+        delete: list[_Extra] = []
+        flag: list[_CopyRecord] = []
         for key, copies in dups.items():
-            status, kept_id = journal.get(key, (None, None))
-            if status in ("JOURNALED", "POSTING"):
+            known = journal.get(key)
+            if known is not None and known.status in UNSETTLED:
                 scan.in_flight.append(key)  # the poster's own look-up settles it (NEEDS_ATTENTION if still twice)
                 continue
             scan.duplicated[key] = [c.number for c in copies]
+            kept_id = known.kingdee_id if known is not None else None
             kept = next((c for c in copies if c.id == kept_id), None)
-            if status is None:
-                flag += [(key, c, None, "a key this journal does not know") for c in copies]
+            if known is None:
+                flag += [_CopyRecord(key, c, None, CopyState.NEEDS_HUMAN, "a key this journal does not know")
+                         for c in copies]
             elif kept is None:
                 why = ("no copy recorded by the journal (NEEDS_ATTENTION): a person chooses the one to keep"
-                       if status == "NEEDS_ATTENTION" else
+                       if known.status is VoucherStatus.NEEDS_ATTENTION else
                        f"the copy the journal recorded ({kept_id}) is not among them")
-                flag += [(key, c, kept_id, why) for c in copies]
+                flag += [_CopyRecord(key, c, kept_id, CopyState.NEEDS_HUMAN, why) for c in copies]
             else:
                 for c in copies:
                     if c.id == kept.id:
                         continue
                     if c.status not in DELETABLE:
-                        flag.append((key, c, kept.id, f"document status {c.status} (submitted or audited): UnAudit "
-                                                      "and delete it in Kingdee"))
+                        flag.append(_CopyRecord(key, c, kept.id, CopyState.NEEDS_HUMAN,
+                                                f"document status {c.status} (submitted or audited): UnAudit and "
+                                                "delete it in Kingdee"))
                     elif not self.opts.delete_duplicates:
-                        flag.append((key, c, kept.id, "unaudited; kingdee.delete_duplicates is off"))
+                        flag.append(_CopyRecord(key, c, kept.id, CopyState.NEEDS_HUMAN,
+                                                "unaudited; kingdee.delete_duplicates is off"))
                     else:
-                        delete.append((key, c, kept))
-        if delete:
-            lines = self._lines([i for _, x, k in delete for i in (x.id, k.id)])
-            for key, x, k in list(delete):
-                if lines.get(x.id) != lines.get(k.id):
-                    delete.remove((key, x, k))
-                    flag.append((key, x, k.id, f"its lines differ from the copy the journal recorded ({k.number})"))
-        changed = self._upsert_copies(
-            [(key, x, k.id, "FOUND", "unaudited extra copy: deleting") for key, x, k in delete]
-            + [(key, c, kept_id, "NEEDS_HUMAN", why) for key, c, kept_id, why in flag], where)
-        scan.flagged += [(key, c.id, c.number, why) for key, c, _, why in flag if (key, c.id) in changed]
-        if self.series is not None and changed:
-            n = sum((key, c.id) in changed for key, c, _, _ in flag)
-            if n:
-                self.series.duplicates.labels("flagged").inc(n)
+                        delete.append(_Extra(key, c, kept))
+        return delete, flag
+
+    def _delete_copies(self, delete: Sequence[_Extra], scan: DuplicateScan) -> None:
         for key, x, k in delete:
             try:
                 ok, errors = KingdeeClient.operation_outcome(self.client.delete(FORM, ids=[x.id]))
@@ -834,18 +1013,20 @@ class Poster:
             except KingdeeError as e:
                 ok, errors = [], [str(e)]
             if x.id in ok:
-                self._settle_copy(key, x, "DELETED", "DUPLICATE_DELETED", {"kept_id": k.id, "kept_number": k.number})
+                self._settle_copy(key, x, CopyState.DELETED, AuditAction.DUPLICATE_DELETED,
+                                  {"kept_id": k.id, "kept_number": k.number})
                 scan.deleted.append((key, x.id, x.number))
-                if self.series is not None:
-                    self.series.duplicates.labels("deleted").inc()
+                if self.metrics is not None:
+                    self.metrics.duplicate_copies("deleted")
                 log.warning("deleted extra copy %s (id %s, status %s) of voucher %s; kept %s (id %s)", x.number, x.id,
                             x.status, key, k.number, k.id)
             else:
                 why = f"Kingdee refused the deletion: {'; '.join(errors) or 'no reason given'}"
-                self._settle_copy(key, x, "NEEDS_HUMAN", "DUPLICATE_FLAGGED", {"kept_id": k.id, "reason": why})
+                self._settle_copy(key, x, CopyState.NEEDS_HUMAN, AuditAction.DUPLICATE_FLAGGED,
+                                  {"kept_id": k.id, "reason": why})
                 scan.flagged.append((key, x.id, x.number, why))
-                if self.series is not None:
-                    self.series.duplicates.labels("flagged").inc()
+                if self.metrics is not None:
+                    self.metrics.duplicate_copies("flagged")
 
     def _lines(self, ids: Sequence[str]) -> dict[str, list[tuple[str, Decimal, Decimal]]]:
         """Each voucher's lines (account, debit, credit), sorted: to compare a copy with the one kept."""
@@ -862,14 +1043,14 @@ class Poster:
             v.sort()
         return out
 
-    def _upsert_copies(self, rows: Sequence[tuple[str, _Copy, str | None, str, str]],
-                       where: Mapping[str, tuple[str, str]]) -> set[tuple[str, str]]:
-        """Record found copies; returns those new or changed (each gets an audit row)."""
-        if not rows:
+    def _upsert_copies(self, records: Sequence[_CopyRecord], where: Mapping[str, tuple[str, str]]
+                       ) -> set[tuple[str, str]]:
+        """Record found copies; returns those new or changed (key, id), each with an audit row."""
+        if not records:
             return set()
         j = self.journal
-        with j.transaction() as conn:
-            changed = conn.execute(j.q(
+        with j.transaction():
+            changed = j.rows(_CopyChange, j.q(
                 "INSERT INTO {s}.duplicate_copies AS d (voucher_key, kingdee_id, kingdee_number, document_status, "
                 "kept_id, book, period, state, reason) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
                 "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
@@ -877,37 +1058,36 @@ class Poster:
                 "document_status = EXCLUDED.document_status, kept_id = EXCLUDED.kept_id, settled_at = NULL "
                 "WHERE (d.state, d.reason, d.document_status) IS DISTINCT FROM "
                 "(EXCLUDED.state, EXCLUDED.reason, EXCLUDED.document_status) "
-                "RETURNING d.voucher_key, d.kingdee_id, d.state, d.reason"),
-                ([r[0] for r in rows], [r[1].id for r in rows], [r[1].number for r in rows], [r[1].status for r in rows],
-                 [r[2] for r in rows], [where[r[0]][0] for r in rows], [where[r[0]][1] for r in rows],
-                 [r[3] for r in rows], [r[4] for r in rows])).fetchall()
-            by = {(r[0], r[1].id): r for r in rows}
-            j.insert_audit(conn, [("poster", "DUPLICATE_FOUND" if state == "FOUND" else "DUPLICATE_FLAGGED", key,
-                                   json.dumps({"kingdee_id": vid, "number": by[(key, vid)][1].number,
-                                               "document_status": by[(key, vid)][1].status,
-                                               "kept_id": by[(key, vid)][2], "reason": reason,
-                                               "book": where[key][0], "period": where[key][1]}, ensure_ascii=False))
-                                  for key, vid, state, reason in changed])
-        return {(r[0], r[1]) for r in changed}
+                "RETURNING d.voucher_key, d.kingdee_id, d.kingdee_number, d.state, d.reason"),
+                ([r.key for r in records], [r.copy.id for r in records], [r.copy.number for r in records],
+                 [r.copy.status for r in records], [r.kept_id for r in records], [where[r.key][0] for r in records],
+                 [where[r.key][1] for r in records], [r.state.value for r in records], [r.reason for r in records]))
+            by = {(r.key, r.copy.id): r for r in records}
+            j.insert_audit([AuditRow.of(
+                ACTOR, AuditAction.DUPLICATE_FOUND if c.state is CopyState.FOUND else AuditAction.DUPLICATE_FLAGGED,
+                c.voucher_key, {"kingdee_id": c.kingdee_id, "number": by[(c.voucher_key, c.kingdee_id)].copy.number,
+                                "document_status": by[(c.voucher_key, c.kingdee_id)].copy.status,
+                                "kept_id": by[(c.voucher_key, c.kingdee_id)].kept_id, "reason": c.reason,
+                                "book": where[c.voucher_key][0], "period": where[c.voucher_key][1]})
+                for c in changed])
+        return {(c.voucher_key, c.kingdee_id) for c in changed}
 
-    def _settle_copy(self, key: str, copy: _Copy, state: str, action: str, detail: Mapping[str, Any]) -> None:
+    def _settle_copy(self, key: str, copy: _Copy, state: CopyState, action: AuditAction,
+                     detail: Mapping[str, object]) -> None:
         j = self.journal
         with j.transaction() as conn:
             conn.execute(j.q("UPDATE {s}.duplicate_copies SET state = %s, reason = coalesce(%s, reason), "
-                             "settled_at = CASE WHEN %s = 'DELETED' THEN now() END "
-                             "WHERE voucher_key = %s AND kingdee_id = %s"),
-                         (state, detail.get("reason"), state, key, copy.id))
-            j.insert_audit(conn, [("poster", action, key, json.dumps(
-                {"kingdee_id": copy.id, "number": copy.number, "document_status": copy.status, **detail},
-                ensure_ascii=False))])
+                             "settled_at = CASE WHEN %s THEN now() END WHERE voucher_key = %s AND kingdee_id = %s"),
+                         (state.value, detail.get("reason"), state is CopyState.DELETED, key, copy.id))
+            j.insert_audit([AuditRow.of(ACTOR, action, key, {
+                "kingdee_id": copy.id, "number": copy.number, "document_status": copy.status, **detail})])
 
     def _open_copies(self, scan: DuplicateScan) -> None:
         j = self.journal
-        row = j.conn.execute(j.q("SELECT count(*) FROM {s}.duplicate_copies WHERE state IN ('FOUND', 'NEEDS_HUMAN')")
-                             ).fetchone()
-        scan.open_copies = int(row[0]) if row else 0
-        if self.series is not None:
-            self.series.open.set(scan.open_copies)
+        scan.open_copies = j.count(j.q("SELECT count(*) FROM {s}.duplicate_copies WHERE state IN ({open})",
+                                       open=OPEN_COPIES))
+        if self.metrics is not None:
+            self.metrics.duplicate_copies_open(scan.open_copies)
 
 
 def _amount(v: Any) -> Decimal:
