@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from harness import samples
 from harness.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
 from connector.events import ChangeEvent, Decoder, FixedSchemas
-from connector.journal import Journal
+from connector.journal import BatchResult, EventRecord, Journal, Partition
 from connector.ledger import voucher_to_json
 from connector.mapping import Mapper, load_rules
 from connector.pipeline import Pipeline, PipelineOptions, Processor
@@ -57,7 +58,8 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rat
     p.flush(60)
 
 
-def _pipeline(bootstrap: str, dsn: str, topic: str, on_batch: Any = None) -> Pipeline:
+def _pipeline(bootstrap: str, dsn: str, topic: str,
+              on_batch: Callable[[BatchResult, float], None] | None = None) -> Pipeline:
     journal = Journal(dsn, group=f"bench-{uuid.uuid4().hex[:6]}")
     processor = Processor(Decoder(FixedSchemas(samples.value_schema(samples.PURCHASING))), Mapper(load_rules(RULES)))
     return Pipeline(consumer_conf={"bootstrap.servers": bootstrap, "group.id": journal.group, "log_level": "3"},
@@ -90,14 +92,14 @@ def latency(bootstrap: str, dsn: str, rate: float, seconds: float) -> dict[str, 
     lat: list[float] = []
     pipe_holder: list[Pipeline] = []
 
-    def on_batch(result: Any, dt: float) -> None:
+    def on_batch(result: BatchResult, dt: float) -> None:
         pass
 
     pipe = _pipeline(bootstrap, dsn, topic, on_batch=on_batch)
     pipe_holder.append(pipe)
     original = pipe.journal.write_batch
 
-    def timed(records: Any, positions: Any) -> Any:
+    def timed(records: Sequence[EventRecord], positions: Mapping[Partition, tuple[int, int]]) -> BatchResult:
         res = original(records, positions)
         now_ms = time.time() * 1000
         lat.extend(now_ms - r.kafka.timestamp_ms for r in records if r.kafka.timestamp_ms)

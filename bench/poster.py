@@ -16,12 +16,12 @@ from harness.devstack import EmbeddedPostgres
 from connector.journal import Journal
 from connector.kingdee import KingdeeClient, KingdeeCredentials
 from connector.kingdee.poster import Poster, PosterOptions
-from connector.sandbox import start_sandbox
+from connector.sandbox import RunningSandbox, start_sandbox
 from connector.mapping import load_rules
 from tests.integration.test_poster import RULES, journal_vouchers
 
 
-def _client(sb: Any, concurrency: int) -> KingdeeClient:
+def _client(sb: RunningSandbox, concurrency: int) -> KingdeeClient:
     cfg = sb.server.state.config
     app_id = next(iter(cfg.apps))
     return KingdeeClient(KingdeeCredentials(server_url=sb.url, acct_id=cfg.data_centre, username="integration",

@@ -24,15 +24,27 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 from tqdm import tqdm
 
 from harness import samples
-from harness.devstack import REPO_ROOT
+from harness.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
+
+if TYPE_CHECKING:
+    from harness.debezium import BusinessDatabases, KafkaConnect
+    from connector.feedback import FeedbackRelay
+    from connector.kingdee import KingdeeClient
+    from connector.kingdee.poster import Poster
+    from connector.mapping import RuleSet
+    from connector.ops import OpsServer
+    from connector.pipeline import Pipeline
+    from connector.sandbox import RunningSandbox
 
 
 def _produce(bootstrap: str, registry: Any, n: int, wire: str,
@@ -94,197 +106,303 @@ def _create_topics(bootstrap: str, topics: list[str]) -> None:
                 raise
 
 
+@dataclass
+class _Stack:
+    """What a demo run started (``None``: not started, or an existing service is used), stopped in reverse."""
+
+    base: Path
+    own_dir: bool
+    bootstrap: str = ""
+    dsn: str = ""
+    broker: KafkaBroker | None = None
+    pg: EmbeddedPostgres | None = None
+    sandbox: RunningSandbox | None = None
+    business_pg: EmbeddedPostgres | None = None
+    biz: BusinessDatabases | None = None
+    connect: KafkaConnect | None = None
+    ops: OpsServer | None = None
+
+    def stop(self) -> None:
+        if self.ops:
+            self.ops.stop()
+        if self.connect:
+            self.connect.stop()
+        if self.biz:
+            self.biz.close()
+        if self.business_pg:
+            self.business_pg.stop()
+        if self.sandbox:
+            self.sandbox.stop()
+        if self.broker:
+            self.broker.stop()
+        if self.pg:
+            self.pg.stop()
+        if self.own_dir:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+@dataclass
+class _Traffic:
+    """The demo's change events: published directly (``counts`` per topic) and, with Debezium, written with SQL
+    into the business databases by ``writer`` while the pipeline runs."""
+
+    counts: dict[str, int]
+    topics: list[str]
+    done: threading.Event
+    writer: Callable[[], None] | None = None
+    biz: BusinessDatabases | None = None
+    more: int = 0  #: changes ``writer`` writes
+
+    def announce(self, wire: str) -> None:
+        print(f"published {sum(self.counts.values()):,} Debezium-format events ({wire}) directly for "
+              + ", ".join(f"{t} {n:,}" for t, n in self.counts.items()), flush=True)
+        if self.biz is not None:
+            print(f"business databases: {len(self.biz.changes):,} rows before Debezium started (snapshot); "
+                  f"writing {self.more:,} more changes with SQL while the pipeline runs", flush=True)
+
+    def expected(self) -> int:
+        return sum(self.counts.values()) + (sum(self.biz.expected_records.values()) if self.biz else 0)
+
+
+@dataclass
+class _Workers:
+    """The product's three loops, each on its own thread, and the Kingdee client the summary reads back with."""
+
+    pipeline: Pipeline
+    poster: Poster
+    relay: FeedbackRelay
+    client: KingdeeClient
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, traffic: _Traffic) -> None:
+        self.threads = [threading.Thread(target=self.pipeline.run, name="pipeline", daemon=True),
+                        threading.Thread(target=lambda: self.poster.run(idle_sleep_s=0.3), name="poster", daemon=True),
+                        threading.Thread(target=lambda: self.relay.run(idle_sleep_s=0.3), name="feedback", daemon=True)]
+        if traffic.writer is not None:
+            self.threads.append(threading.Thread(target=traffic.writer, name="business-traffic", daemon=True))
+        for th in self.threads:
+            th.start()
+
+    def alive(self) -> bool:
+        return all(th.is_alive() for th in self.threads if th.name != "business-traffic")
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+        self.poster.stop()
+        self.relay.stop()
+        for th in self.threads:
+            th.join(30)
+
+
 def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium",
              workdir: Path | None = None) -> int:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    from harness.devstack import EmbeddedPostgres, KafkaBroker
+    from connector.mapping import load_rules
+
+    stack = _Stack(base=Path(tempfile.mkdtemp(prefix="kdcdc-demo-")) if workdir is None else workdir,
+                   own_dir=workdir is None)
+    t0 = time.monotonic()
+    try:
+        _start_services(stack)
+        registry = SchemaRegistryClient.new_client({"url": f"mock://kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"})
+        traffic = _traffic(stack, registry, events, wire, source)
+        print(f"stack ready in {time.monotonic() - t0:.1f}s: kafka {stack.bootstrap} · journal {stack.dsn} · "
+              f"Kingdee sandbox {stack.sandbox.url if stack.sandbox else '?'}"
+              + (f" · Debezium REST {stack.connect.rest_url}" if stack.connect else ""), flush=True)
+        traffic.announce(wire)
+        rules = load_rules(REPO_ROOT / "rules")
+        group = f"kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"
+        workers = _workers(stack, registry, rules, group, traffic.topics)
+        workers.start(traffic)
+        total, elapsed = _watch(stack, traffic, workers, group)
+        workers.stop()
+        ok = _report(stack, rules, group, total, elapsed, workers.client)
+        workers.client.close()
+        return 0 if ok else 1
+    finally:
+        stack.stop()
+
+
+def _start_services(stack: _Stack) -> None:
+    """Kafka and the journal's PostgreSQL (unless given by KDCDC_KAFKA__BOOTSTRAP_SERVERS, KDCDC_JOURNAL__DSN),
+    and the Kingdee sandbox."""
+    from connector.sandbox import start_sandbox
+
+    bootstrap = os.environ.get("KDCDC_KAFKA__BOOTSTRAP_SERVERS")
+    dsn = os.environ.get("KDCDC_JOURNAL__DSN")
+    if bootstrap is None:
+        print("starting Apache Kafka (KRaft, single node, jars from Maven Central) …", flush=True)
+        stack.broker = KafkaBroker(stack.base / "kafka").start()
+        bootstrap = stack.broker.bootstrap
+    if dsn is None:
+        print("starting PostgreSQL 18 (embedded) for the journal …", flush=True)
+        stack.pg = EmbeddedPostgres(stack.base / "postgres").start()
+        dsn = stack.pg.dsn()
+    stack.bootstrap, stack.dsn = bootstrap, dsn
+    stack.sandbox = start_sandbox()
+
+
+def _traffic(stack: _Stack, registry: Any, events: int, wire: str, source: str) -> _Traffic:
+    """Set up the sources: with Debezium, the business databases (their snapshot rows written now) and Kafka
+    Connect; then publish the directly produced systems' events."""
+    done = threading.Event()
+    if source != "debezium":
+        done.set()
+        counts = _produce(stack.bootstrap, registry, events, wire, samples.TABLES)
+        return _Traffic(counts, list(counts), done)
+    n_debezium = max(30, events * 6 // 10)
+    traffic = _start_debezium(stack, n_debezium, done)
+    traffic.counts = _produce(stack.bootstrap, registry, max(10, events - n_debezium), wire,
+                              (samples.MES, samples.BANK))
+    traffic.topics += list(traffic.counts)
+    return traffic
+
+
+def _start_debezium(stack: _Stack, n_debezium: int, done: threading.Event) -> _Traffic:
+    from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
+
+    print("starting the business databases (PostgreSQL, logical replication) …", flush=True)
+    stack.business_pg = EmbeddedPostgres(stack.base / "business").start()
+    biz = stack.biz = BusinessDatabases(stack.business_pg.dsn()).create()
+    pre = max(10, n_debezium // 10)
+    for _ in biz.traffic(pre, seed=1):  # rows that exist before Debezium starts: its snapshot
+        pass
+    biz.expect_snapshot()
+    topics = biz.topics()
+    _create_topics(stack.bootstrap, topics)
+    print("starting Kafka Connect with the Debezium PostgreSQL connector (jars from Maven Central) …", flush=True)
+    stack.connect = KafkaConnect(stack.base / "connect", stack.bootstrap,
+                                 [connector_config(sys, "127.0.0.1", stack.business_pg.port) for sys in biz.systems]
+                                 ).start()
+
+    def write_traffic() -> None:
+        try:
+            for _ in biz.traffic(n_debezium - pre, seed=2):
+                pass
+        finally:
+            done.set()
+    return _Traffic({}, topics, done, writer=write_traffic, biz=biz, more=n_debezium - pre)
+
+
+def _workers(stack: _Stack, registry: Any, rules: RuleSet, group: str, topics: list[str]) -> _Workers:
+    """The pipeline (with metrics served on an ephemeral port), the poster and the feedback relay."""
     from connector.events import Decoder, RegistrySchemas
+    from connector.feedback import FeedbackRelay
     from connector.journal import Journal
     from connector.kingdee import KingdeeClient, KingdeeCredentials
     from connector.kingdee.poster import Poster, PosterOptions
-    from connector.sandbox import start_sandbox
-    from connector.mapping import Mapper, load_rules
+    from connector.mapping import Mapper
     from connector.ops import Metrics, OpsServer
     from connector.pipeline import Pipeline, PipelineOptions, Processor
 
-    own_dir = workdir is None
-    base = Path(tempfile.mkdtemp(prefix="kdcdc-demo-")) if workdir is None else workdir
-    bootstrap = os.environ.get("KDCDC_KAFKA__BOOTSTRAP_SERVERS")
-    dsn = os.environ.get("KDCDC_JOURNAL__DSN")
-    broker = pg = sandbox = business_pg = connect = ops = None
-    biz = None
-    t0 = time.monotonic()
-    try:
-        if bootstrap is None:
-            print("starting Apache Kafka (KRaft, single node, jars from Maven Central) …", flush=True)
-            broker = KafkaBroker(base / "kafka").start()
-            bootstrap = broker.bootstrap
-        if dsn is None:
-            print("starting PostgreSQL 18 (embedded) for the journal …", flush=True)
-            pg = EmbeddedPostgres(base / "postgres").start()
-            dsn = pg.dsn()
-        sandbox = start_sandbox()
-        registry = SchemaRegistryClient.new_client({"url": f"mock://kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"})
-        counts: dict[str, int] = {}
-        topics: list[str] = []
-        traffic_done = threading.Event()
-        if source == "debezium":
-            from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
+    assert stack.sandbox is not None
+    journal = Journal(stack.dsn, group=group)
+    metrics = Metrics()
+    stack.ops = OpsServer(metrics, port=0).start()
+    pipeline = Pipeline(
+        consumer_conf={"bootstrap.servers": stack.bootstrap, "group.id": group, "log_level": "2"},
+        topics=topics, journal=journal,
+        processor=Processor(Decoder(RegistrySchemas(registry)), Mapper(rules)),
+        options=PipelineOptions(dead_letter_topic="kingdee-cdc.demo.dlq", batch_size=2000), metrics=metrics)
+    cfg = stack.sandbox.server.state.config
+    app_id = next(iter(cfg.apps))
+    client = KingdeeClient(KingdeeCredentials(server_url=stack.sandbox.url, acct_id=cfg.data_centre,
+                                              username="integration", app_id=app_id,
+                                              app_secret=cfg.apps[app_id]["secret"]), rate_limit_per_s=500)
+    poster = Poster(Journal(stack.dsn, group=group), client, books=rules.ledger.books,
+                    options=PosterOptions(batch_size=100))
+    relay = FeedbackRelay(Journal(stack.dsn, group=group), {"bootstrap.servers": stack.bootstrap, "log_level": "2"})
+    journal.migrate()  # before the threads start: they all read the journal
+    return _Workers(pipeline, poster, relay, client)
+class _Progress(NamedTuple):
+    journaled: int  #: records with an outcome
+    rejected: int
+    posted: int  #: vouchers in Kingdee (posted or reversed)
+    waiting: int  #: vouchers not settled yet
+    rejected_by_kingdee: int
+    unsent: int  #: feedback not relayed yet
 
-            print("starting the business databases (PostgreSQL, logical replication) …", flush=True)
-            business_pg = EmbeddedPostgres(base / "business").start()
-            biz = BusinessDatabases(business_pg.dsn()).create()
-            n_debezium = max(30, events * 6 // 10)
-            pre = max(10, n_debezium // 10)
-            for _ in biz.traffic(pre, seed=1):  # rows that exist before Debezium starts: its snapshot
-                pass
-            biz.expect_snapshot()
-            topics = biz.topics()
-            _create_topics(bootstrap, topics)
-            print("starting Kafka Connect with the Debezium PostgreSQL connector (jars from Maven Central) …",
-                  flush=True)
-            connect = KafkaConnect(base / "connect", bootstrap,
-                                   [connector_config(sys, "127.0.0.1", business_pg.port) for sys in biz.systems]
-                                   ).start()
 
-            def write_traffic() -> None:
-                assert biz is not None
-                try:
-                    for _ in biz.traffic(n_debezium - pre, seed=2):
-                        pass
-                finally:
-                    traffic_done.set()
-            synthetic: tuple[samples.SampleTable, ...] = (samples.MES, samples.BANK)
-            n_synthetic = max(10, events - n_debezium)
-        else:
-            traffic_done.set()
-            synthetic = samples.TABLES
-            n_synthetic = events
-        counts = _produce(bootstrap, registry, n_synthetic, wire, synthetic)
-        topics += list(counts)
-        print(f"stack ready in {time.monotonic() - t0:.1f}s: kafka {bootstrap} · journal {dsn} · "
-              f"Kingdee sandbox {sandbox.url}" + (f" · Debezium REST {connect.rest_url}" if connect else ""),
-              flush=True)
-        print(f"published {sum(counts.values()):,} Debezium-format events ({wire}) directly for "
-              + ", ".join(f"{t} {n:,}" for t, n in counts.items()), flush=True)
-        if biz is not None:
-            print(f"business databases: {len(biz.changes):,} rows before Debezium started (snapshot); writing "
-                  f"{n_debezium - pre:,} more changes with SQL while the pipeline runs", flush=True)
+def _progress(dsn: str, group: str) -> _Progress:
+    from connector.journal import IN_KINGDEE, UNSETTLED, Outcome, VoucherStatus
 
-        rules = load_rules(REPO_ROOT / "rules")
-        group = f"kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"
-        journal = Journal(dsn, group=group)
-        metrics = Metrics()
-        ops = OpsServer(metrics, port=0).start()
-        pipeline = Pipeline(
-            consumer_conf={"bootstrap.servers": bootstrap, "group.id": group, "log_level": "2"},
-            topics=topics, journal=journal,
-            processor=Processor(Decoder(RegistrySchemas(registry)), Mapper(rules)),
-            options=PipelineOptions(dead_letter_topic="kingdee-cdc.demo.dlq", batch_size=2000), metrics=metrics)
-        cfg = sandbox.server.state.config
-        app_id = next(iter(cfg.apps))
-        client = KingdeeClient(KingdeeCredentials(server_url=sandbox.url, acct_id=cfg.data_centre,
-                                                  username="integration", app_id=app_id,
-                                                  app_secret=cfg.apps[app_id]["secret"]), rate_limit_per_s=500)
-        poster = Poster(Journal(dsn, group=group), client, books=rules.ledger.books,
-                        options=PosterOptions(batch_size=100))
-        from connector.feedback import FeedbackRelay
+    journaled, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = %s) FROM kdcdc.event_log "
+                                  "WHERE consumer_group = %s", Outcome.REJECTED, group)[0]
+    stat: dict[str, int] = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
+    unsent = _q(dsn, "SELECT count(*) FROM kdcdc.outbox WHERE sent_at IS NULL")[0][0]
+    return _Progress(journaled, rejected, sum(stat.get(s, 0) for s in IN_KINGDEE),
+                     sum(stat.get(s, 0) for s in UNSETTLED), stat.get(VoucherStatus.REJECTED_BY_KINGDEE, 0), unsent)
 
-        relay = FeedbackRelay(Journal(dsn, group=group), {"bootstrap.servers": bootstrap, "log_level": "2"})
-        journal.migrate()  # before the threads start: they all read the journal
-        threads = [threading.Thread(target=pipeline.run, name="pipeline", daemon=True),
-                   threading.Thread(target=lambda: poster.run(idle_sleep_s=0.3), name="poster", daemon=True),
-                   threading.Thread(target=lambda: relay.run(idle_sleep_s=0.3), name="feedback", daemon=True)]
-        if source == "debezium":
-            threads.append(threading.Thread(target=write_traffic, name="business-traffic", daemon=True))
-        for th in threads:
-            th.start()
-        t1 = time.monotonic()
-        done = posted = 0
-        total = sum(counts.values()) + (sum(biz.expected_records.values()) if biz else 0)
-        from confluent_kafka import Consumer
 
-        watermarks = Consumer({"bootstrap.servers": bootstrap, "group.id": "kdcdc-demo-watermarks",
-                               "log_level": "0"})  # one client for the progress line, not one per tick
-        with tqdm(total=total, unit="ev", desc="journaled", dynamic_ncols=True, mininterval=1.0) as bar:
-            while time.monotonic() - t1 < 900:
-                time.sleep(1.0)
-                if not all(th.is_alive() for th in threads if th.name != "business-traffic"):
-                    print("\na pipeline thread stopped unexpectedly; see the error above", flush=True)
-                    break
-                expected = sum(counts.values()) + (sum(biz.expected_records.values()) if biz else 0)
-                in_kafka = _log_end(watermarks, topics)
-                done, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = 'REJECTED') "
-                                         "FROM kdcdc.event_log WHERE consumer_group = %s", group)[0]
-                stat = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
-                posted = stat.get("POSTED", 0) + stat.get("REVERSED", 0)
-                waiting = stat.get("JOURNALED", 0) + stat.get("POSTING", 0)
-                unsent = _q(dsn, "SELECT count(*) FROM kdcdc.outbox WHERE sent_at IS NULL")[0][0]
-                bar.total = max(expected, in_kafka)
-                bar.n = done
-                bar.set_postfix_str(f"in Kafka {in_kafka:,} · lag {in_kafka - done:,} · posted {posted:,} · "
-                                    f"waiting {waiting:,} · rejected {rejected:,} · rejected by Kingdee "
-                                    f"{stat.get('REJECTED_BY_KINGDEE', 0):,}")
-                if (traffic_done.is_set() and in_kafka >= expected and done >= in_kafka and waiting == 0
-                        and unsent == 0):
-                    total = in_kafka
-                    break
-        elapsed = time.monotonic() - t1
-        watermarks.close()
-        pipeline.stop()
-        poster.stop()
-        relay.stop()
-        for th in threads:
-            th.join(30)
-        ok = _summary(dsn, group, total, elapsed, client, sandbox.url)
-        source_ok = True
-        if biz is not None:
-            source_ok = _source_ties(dsn, biz, [r.spec.rounding.account for r in rules.rules if r.spec.rounding])
-        print(f"\nresult: {'OK' if ok and source_ok else 'FAILED'} — every event has one outcome, every voucher is "
-              f"settled in Kingdee, the journal ties to Kingdee{' and to the source databases' if biz else ''}"
-              f"{'' if ok and source_ok else ': NOT ALL OF THIS HOLDS (see above)'}.")
-        ok &= source_ok
-        print(f"\nmetrics: this run served Prometheus metrics at http://127.0.0.1:{ops.port}/metrics "
+def _watch(stack: _Stack, traffic: _Traffic, workers: _Workers, group: str) -> tuple[int, float]:
+    """A live progress line until every event is journaled, every voucher settled and all feedback relayed
+    (at most 15 minutes); the records counted and the seconds it took."""
+    from confluent_kafka import Consumer
+
+    t1 = time.monotonic()
+    total = traffic.expected()
+    watermarks = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": "kdcdc-demo-watermarks",
+                           "log_level": "0"})  # one client for the progress line, not one per tick
+    with tqdm(total=total, unit="ev", desc="journaled", dynamic_ncols=True, mininterval=1.0) as bar:
+        while time.monotonic() - t1 < 900:
+            time.sleep(1.0)
+            if not workers.alive():
+                print("\na pipeline thread stopped unexpectedly; see the error above", flush=True)
+                break
+            expected = traffic.expected()
+            in_kafka = _log_end(watermarks, traffic.topics)
+            p = _progress(stack.dsn, group)
+            bar.total = max(expected, in_kafka)
+            bar.n = p.journaled
+            bar.set_postfix_str(f"in Kafka {in_kafka:,} · lag {in_kafka - p.journaled:,} · posted {p.posted:,} · "
+                                f"waiting {p.waiting:,} · rejected {p.rejected:,} · rejected by Kingdee "
+                                f"{p.rejected_by_kingdee:,}")
+            if (traffic.done.is_set() and in_kafka >= expected and p.journaled >= in_kafka and p.waiting == 0
+                    and p.unsent == 0):
+                total = in_kafka
+                break
+    watermarks.close()
+    return total, time.monotonic() - t1
+
+
+def _report(stack: _Stack, rules: RuleSet, group: str, total: int, elapsed: float, client: KingdeeClient) -> bool:
+    """The summary, the tie-outs (journal ↔ Kingdee, journal ↔ source databases), where the metrics were and
+    what the POS system was told."""
+    from connector.feedback import tail
+
+    ok = _summary(stack.dsn, group, total, elapsed, client, stack.sandbox.url if stack.sandbox else "?")
+    source_ok = True
+    if stack.biz is not None:
+        source_ok = _source_ties(stack.dsn, stack.biz,
+                                 [r.spec.rounding.account for r in rules.rules if r.spec.rounding])
+    print(f"\nresult: {'OK' if ok and source_ok else 'FAILED'} — every event has one outcome, every voucher is "
+          f"settled in Kingdee, the journal ties to Kingdee{' and to the source databases' if stack.biz else ''}"
+          f"{'' if ok and source_ok else ': NOT ALL OF THIS HOLDS (see above)'}.")
+    if stack.ops is not None:
+        print(f"\nmetrics: this run served Prometheus metrics at http://127.0.0.1:{stack.ops.port}/metrics "
               "(`kingdee-cdc run` serves them on metrics.port, default 9108); the Grafana dashboard and alert "
               "rules are in deploy/grafana/ and deploy/prometheus/ (docs/operations.md).")
-        from connector.feedback import tail
-
-        print("\nfeedback the POS system receives (kingdee-cdc.feedback.pos, first 4 — "
-              "`kingdee-cdc feedback tail --source pos`):")
-        tail(bootstrap, "kingdee-cdc.feedback.pos", limit=4, timeout_s=5, printer=lambda e: print(
-            f"  {e['status']:<12} {e['source'].get('table')} pk={e['source'].get('pk')} "
-            f"{(e.get('kingdee') or {}).get('number') or ''}"))
-        client.close()
-        return 0 if ok else 1
-    finally:
-        if ops:
-            ops.stop()
-        if connect:
-            connect.stop()
-        if biz:
-            biz.close()
-        if business_pg:
-            business_pg.stop()
-        if sandbox:
-            sandbox.stop()
-        if broker:
-            broker.stop()
-        if pg:
-            pg.stop()
-        if own_dir:
-            shutil.rmtree(base, ignore_errors=True)
+    print("\nfeedback the POS system receives (kingdee-cdc.feedback.pos, first 4 — "
+          "`kingdee-cdc feedback tail --source pos`):")
+    tail(stack.bootstrap, "kingdee-cdc.feedback.pos", limit=4, timeout_s=5, printer=lambda e: print(
+        f"  {e['status']:<12} {e['source'].get('table')} pk={e['source'].get('pk')} "
+        f"{(e.get('kingdee') or {}).get('number') or ''}"))
+    return ok and source_ok
 
 
-def _source_ties(dsn: str, biz: Any, rounding_accounts: list[str]) -> bool:
+def _source_ties(dsn: str, biz: BusinessDatabases, rounding_accounts: list[str]) -> bool:
     """The journal's posted debits per source system and currency against the business databases' own totals
     (explicit rounding-difference lines are the mapping's own and are left out)."""
+    from connector.journal import IN_KINGDEE
+    from connector.ledger import Side
+
     journal: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     for system, currency, amount in _q(
             dsn, "SELECT v.source_system, e.currency, sum(e.amount_for) FROM kdcdc.entries e "
-                 "JOIN kdcdc.vouchers v ON v.key = e.voucher_key WHERE v.status IN ('POSTED', 'REVERSED') "
-                 "AND e.side = 'debit' AND v.source_system = ANY(%s) AND NOT e.account = ANY(%s) GROUP BY 1, 2",
-            list(biz.systems), rounding_accounts):
+                 "JOIN kdcdc.vouchers v ON v.key = e.voucher_key WHERE v.status = ANY(%s) "
+                 "AND e.side = %s AND v.source_system = ANY(%s) AND NOT e.account = ANY(%s) GROUP BY 1, 2",
+            list(IN_KINGDEE), Side.DEBIT, list(biz.systems), rounding_accounts):
         journal[(system, currency)] = Decimal(amount).quantize(Decimal("0.01"))
     source = biz.source_debits()
     print("\nsource totals: what the business databases hold (live rows, excluding the deliberately bad ones)\n"
@@ -298,7 +416,11 @@ def _source_ties(dsn: str, biz: Any, rounding_accounts: list[str]) -> bool:
     return ties
 
 
-def _summary(dsn: str, group: str, total: int, elapsed: float, client: Any, sandbox_url: str) -> bool:
+def _summary(dsn: str, group: str, total: int, elapsed: float, client: KingdeeClient, sandbox_url: str) -> bool:
+    """Outcomes, vouchers by rule and status, the trial balance journal ↔ Kingdee, rejections, dead letters,
+    feedback, and a voucher to look at; True when everything is journaled and settled and the books tie."""
+    from connector.journal import UNSETTLED
+
     outcomes = dict(_q(dsn, "SELECT outcome, count(*) FROM kdcdc.event_log WHERE consumer_group = %s GROUP BY 1",
                        group))
     done = sum(outcomes.values())
@@ -310,11 +432,28 @@ def _summary(dsn: str, group: str, total: int, elapsed: float, client: Any, sand
             dsn, "SELECT rule_id, kind, status, count(*), sum(debit_total) FROM kdcdc.vouchers "
                  "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"):
         print(f"  {rule:<18} {kind:<9} {status:<20} {n:>6,}  debit total {amount:>16,.2f}")
-    # Trial balance of the journal (posted + reversed) vs what Kingdee holds, per account.
+    ties = _trial_balance(dsn, client)
+    _problems(dsn, group)
+    feedback = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.outbox WHERE sent_at IS NOT NULL GROUP BY 1"))
+    print("\nfeedback relayed to kingdee-cdc.feedback.<system>: "
+          + "  ".join(f"{k} {v:,}" for k, v in sorted(feedback.items())))
+    _a_voucher_to_look_at(dsn, sandbox_url)
+    complete = done == total and not _q(dsn, "SELECT 1 FROM kdcdc.vouchers WHERE status = ANY(%s) LIMIT 1",
+                                        list(UNSETTLED))
+    if not complete:
+        print("\nINCOMPLETE: some events have no outcome yet, or some vouchers are not settled in Kingdee.")
+    return complete and ties
+
+
+def _trial_balance(dsn: str, client: KingdeeClient) -> bool:
+    """The journal's posted (and reversed) vouchers against what Kingdee holds, per account: equal, and zero."""
+    from connector.journal import IN_KINGDEE
+    from connector.ledger import Side
+
     journal_tb: dict[str, Decimal] = defaultdict(Decimal)
-    for account, net in _q(dsn, "SELECT e.account, sum(CASE e.side WHEN 'debit' THEN e.amount ELSE -e.amount END) "
+    for account, net in _q(dsn, "SELECT e.account, sum(CASE e.side WHEN %s THEN e.amount ELSE -e.amount END) "
                                 "FROM kdcdc.entries e JOIN kdcdc.vouchers v ON v.key = e.voucher_key "
-                                "WHERE v.status IN ('POSTED', 'REVERSED') GROUP BY 1"):
+                                "WHERE v.status = ANY(%s) GROUP BY 1", Side.DEBIT, list(IN_KINGDEE)):
         journal_tb[account] = net
     kingdee_tb: dict[str, Decimal] = defaultdict(Decimal)
     for account, debit, credit in client.execute_bill_query("GL_VOUCHER", ["FACCOUNTID.FNumber", "FDEBIT", "FCREDIT"],
@@ -329,31 +468,35 @@ def _summary(dsn: str, group: str, total: int, elapsed: float, client: Any, sand
         print(f"  {account:<12} {j:>16,.2f} {k:>16,.2f}{'' if j == k else '   ← differs'}")
     jt, kt = sum(journal_tb.values(), Decimal(0)), sum(kingdee_tb.values(), Decimal(0))
     print(f"  {'total':<12} {jt:>16,.2f} {kt:>16,.2f}   (debits − credits: must be 0.00)")
-    ties &= jt == 0 and kt == 0
+    return ties and jt == 0 and kt == 0
+
+
+def _problems(dsn: str, group: str) -> None:
+    """Rejections by reason (mapping, checks, Kingdee) and dead letters by stage, each with an example."""
+    from connector.journal import REJECTED_STAGE, VoucherStatus
+
     print("\nrejections (mapping and accounting checks):")
     for code, n, example in _q(dsn, "SELECT code, count(*), min(message) FROM kdcdc.rejections WHERE "
                                     "consumer_group = %s GROUP BY 1 ORDER BY 2 DESC", group):
         print(f"  {code:<22} {n:>5}  e.g. {example[:100]}")
-    kd_rej = _q(dsn, "SELECT count(*), min(kingdee_messages) FROM kdcdc.vouchers WHERE status = 'REJECTED_BY_KINGDEE'")
+    kd_rej = _q(dsn, "SELECT count(*), min(kingdee_messages) FROM kdcdc.vouchers WHERE status = %s",
+                VoucherStatus.REJECTED_BY_KINGDEE)
     if kd_rej[0][0]:
-        print(f"  REJECTED_BY_KINGDEE    {kd_rej[0][0]:>5}  e.g. {kd_rej[0][1][:100]}")
+        print(f"  {VoucherStatus.REJECTED_BY_KINGDEE:<22} {kd_rej[0][0]:>5}  e.g. {kd_rej[0][1][:100]}")
     print("\ndead letters (undecodable records):")
     for stage, n, reason in _q(dsn, "SELECT stage, count(*), min(reason) FROM kdcdc.dead_letters WHERE "
-                                    "consumer_group = %s AND stage <> 'TASK_PUT' GROUP BY 1", group):
+                                    "consumer_group = %s AND stage <> %s GROUP BY 1", group, REJECTED_STAGE):
         print(f"  {stage:<10} {n:>5}  {reason[:100]}")
-    feedback = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.outbox WHERE sent_at IS NOT NULL GROUP BY 1"))
-    print("\nfeedback relayed to kingdee-cdc.feedback.<system>: "
-          + "  ".join(f"{k} {v:,}" for k, v in sorted(feedback.items())))
-    sample = _q(dsn, "SELECT key, kingdee_number, explanation FROM kdcdc.vouchers WHERE status = 'POSTED' "
-                     "ORDER BY journaled_at LIMIT 1")
+
+
+def _a_voucher_to_look_at(dsn: str, sandbox_url: str) -> None:
+    from connector.journal import VoucherStatus
+
+    sample = _q(dsn, "SELECT key, kingdee_number, explanation FROM kdcdc.vouchers WHERE status = %s "
+                     "ORDER BY journaled_at LIMIT 1", VoucherStatus.POSTED)
     if sample:
         key, number, expl = sample[0]
         print(f"\nlook at a voucher: {number} ({expl}) carries the key marker [kdcdc:{key}].")
         print("  run your own sandbox with `.venv/bin/kingdee-cdc sandbox` and query it like Kingdee:")
         print(f"  ExecuteBillQuery GL_VOUCHER FieldKeys=FBillNo,FACCOUNTID.FNumber,FDEBIT,FCREDIT "
               f"FilterString=\"FEXPLANATION like '%kdcdc:{key}%'\"  (this run's sandbox was {sandbox_url})")
-    complete = done == total and not _q(dsn, "SELECT 1 FROM kdcdc.vouchers WHERE status IN ('JOURNALED', 'POSTING') "
-                                             "LIMIT 1")
-    if not complete:
-        print("\nINCOMPLETE: some events have no outcome yet, or some vouchers are not settled in Kingdee.")
-    return complete and ties
