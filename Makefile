@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := deploy/kafka/lib/.resolved
 CONNECT_JARS := deploy/connect/lib/.resolved
+APICURIO := deploy/debezium/plugins/apicurio-converter/.resolved
 # Deployment validators (Go, from the Go module proxy): helm for the chart, composecheck = compose-go,
 # the library behind `docker compose config` (this machine kind has no compose plugin).
 TOOLS  := .tools/bin
@@ -15,7 +16,7 @@ HELM_VERSION := v3.16.4
 
 .PHONY: setup tools test unit integration typecheck demo bench dev-up dev-down clean
 
-setup: $(STAMP) $(JARS) $(CONNECT_JARS)
+setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(APICURIO)
 
 # Only the tests need these (helm template, compose validation); the demo does not.
 tools: $(HELM) $(COMPOSECHECK)
@@ -37,6 +38,11 @@ $(HELM):
 $(COMPOSECHECK): deploy/tools/go.mod deploy/tools/go.sum deploy/tools/composecheck/main.go
 	@command -v go >/dev/null || { echo "Go is needed once to build composecheck for the deployment tests"; exit 1; }
 	cd deploy/tools && go build -o $(abspath $(COMPOSECHECK)) ./composecheck
+
+# Apicurio Registry (the dev schema registry) and its Kafka Connect Avro converter, from Maven Central.
+$(APICURIO): deploy/apicurio/pom.xml deploy/apicurio/settings.xml $(STAMP) $(CONNECT_JARS)
+	$(PY) -c "from harness.apicurio import ensure_apicurio; ensure_apicurio()"
+	@touch $@
 
 # Kafka Connect + the Debezium PostgreSQL connector, for the end-to-end test and the demo.
 $(CONNECT_JARS): deploy/connect/pom.xml deploy/debezium/pom.xml $(STAMP)
@@ -70,4 +76,5 @@ dev-down: setup
 	$(PY) -m harness dev down
 
 clean:
-	rm -rf $(VENV) .tools deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .tools deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis \
+	       deploy/apicurio/app-* deploy/apicurio/target

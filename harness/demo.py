@@ -10,8 +10,11 @@ ties the journal to Kingdee, the journal to the *source databases'* own totals, 
 dead letters, feedback, metrics and how to look at a voucher.
 
 ``--source synthetic`` skips Debezium and publishes every system's events directly (no Java for Connect).
-The schema registry is the in-process ``mock://`` one (producer and consumer share this process).
-Existing services can be used instead: ``KDCDC_KAFKA__BOOTSTRAP_SERVERS``, ``KDCDC_JOURNAL__DSN``.
+With ``--format avro`` (the default) a real Apicurio Registry runs beside Kafka: Debezium writes Avro through
+it (Apicurio's converter in Confluent wire format) and the pipeline reads the schemas from its
+Confluent-compatible API; with ``--format json`` no registry is started.
+Existing services can be used instead: ``KDCDC_KAFKA__BOOTSTRAP_SERVERS``, ``KDCDC_JOURNAL__DSN``,
+``KDCDC_SCHEMA_REGISTRY__URL`` (a Confluent-compatible registry URL).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import psycopg
 from tqdm import tqdm
 
 from harness import samples
+from harness.apicurio import ApicurioRegistry
 from harness.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
 
 if TYPE_CHECKING:
@@ -121,12 +125,19 @@ class _Stack:
     biz: BusinessDatabases | None = None
     connect: KafkaConnect | None = None
     ops: OpsServer | None = None
+    registry: ApicurioRegistry | None = None
+    #: the Confluent-compatible registry URL the pipeline reads (and the direct producers register with)
+    registry_url: str = ""
+    #: the Apicurio v2 API Debezium's converter writes to (only when this run started the registry)
+    converter_url: str = ""
 
     def stop(self) -> None:
         if self.ops:
             self.ops.stop()
         if self.connect:
             self.connect.stop()
+        if self.registry:
+            self.registry.stop()
         if self.biz:
             self.biz.close()
         if self.business_pg:
@@ -203,12 +214,15 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
     stack = _Stack(base=Path(tempfile.mkdtemp(prefix="kdcdc-demo-")) if workdir is None else workdir,
                    own_dir=workdir is None)
     t0 = time.monotonic()
+    registry: Any = None
     try:
-        _start_services(stack)
-        registry = SchemaRegistryClient.new_client({"url": f"mock://kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"})
+        _start_services(stack, wire)
+        registry = SchemaRegistryClient({"url": stack.registry_url}) if stack.registry_url else \
+            SchemaRegistryClient.new_client({"url": f"mock://kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"})
         traffic = _traffic(stack, registry, events, wire, source)
         print(f"stack ready in {time.monotonic() - t0:.1f}s: kafka {stack.bootstrap} · journal {stack.dsn} · "
               f"Kingdee sandbox {stack.sandbox.url if stack.sandbox else '?'}"
+              + (f" · schema registry {stack.registry_url}" if stack.registry_url else "")
               + (f" · Debezium REST {stack.connect.rest_url}" if stack.connect else ""), flush=True)
         traffic.announce(wire)
         rules = load_rules(REPO_ROOT / "rules")
@@ -221,12 +235,14 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
         workers.client.close()
         return 0 if ok else 1
     finally:
+        if registry is not None and hasattr(registry, "__exit__"):
+            registry.__exit__(None, None, None)  # a real registry client holds a connection pool
         stack.stop()
 
 
-def _start_services(stack: _Stack) -> None:
+def _start_services(stack: _Stack, wire: str) -> None:
     """Kafka and the journal's PostgreSQL (unless given by KDCDC_KAFKA__BOOTSTRAP_SERVERS, KDCDC_JOURNAL__DSN),
-    and the Kingdee sandbox."""
+    Apicurio Registry for Avro (unless KDCDC_SCHEMA_REGISTRY__URL names one), and the Kingdee sandbox."""
     from connector.sandbox import start_sandbox
 
     bootstrap = os.environ.get("KDCDC_KAFKA__BOOTSTRAP_SERVERS")
@@ -240,6 +256,14 @@ def _start_services(stack: _Stack) -> None:
         stack.pg = EmbeddedPostgres(stack.base / "postgres").start()
         dsn = stack.pg.dsn()
     stack.bootstrap, stack.dsn = bootstrap, dsn
+    if wire == "avro":
+        given = os.environ.get("KDCDC_SCHEMA_REGISTRY__URL")
+        if given:
+            stack.registry_url = given
+        else:
+            print("starting Apicurio Registry (schema registry, from Maven Central) …", flush=True)
+            stack.registry = ApicurioRegistry(stack.base / "apicurio").start()
+            stack.registry_url, stack.converter_url = stack.registry.ccompat_url, stack.registry.v2_url
     stack.sandbox = start_sandbox()
 
 
@@ -260,6 +284,7 @@ def _traffic(stack: _Stack, registry: Any, events: int, wire: str, source: str) 
 
 
 def _start_debezium(stack: _Stack, n_debezium: int, done: threading.Event) -> _Traffic:
+    from harness.apicurio import avro_connector_config, ensure_converter_plugin
     from harness.debezium import BusinessDatabases, KafkaConnect, connector_config
 
     print("starting the business databases (PostgreSQL, logical replication) …", flush=True)
@@ -272,9 +297,11 @@ def _start_debezium(stack: _Stack, n_debezium: int, done: threading.Event) -> _T
     topics = biz.topics()
     _create_topics(stack.bootstrap, topics)
     print("starting Kafka Connect with the Debezium PostgreSQL connector (jars from Maven Central) …", flush=True)
-    stack.connect = KafkaConnect(stack.base / "connect", stack.bootstrap,
-                                 [connector_config(sys, "127.0.0.1", stack.business_pg.port) for sys in biz.systems]
-                                 ).start()
+    configs = [connector_config(sys, "127.0.0.1", stack.business_pg.port) for sys in biz.systems]
+    if stack.converter_url:  # Debezium writes Avro through the registry (Confluent wire format)
+        ensure_converter_plugin()
+        configs = [avro_connector_config(c, stack.converter_url) for c in configs]
+    stack.connect = KafkaConnect(stack.base / "connect", stack.bootstrap, configs).start()
 
     def write_traffic() -> None:
         try:
