@@ -44,6 +44,7 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
     from connector.pipeline import Processor
     from connector.replay import dry_run as run_dry
     from connector.replay import replay as run_replay
+    from connector.journal import Outcome
     from connector.service import build_journal, registry_client
 
     settings = load_settings(config)
@@ -81,8 +82,8 @@ def replay(topic: Annotated[str, typer.Option("--topic", help="topic to replay, 
     s = run(journal=journal, processor=processor, kafka_conf=settings.kafka.librdkafka(), topic=topic,
             start=start, to_time=to_time)
     typer.echo(f"replayed {s.records} records in {s.seconds:.1f}s (group {s.group}): {s.new} new, "
-               f"{s.already_present} already journaled, {s.outcomes.get('REJECTED', 0)} rejected, "
-               f"{s.outcomes.get('DEAD_LETTERED', 0)} dead letters, {s.outcomes.get('SKIPPED', 0)} skipped")
+               f"{s.already_present} already journaled, {s.outcomes.get(Outcome.REJECTED, 0)} rejected, "
+               f"{s.outcomes.get(Outcome.DEAD_LETTERED, 0)} dead letters, {s.outcomes.get(Outcome.SKIPPED, 0)} skipped")
 
 
 @app.command()
@@ -142,12 +143,14 @@ def reconcile(book: Annotated[str, typer.Option("--book")],
 
 def _print_report(report: Report) -> None:
     """The reconciliation as a table (with column headers) and the vouchers behind each difference."""
+    from connector.reconcile import LineStatus
+
     src_head = f" {'source':>16}" if report.with_source else ""
     typer.echo(f"{'account':<28}{src_head} {'journal':>16} {'Kingdee':>16} {'difference':>14}  status")
     for a in report.accounts:
         src = f" {a.source:>16,.2f}" if a.source is not None else ""
         typer.echo(f"{a.account:<28}{src} {a.journal:>16,.2f} {a.kingdee:>16,.2f} {a.difference:>14,.2f}  "
-                   f"{a.status}" + (f"  {' '.join(a.vouchers[:5])}" if a.status != "ok" else ""))
+                   f"{a.status}" + (f"  {' '.join(a.vouchers[:5])}" if a.status != LineStatus.OK else ""))
     for title, items in (("missing in Kingdee", report.missing_in_kingdee),
                          ("unknown to the journal", report.unknown_to_journal),
                          ("different amounts", report.amount_mismatch),
@@ -204,16 +207,17 @@ def dlq_list(config: ConfigOpt = None,
     """List dead letters of the configured consumer group."""
     from connector.config import load_settings
     from connector.dlq import list_dead_letters
+    from connector.journal import REJECTED_STAGE
     from connector.service import build_journal
 
     journal = build_journal(load_settings(config))
     letters = list_dead_letters(journal, status=None if status == "ALL" else status, stage=stage, limit=limit)
     typer.echo(f"{'id':>8}  {'record (topic[partition]@offset)':<40} {'kind':<22} {'status':<9} reason")
     for d in letters:
-        kind = "rejected by mapping" if d.stage == "TASK_PUT" else f"undecodable: {d.stage}"
+        kind = "rejected by mapping" if d.stage == REJECTED_STAGE else f"undecodable: {d.stage}"
         typer.echo(f"{d.id:>8}  {d.where:<40} {kind:<22} {d.status:<9} {d.reason[:90]}")
-    typer.echo(f"{len(letters)} dead letter(s): {sum(d.stage == 'TASK_PUT' for d in letters)} rejected by the "
-               f"mapping rules or checks, {sum(d.stage != 'TASK_PUT' for d in letters)} undecodable")
+    typer.echo(f"{len(letters)} dead letter(s): {sum(d.stage == REJECTED_STAGE for d in letters)} rejected by the "
+               f"mapping rules or checks, {sum(d.stage != REJECTED_STAGE for d in letters)} undecodable")
 
 
 @dlq_app.command("show")
@@ -248,6 +252,7 @@ def dlq_requeue(ids: Annotated[Optional[list[int]], typer.Argument(help="dead le
     """Send dead letters back through the pipeline (after a rule fix). Replays never duplicate vouchers."""
     from connector.config import load_settings
     from connector.dlq import get_dead_letter, list_dead_letters, requeue
+    from connector.journal import DeadLetterStatus
     from connector.service import build_journal
 
     settings = load_settings(config)
@@ -255,7 +260,7 @@ def dlq_requeue(ids: Annotated[Optional[list[int]], typer.Argument(help="dead le
     if ids:
         letters = [d for i in ids if (d := get_dead_letter(journal, i)) is not None]
     else:
-        letters = list_dead_letters(journal, status="NEW", stage=stage, limit=100_000)
+        letters = list_dead_letters(journal, status=DeadLetterStatus.NEW, stage=stage, limit=100_000)
     for d in letters:
         typer.echo(f"{'would requeue' if dry_run else 'requeue'} {d.id} {d.where} {d.reason[:80]}")
     if not dry_run:
