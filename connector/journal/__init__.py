@@ -5,6 +5,14 @@ from connector.journal._feedback import FeedbackEvent, FeedbackReason, FeedbackS
 from connector.journal._journal import Fenced, Journal, Partition, instance_id
 from connector.journal._migrate import migrate
 from connector.journal._outcomes import BatchResult, EventRecord
+from connector.journal._summaries import (
+    Closed,
+    SummaryRow,
+    close_summary,
+    due_summaries,
+    get_summary,
+    list_summaries,
+)
 from connector.journal._status import (
     IN_KINGDEE,
     OPEN_COPIES,
@@ -15,10 +23,11 @@ from connector.journal._status import (
     DeadLetterStatus,
     FeedbackStatus,
     Outcome,
+    SummaryState,
     VoucherStatus,
 )
 
-__all__ = ["IN_KINGDEE", "OPEN_COPIES", "REJECTED_STAGE", "UNSETTLED", "AuditAction", "AuditRow", "BatchResult", "CopyState",
+__all__ = ["IN_KINGDEE", "OPEN_COPIES", "REJECTED_STAGE", "UNSETTLED", "AuditAction", "AuditRow", "BatchResult", "Closed", "CopyState",
            "DeadLetterStatus", "EventRecord", "FeedbackEvent", "FeedbackReason", "FeedbackSource", "FeedbackStatus",
-           "Fenced", "Journal", "KingdeeRef", "OutboxRow", "Outcome", "Partition", "VoucherStatus", "instance_id",
+           "Fenced", "Journal", "KingdeeRef", "OutboxRow", "Outcome", "Partition", "SummaryRow", "SummaryState", "VoucherStatus", "close_summary", "due_summaries", "get_summary", "instance_id", "list_summaries",
            "migrate"]

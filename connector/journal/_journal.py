@@ -38,6 +38,7 @@ from connector.journal._feedback import FeedbackEvent
 from connector.journal._migrate import migrate
 from connector.journal._outcomes import BatchResult, EventRecord, OutcomeRows
 from connector.journal._status import AuditAction, FeedbackStatus, VoucherStatus
+from connector.journal._summaries import Route, route
 from connector.ledger import (
     BatchState,
     InMemoryLedger,
@@ -241,9 +242,9 @@ class Journal:
         with self.transaction():
             # 1. fence + advance offsets
             self._fence(positions)
-            # 2. vouchers: keys already journaled (replays, redeliveries) are skipped (see _insert_vouchers).
+            # 2. vouchers: keys already journaled (replays, redeliveries) are skipped (see insert_vouchers).
             vouchers = [(rec.kafka, v) for rec in records for v in rec.vouchers]
-            inserted = self._insert_vouchers(vouchers)
+            inserted = self.insert_vouchers(vouchers)
             result.vouchers_inserted = len(inserted)
             result.vouchers_duplicate = len(vouchers) - len(inserted)
             # 3. everything else, by COPY
@@ -265,7 +266,7 @@ class Journal:
         if fenced:
             raise Fenced(fenced)
 
-    def _insert_vouchers(self, vouchers: Sequence[tuple[KafkaCoordinates | None, Voucher]]) -> set[str]:
+    def insert_vouchers(self, vouchers: Sequence[tuple[KafkaCoordinates | None, Voucher]]) -> set[str]:
         """Insert vouchers and their entries (keys already journaled are skipped); mark what they reverse.
         Returns the keys inserted.
 
@@ -275,15 +276,16 @@ class Journal:
         new = self._new_vouchers(vouchers)
         if not new:
             return set()
+        routes = route(self, [v for _, v in new])  # contributions to summaries (and their reversals)
         with self.conn.cursor() as cur:
             with cur.copy(self.q(
                     "COPY {s}.vouchers (key, kind, reverses, book, data_centre, voucher_date, "
                     "voucher_group, explanation, debit_total, review, source_system, source_table, "
                     "source_pk, source_position, source_op, source_ts_ms, topic, kafka_partition, "
-                    "kafka_offset, kafka_ts_ms, rule_id, rule_version, payload, status, original_date) "
-                    "FROM STDIN")) as copy:
+                    "kafka_offset, kafka_ts_ms, rule_id, rule_version, payload, status, original_date, "
+                    "summary_id, adjusts_summary) FROM STDIN")) as copy:
                 for k, v in new:
-                    copy.write_row(_voucher_row(k, v))
+                    copy.write_row(_voucher_row(k, v, routes.get(v.key)))
             reversals = [(v.reverses, v.key) for _, v in new if v.kind is VoucherKind.REVERSAL and v.reverses]
             if reversals:
                 cur.execute(self.q(
@@ -315,7 +317,7 @@ class Journal:
         """Journal re-mapping corrections (reversals + corrected vouchers) outside the consumed stream:
         vouchers, entries, an audit row and a JOURNALED feedback event each, in one transaction."""
         with self.transaction():
-            inserted = self._insert_vouchers(vouchers)
+            inserted = self.insert_vouchers(vouchers)
             new = [(k, v) for k, v in vouchers if v.key in inserted]
             self.insert_audit([AuditRow.of(actor, AuditAction.JOURNALED, v.key, {
                 "rule": v.rule_id, "version": v.rule_version, "kind": v.kind.value, "reverses": v.reverses, **detail})
@@ -362,14 +364,16 @@ class Journal:
                 copy.write_row(row)
 
 
-def _voucher_row(k: KafkaCoordinates | None, v: Voucher) -> tuple[Any, ...]:
-    """A ``vouchers`` row (the COPY's column order); a new voucher is JOURNALED, opening state OPENING."""
+def _voucher_row(k: KafkaCoordinates | None, v: Voucher, r: Route | None = None) -> tuple[Any, ...]:
+    """A ``vouchers`` row (the COPY's column order); a new voucher is JOURNALED, opening state OPENING, a
+    contribution to a summary as ``route`` says (SUMMARIZED, or JOURNALED to be posted on its own)."""
     s = v.source
+    status = r.status if r is not None else VoucherStatus.OPENING if v.opening else VoucherStatus.JOURNALED
     return (v.key, v.kind.value, v.reverses, v.book, v.data_centre, v.date, v.group, v.explanation, v.debit_total,
             v.needs_review, s.row.system, s.row.table, s.row.pk, s.position, s.op, s.ts_ms,
             k.topic if k else None, k.partition if k else None, k.offset if k else None,
-            k.timestamp_ms if k else None, v.rule_id, v.rule_version, voucher_to_json(v),
-            VoucherStatus.OPENING if v.opening else VoucherStatus.JOURNALED, v.original_date)
+            k.timestamp_ms if k else None, v.rule_id, v.rule_version, voucher_to_json(v), status, v.original_date,
+            r.summary_id if r else None, r.adjusts_summary if r else None)
 
 
 def _entry_rows(v: Voucher) -> Iterator[tuple[Any, ...]]:

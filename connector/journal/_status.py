@@ -21,12 +21,22 @@ class VoucherStatus(enum.StrEnum):
     REVERSED = "REVERSED"  #: posted, then reversed by a posted reversal
     NEEDS_ATTENTION = "NEEDS_ATTENTION"  #: Kingdee holds its key more than once: a person chooses
     OPENING = "OPENING"  #: opening state at a source's cutover: in force, never posted
+    #: a contribution to a summary voucher (汇总凭证): never posted alone; in Kingdee through its summary
+    SUMMARIZED = "SUMMARIZED"
 
 
 #: vouchers not settled yet: waiting, being posted, or with an unknown outcome waiting for its grace period
 UNSETTLED: Final = (VoucherStatus.JOURNALED, VoucherStatus.POSTING)
 #: vouchers whose lines are in Kingdee's books
 IN_KINGDEE: Final = (VoucherStatus.POSTED, VoucherStatus.REVERSED)
+
+
+class SummaryState(enum.StrEnum):
+    """Where a summary stands (``summaries.state``); its voucher's own status says where it is in Kingdee."""
+
+    OPEN = "OPEN"  #: taking contributions until its close is due (or it is closed on command)
+    CLOSED = "CLOSED"  #: frozen: its summary voucher is journaled (or it netted to nothing)
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"  #: its sum failed a check at close (``problem``): a person decides
 
 
 class Outcome(enum.StrEnum):
@@ -97,6 +107,9 @@ class AuditAction(enum.StrEnum):
     DUPLICATE_FLAGGED = "DUPLICATE_FLAGGED"
     DUPLICATE_DELETED = "DUPLICATE_DELETED"
     DUPLICATE_RESOLVED = "DUPLICATE_RESOLVED"
+    # summaries
+    SUMMARY_CLOSED = "SUMMARY_CLOSED"
+    SUMMARY_NEEDS_ATTENTION = "SUMMARY_NEEDS_ATTENTION"
     # operators
     DLQ_REQUEUED = "DLQ_REQUEUED"
     OFFSETS_SET = "OFFSETS_SET"

@@ -74,7 +74,8 @@ from connector.kingdee._client import (
     KingdeeError,
     KingdeeRetryable,
 )
-from connector.ledger import Book, Voucher, VoucherKind, to_kingdee, voucher_from_json
+from connector.events import KafkaCoordinates
+from connector.ledger import Book, Voucher, VoucherKind, carried, to_kingdee, voucher_from_json
 from connector.ledger._serde import key_marker
 
 if TYPE_CHECKING:
@@ -287,6 +288,23 @@ class _Claimed:
                                          reasons=tuple(FeedbackReason("KINGDEE", m) for m in o.messages))
 
 
+class _Contribution(NamedTuple):
+    """A contribution of a summary voucher, with the Kafka coordinates of its change."""
+
+    key: str
+    payload: bytes
+    topic: str | None
+    kafka_partition: int | None
+    kafka_offset: int | None
+    kafka_ts_ms: int | None
+
+    def coordinates(self) -> KafkaCoordinates | None:
+        if self.topic is None or self.kafka_partition is None or self.kafka_offset is None:
+            return None
+        return KafkaCoordinates(topic=self.topic, partition=self.kafka_partition, offset=self.kafka_offset,
+                                timestamp_ms=self.kafka_ts_ms)
+
+
 @dataclass(slots=True)
 class _KeyStatus:
     key: str
@@ -457,7 +475,9 @@ class Poster:
         "    v.unknown_since AS unknown, o.kingdee_number AS onum, o.status AS ostatus "
         "  FROM {s}.vouchers v LEFT JOIN {s}.vouchers o ON o.key = v.reverses "
         "  WHERE {cond} "
-        "    AND (v.reverses IS NULL OR o.status IN ({settled_original})) "
+        "    AND (v.reverses IS NULL OR o.status IN ({settled_original}) "
+        # a late change to a row carried by a summary voucher: once that summary voucher is in Kingdee
+        "         OR (o.status = {summarized} AND o.kingdee_number IS NOT NULL)) "
         # a correction's reversal goes first: nothing else of the same source change while it is unsettled
         "    AND (v.kind = {reversal} OR NOT EXISTS (SELECT 1 FROM {s}.vouchers r WHERE r.kind = {reversal} "
         "         AND r.status IN ({unsettled}) AND r.source_system = v.source_system "
@@ -498,7 +518,7 @@ class Poster:
         j = self.journal
         query = j.q(self._CLAIM.replace("{cond}", cond), settled_original=SETTLED_ORIGINAL,
                     reversal=VoucherKind.REVERSAL, unsettled=UNSETTLED, posting=VoucherStatus.POSTING,
-                    journaled=VoucherStatus.JOURNALED)
+                    journaled=VoucherStatus.JOURNALED, summarized=VoucherStatus.SUMMARIZED)
         return j.rows(_ClaimRow, query, {"grace": self.opts.unknown_grace_s, "lease": self.opts.lease_s,
                                          "owner": j.owner, "limit": limit})
 
@@ -695,6 +715,7 @@ class Poster:
             settled = [o for o in settled if o.key in applied]
             self._mark_reversed(settled, claimed)
             audit, outbox = self._settled_rows(settled, claimed)
+            outbox += self._summary_feedback(settled, claimed)
             audit += [AuditRow.of(ACTOR, AuditAction.OUTCOME_UNKNOWN, o.key, {
                 "messages": list(o.messages), "attempts": claimed[o.key].attempts,
                 "look_up_after_s": self.opts.unknown_grace_s}) for o in unknown if o.key in marked]
@@ -756,11 +777,38 @@ class Poster:
                 "kingdee_id": o.kingdee_id, "number": o.number, "group_no": o.group_no,
                 "messages": list(o.messages), "attempts": c.attempts, "found_by_key": o.found}))
             event = c.feedback(o, FeedbackStatus(o.status))
-            outbox.append(event)
+            if v.kind is not VoucherKind.SUMMARY:  # a summary voucher's rows are told one by one (_summary_feedback)
+                outbox.append(event)
             if o.status is VoucherStatus.POSTED and v.kind is VoucherKind.REVERSAL and v.reverses:
                 audit.append(AuditRow.of(ACTOR, AuditAction.REVERSED, v.reverses, {"by": o.key}))
                 outbox.append(event.reversed_original())
         return audit, outbox
+
+    def _summary_feedback(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]) -> list[FeedbackEvent]:
+        """A settled summary voucher: every source row it carries is told (POSTED naming the summary voucher's
+        Kingdee number, or REJECTED_BY_KINGDEE), and its contributions learn that number (a later reversal of
+        one of them names it, the drill-down shows it)."""
+        out: list[FeedbackEvent] = []
+        j = self.journal
+        for o in settled:
+            v = claimed[o.key].voucher
+            if v.kind is not VoucherKind.SUMMARY or o.status is VoucherStatus.NEEDS_ATTENTION:
+                continue
+            if o.status is VoucherStatus.POSTED:
+                j.conn.execute(j.q(
+                    "UPDATE {s}.vouchers SET kingdee_number = %s, kingdee_group_no = %s, updated_at = now() "
+                    "WHERE summary_id = (SELECT id FROM {s}.summaries WHERE voucher_key = %s)"),
+                    (o.number, o.group_no, o.key))
+            rows = {r.key: r for r in j.rows(_Contribution, j.q(
+                "SELECT key, payload, topic, kafka_partition, kafka_offset, kafka_ts_ms FROM {s}.vouchers "
+                "WHERE summary_id = (SELECT id FROM {s}.summaries WHERE voucher_key = %s) ORDER BY seq"), (o.key,))}
+            kingdee = KingdeeRef(o.kingdee_id, o.number, o.group_no)
+            reasons = tuple(FeedbackReason("KINGDEE", m) for m in o.messages)
+            for row in carried([voucher_from_json(bytes(r.payload)) for r in rows.values()]).live:
+                out.append(FeedbackEvent.for_voucher(
+                    FeedbackStatus(o.status), row, kingdee=kingdee, reasons=reasons,
+                    kafka=rows[row.key].coordinates(), note=f"SUMMARY {o.key}"))
+        return out
 
     def _report_settled(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed], unknown: int) -> None:
         for o in settled:

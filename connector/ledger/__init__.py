@@ -7,6 +7,7 @@ from connector.ledger._model import (
     RowRef,
     Side,
     SourceRef,
+    SummaryRef,
     Voucher,
     VoucherKind,
     REVERSAL_PREFIX,
@@ -14,6 +15,9 @@ from connector.ledger._model import (
     content_digest,
     reversal_key,
     reverse,
+    summary_group,
+    summary_parts,
+    summary_voucher_key,
     voucher_key,
 )
 
@@ -30,6 +34,7 @@ from connector.ledger._checks import (
     check_voucher,
     dimension_slot,
 )
+from connector.ledger._summary import Carried, add_up, carried
 from connector.ledger._state import NO_PRIOR, BatchState, InMemoryLedger, Mapped, PriorLookup, SourceChange
 from connector.ledger._serde import (
     key_marker,
@@ -46,6 +51,6 @@ from connector.ledger._serde import (
 __all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "Cutover", "LedgerContext", "Limits", "Permission",
            "check_voucher", "dimension_slot", "key_marker", "kingdee_json", "render_entry", "to_kingdee",
            "voucher_from_avro", "voucher_from_json", "voucher_summary", "voucher_to_avro", "voucher_to_json",
-           "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "Voucher", "VoucherKind",
-           "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "voucher_key",
-           "NO_PRIOR", "BatchState", "InMemoryLedger", "Mapped", "PriorLookup", "SourceChange"]
+           "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "SummaryRef", "Voucher", "VoucherKind",
+           "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "summary_group", "summary_parts", "summary_voucher_key", "voucher_key",
+           "Carried", "add_up", "carried", "NO_PRIOR", "BatchState", "InMemoryLedger", "Mapped", "PriorLookup", "SourceChange"]

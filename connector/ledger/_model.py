@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 import datetime as dt
@@ -38,6 +39,7 @@ class VoucherKind(enum.StrEnum):
     ORIGINAL = "original"  #: posts a business change
     REVERSAL = "reversal"  #: red-ink reversal (红字冲销) of an earlier voucher
     DELTA = "delta"  #: the difference after an update (``on_update: post_delta``)
+    SUMMARY = "summary"  #: a summary voucher (汇总凭证): the frozen sum of a summary's contributions
 
 
 class RowRef(NamedTuple):
@@ -96,7 +98,64 @@ def content_digest(v: Voucher) -> str:
                     tuple(sorted(e.dimensions.items())),
                     None if e.quantity is None else str(e.quantity.normalize())) for e in v.entries)
     text = repr((v.book, (v.original_date or v.date).isoformat(), v.group, lines))
+    if v.summary is not None:  # the summary it goes into is part of what it books (same text as before otherwise)
+        text += repr(v.summary.parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: close policies of ``summarize:``: a time of day after the voucher date, a fixed interval, or on command
+CLOSE_DAILY: Final = re.compile(r"^(?P<h>\d{1,2}):(?P<m>\d{2}) next day(?: in the book's time zone)?$")
+CLOSE_EVERY: Final = re.compile(r"^every (?P<n>\d{1,4}) minutes?$")
+CLOSE_ON_COMMAND: Final = "on command"
+
+
+class SummaryRef(NamedTuple):
+    """The summary (汇总凭证) a voucher contributes to, from its rule's ``summarize:`` block.
+
+    ``parts`` are the rule's key parts in order, ``(name, value)``; the value ``None`` stands for the
+    voucher's own ``book`` or ``date`` (resolved by ``summary_parts``, after any period policy moved the
+    date). ``close`` is the rule's close policy text, ``late`` its late policy and ``tz`` the book's time
+    zone (IANA name), so the journal can time the close without the rules.
+    """
+
+    parts: tuple[tuple[str, str | None], ...]
+    close: str
+    late: str = "adjust"
+    tz: str = "Asia/Shanghai"
+
+    def daily_close(self) -> tuple[int, int] | None:
+        """(hour, minute) of a ``"HH:MM next day …"`` close."""
+        m = CLOSE_DAILY.match(self.close)
+        return (int(m["h"]), int(m["m"])) if m else None
+
+    def every_minutes(self) -> int | None:
+        m = CLOSE_EVERY.match(self.close)
+        return int(m["n"]) if m else None
+
+
+def summary_parts(v: Voucher) -> tuple[tuple[str, str], ...]:
+    """The summary key of a contribution with ``book`` and ``date`` filled in from the voucher."""
+    assert v.summary is not None
+    out = []
+    for name, value in v.summary.parts:
+        if value is None:
+            value = v.book if name == "book" else v.date.isoformat()
+        out.append((name, value))
+    return tuple(out)
+
+
+def summary_group(v: Voucher) -> str:
+    """The identity of the summaries a contribution belongs to: its rule, book, voucher date, voucher group,
+    data centre and summary key. Contributions of one group share one voucher header, so their sum is one
+    voucher; ``book`` and ``date`` are part of it whether or not ``by:`` names them."""
+    text = repr((KEY_VERSION, "summary", v.rule_id, v.book, v.date.isoformat(), v.group, v.data_centre or "",
+                 summary_parts(v)))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def summary_voucher_key(group: str, seq: int) -> str:
+    """A summary voucher's key: its group and close sequence (one summary voucher per summary, ever)."""
+    return hashlib.sha256(f"{KEY_VERSION}|summary|{group}|{seq}".encode()).hexdigest()[:32]
 
 
 _NO_DIMENSIONS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -168,6 +227,8 @@ class Voucher(NamedTuple):
     original_date: dt.date | None = None
     #: Opening state recorded at a source's cutover: in force (later changes reverse it) but never posted.
     opening: bool = False
+    #: The summary this voucher contributes to (rules with ``summarize:``); ``None``: posted on its own.
+    summary: SummaryRef | None = None
 
     def total(self, side: Side) -> Decimal:
         """Exact local-currency total of one side (38-digit money context, never rounded)."""

@@ -20,7 +20,7 @@ from typing import Any, Final
 import fastavro
 
 from connector.ledger._checks import Book
-from connector.ledger._model import Entry, RowRef, Side, SourceRef, Voucher, VoucherKind
+from connector.ledger._model import Entry, RowRef, Side, SourceRef, SummaryRef, Voucher, VoucherKind
 from connector.money import quantize
 
 SCHEMA_PATH: Final = resources.files("connector.schemas").joinpath("ledger.voucher.avsc")
@@ -118,6 +118,9 @@ def to_avro_record(v: Voucher) -> dict[str, Any]:
         "date": v.date, "business_date": v.business_date, "group": v.group, "explanation": v.explanation,
         "attachments": v.attachments, "rule_id": v.rule_id, "rule_version": v.rule_version,
         "review_reasons": list(v.review_reasons), "original_date": v.original_date, "opening": v.opening,
+        "summary": None if v.summary is None else {
+            "parts": [{"name": n, "value": x} for n, x in v.summary.parts], "close": v.summary.close,
+            "late": v.summary.late, "tz": v.summary.tz},
         "source": {"system": v.source.row.system, "table": v.source.row.table, "pk": v.source.row.pk,
                    "position": v.source.position, "op": v.source.op, "ts_ms": v.source.ts_ms},
         "entries": [{
@@ -139,6 +142,9 @@ def from_avro_record(r: Mapping[str, Any]) -> Voucher:
         explanation=r["explanation"], attachments=r["attachments"], rule_id=r["rule_id"],
         rule_version=r["rule_version"], review_reasons=tuple(r["review_reasons"]),
         original_date=r.get("original_date"), opening=bool(r.get("opening", False)),
+        summary=None if r.get("summary") is None else SummaryRef(
+            tuple((p["name"], p["value"]) for p in r["summary"]["parts"]), r["summary"]["close"],
+            r["summary"]["late"], r["summary"]["tz"]),
         source=SourceRef(row=RowRef(system=s["system"], table=s["table"], pk=s["pk"]), position=s["position"],
                          op=s["op"], ts_ms=s["ts_ms"]),
         entries=tuple(Entry(
@@ -191,6 +197,9 @@ def voucher_summary(v: Voucher, local: str = "CNY") -> dict[str, Any]:
         out["opening"] = True
     if v.review_reasons:
         out["review"] = list(v.review_reasons)
+    if v.summary is not None:
+        out["summary"] = {name: value if value is not None else (v.book if name == "book" else v.date.isoformat())
+                          for name, value in v.summary.parts}
     return out
 
 
@@ -218,7 +227,16 @@ def voucher_to_json(v: Voucher) -> bytes:
         doc["original_date"] = v.original_date.isoformat()
     if v.opening:
         doc["opening"] = True
+    if v.summary is not None:
+        doc["summary"] = [[list(p) for p in v.summary.parts], v.summary.close, v.summary.late, v.summary.tz]
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _summary_ref(doc: list[Any] | None) -> SummaryRef | None:
+    if doc is None:
+        return None
+    parts, close, late, tz = doc
+    return SummaryRef(tuple((name, value) for name, value in parts), close, late, tz)
 
 
 def voucher_from_json(raw: bytes) -> Voucher:
@@ -237,6 +255,7 @@ def voucher_from_json(raw: bytes) -> Voucher:
         rule_version=d["rule_version"], review_reasons=tuple(d["review_reasons"]),
         original_date=dt.date.fromisoformat(d["original_date"]) if d.get("original_date") else None,
         opening=bool(d.get("opening", False)),
+        summary=_summary_ref(d.get("summary")),
         source=SourceRef(row=RowRef(system=s[0], table=s[1], pk=s[2]), position=s[3], op=s[4], ts_ms=s[5]),
         entries=tuple(Entry(account=e[0], side=Side(e[1]), amount=Decimal(e[2]), explanation=e[3], currency=e[4],
                             rate_type=e[5], rate=Decimal(e[6]), amount_for=Decimal(e[7]), quantity=dec(e[8]),

@@ -28,6 +28,7 @@ from connector.ledger._model import (
     RowRef,
     Side,
     SourceRef,
+    SummaryRef,
     Voucher,
     VoucherKind,
     canonical_pk,
@@ -125,6 +126,8 @@ def _same_lines(a: Sequence[Voucher], b: Voucher) -> bool:
     old = a[0]
     if (old.book, old.original_date or old.date, old.group) != (b.book, b.original_date or b.date, b.group):
         return False
+    if (old.summary and old.summary.parts) != (b.summary and b.summary.parts):
+        return False  # same lines, other summary key (another store, another payment method): it moves
 
     def lines(v: Voucher) -> list[tuple[Any, ...]]:
         return sorted((e.account, e.side.value, e.amount, e.amount_for, e.currency, e.rate,
@@ -578,7 +581,26 @@ class Mapper:
             key="", book=h.book, date=h.day, business_date=h.business_day,
             group=rule.group(s), explanation=explanation, entries=tuple(entries), source=src, rule_id=rule.id,
             rule_version=rule.version, data_centre=(rule.data_centre(s) if rule.data_centre else None)
-            or (h.book_cfg.data_centre if h.book_cfg else None), attachments=spec.voucher.attachments)
+            or (h.book_cfg.data_centre if h.book_cfg else None), attachments=spec.voucher.attachments,
+            summary=self._summary(rule, s, h) if rule.summary_by else None)
+
+    @staticmethod
+    def _summary(rule: Rule, s: Mapping[str, Any], h: _Header) -> SummaryRef:
+        """The summary key of a ``summarize:`` rule's voucher (``book`` and ``date`` stay the voucher's own)."""
+        spec = rule.spec.summarize
+        assert spec is not None
+        parts: list[tuple[str, str | None]] = []
+        for i, (name, expr) in enumerate(rule.summary_by):
+            if expr is None:
+                parts.append((name, None))
+                continue
+            value = expr(s)
+            if value is None or value == "":
+                raise EvalError("MISSING_FIELD", f"summary key part {name!r} is empty: the row cannot be given to a "
+                                                 "summary", f"summarize.by[{i}]", "")
+            parts.append((name, value.isoformat() if isinstance(value, date) else str(value)))
+        tz = h.book_cfg.timezone.key if h.book_cfg else DEFAULT_TZ.key
+        return SummaryRef(tuple(parts), spec.close, spec.late, tz)
 
     def _full_entry(self, ce: CompiledEntry, es: Mapping[str, Any], h: _Header, allow_negative: bool,
                     skip_zero: bool) -> tuple[Entry | None, Decimal, Decimal]:

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from connector.ledger._checks import dimension_slot
+from connector.ledger._model import CLOSE_DAILY, CLOSE_EVERY, CLOSE_ON_COMMAND
 
 
 class _Model(BaseModel):
@@ -121,8 +122,6 @@ class RoundingSpec(_Model):
         return v
 
 
-_CLOSE_DAILY: Final = re.compile(r"^(?P<h>\d{1,2}):(?P<m>\d{2}) next day(?: in the book's time zone)?$")
-_CLOSE_EVERY: Final = re.compile(r"^every (?P<n>\d{1,4}) minutes?$")
 
 
 class SummarizeSpec(_Model):
@@ -145,10 +144,10 @@ class SummarizeSpec(_Model):
     @classmethod
     def _close(cls, v: str) -> str:
         text = v.strip()
-        daily = _CLOSE_DAILY.match(text)
+        daily = CLOSE_DAILY.match(text)
         if daily and (int(daily["h"]) > 23 or int(daily["m"]) > 59):
             raise ValueError(f"{v!r}: not a time of day")
-        if not (daily or _CLOSE_EVERY.match(text) or text == "on command"):
+        if not (daily or CLOSE_EVERY.match(text) or text == CLOSE_ON_COMMAND):
             raise ValueError(f"{v!r}: expected \"HH:MM next day in the book's time zone\", \"every N minutes\" "
                              "or \"on command\"")
         return text
@@ -172,11 +171,11 @@ class SummarizeSpec(_Model):
         return v
 
     def daily_close(self) -> tuple[int, int] | None:
-        m = _CLOSE_DAILY.match(self.close)
+        m = CLOSE_DAILY.match(self.close)
         return (int(m["h"]), int(m["m"])) if m else None
 
     def every_minutes(self) -> int | None:
-        m = _CLOSE_EVERY.match(self.close)
+        m = CLOSE_EVERY.match(self.close)
         return int(m["n"]) if m else None
 
 

@@ -63,6 +63,15 @@ def rules_with(tmp_path: Path, **files: str) -> Path:
     return target
 
 
+def summarizing_pos_rule(*, close: str = "02:00 next day in the book's time zone", late: str = "adjust",
+                         by: str = "[book, date, row.channel, row.payment_method]") -> str:
+    """The shipped POS sale rule with a ``summarize:`` block: one voucher per book, day, channel and payment
+    method."""
+    text = (RULES / "pos-sale.yaml").read_text(encoding="utf-8")
+    return text + (f"summarize:\n  by: {by}\n  close: \"{close}\"\n  late: {late}\n"
+                   "  explanation: \"POS 日汇总 {{ key.channel }} {{ key.date }} {{ key.payment_method }} 共{{ count }}笔\"\n")
+
+
 def only_rejection(result: MapResult) -> ReasonCode:
     assert not result.vouchers, result
     assert result.rejections, result

@@ -1,0 +1,226 @@
+"""Summary vouchers (汇总凭证) through the real journal, the closer and the poster against the sandbox over HTTP.
+
+Changes are mapped against what PostgreSQL holds for their rows (as the pipeline prefetches it) and journaled
+with ``write_batch``; summaries are closed by the ``SummaryCloser`` and posted by the ``Poster``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.events import ChangeEvent, KafkaCoordinates
+from connector.journal import EventRecord, Journal, Outcome, SummaryState
+from connector.kingdee.poster import Poster, PosterOptions
+from connector.ledger import RowRef, canonical_pk
+from connector.mapping import Mapper, load_rules
+from connector.sandbox import RunningSandbox
+from connector.summaries import SummaryCloser, drilldown, find_summary
+from tests.integration.helpers import client_for, rows
+from tests.unit.helpers import event, rules_with, sale, summarizing_pos_rule
+
+
+@dataclass
+class World:
+    """A journal with summarizing rules: map and journal changes one by one, close, post."""
+
+    dsn: str
+    rules_dir: Path
+    journal: Journal = field(init=False)
+    mapper: Mapper = field(init=False)
+    offset: int = 0
+    lsn: int = 100
+    db: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.journal = Journal(self.dsn, group="summaries")
+        self.journal.migrate()
+        self.mapper = Mapper(load_rules(self.rules_dir))
+
+    def write(self, oid: int, **changes: Any) -> None:
+        before = self.db.get(oid)
+        after = {**(before or sale(id=oid, order_no=f"SO{oid}")), **changes}
+        self.db[oid] = after
+        self.apply(event("pos", "sales_order", "u" if before else "c", after=after, before=before, lsn=self.next_lsn()))
+
+    def delete(self, oid: int) -> None:
+        before = self.db.pop(oid)
+        self.db[oid] = None
+        self.apply(event("pos", "sales_order", "d", before=before, lsn=self.next_lsn()))
+
+    def next_lsn(self) -> int:
+        self.lsn += 1
+        return self.lsn
+
+    def apply(self, ev: ChangeEvent) -> None:
+        assert ev.key is not None
+        row = RowRef(ev.source.name, ev.source.table_id, canonical_pk(ev.key))
+        result = self.mapper.map(ev, self.journal.prefetch_active([row]))
+        assert not result.rejections, result.rejections
+        coords = KafkaCoordinates(topic="pos", partition=0, offset=self.offset)
+        outcome = Outcome.VOUCHERED if result.vouchers else Outcome.SKIPPED
+        self.journal.write_batch([EventRecord(kafka=coords, outcome=outcome, event=ev, vouchers=result.vouchers)],
+                                 {("pos", 0): (self.offset, self.offset + 1)})
+        self.offset += 1
+
+    def closer(self) -> SummaryCloser:
+        return SummaryCloser(self.journal, rules=self.mapper.rules, ledger=self.mapper.ledger)
+
+    def close_all(self) -> int:
+        return len(self.closer().close_due(now=datetime.now(timezone.utc) + timedelta(days=3650)))
+
+    def post(self, sb: RunningSandbox) -> None:
+        with client_for(sb) as client:
+            Poster(self.journal, client, books=self.mapper.ledger.books,
+                   options=PosterOptions(unknown_grace_s=0.5)).run(idle_sleep_s=0.05, exit_when_idle=True)
+
+
+def kingdee_lines(sb: RunningSandbox) -> dict[str, Decimal]:
+    """Net local amount per account over every voucher in the sandbox."""
+    net: dict[str, Decimal] = {}
+    with sb.server.state.lock:
+        vouchers = list(sb.server.state.vouchers.values())
+    for rec in vouchers:
+        for e in rec["model"]["FEntity"]:
+            acct = e["FACCOUNTID"]["FNumber"]
+            net[acct] = net.get(acct, Decimal(0)) + Decimal(str(e["FDEBIT"])) - Decimal(str(e["FCREDIT"]))
+    return {a: n for a, n in net.items() if n}
+
+
+def source_lines(world: World) -> dict[str, Decimal]:
+    """What the rows in the source database book now, each mapped alone (the accountant's expectation)."""
+    mapper = Mapper(world.mapper.rules)
+    net: dict[str, Decimal] = {}
+    for oid, row in world.db.items():
+        if row is None:
+            continue
+        for v in mapper.map(event("pos", "sales_order", "c", after=row)).vouchers:
+            for e in v.entries:
+                net[e.account] = net.get(e.account, Decimal(0)) + (e.amount if e.side.value == "debit" else -e.amount)
+    return {a: n for a, n in net.items() if n}
+
+
+@pytest.fixture
+def make_world(pg_dsn: str, tmp_path: Path) -> Iterator[Callable[..., World]]:
+    """Worlds on the test's database with the POS rule summarizing (``summarizing_pos_rule`` options)."""
+    made: list[World] = []
+
+    def make(**rule: Any) -> World:
+        made.append(World(pg_dsn, rules_with(tmp_path / str(len(made)), **{"pos-sale": summarizing_pos_rule(**rule)})))
+        return made[-1]
+    yield make
+    for w in made:
+        w.journal.close()
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
+
+
+def test_one_summary_voucher_per_key_with_drilldown_and_feedback(world: World, sandbox: RunningSandbox) -> None:
+    for oid in range(1, 7):  # two payment methods, one day
+        world.write(oid, payment_method="CASH" if oid % 2 else "WECHAT", net_amount=f"{oid}00.00",
+                    tax_amount=f"{oid * 13}.00", gross_amount=f"{oid * 113}.00")
+    world.write(3, net_amount="1000.00", tax_amount="130.00", gross_amount="1130.00")  # changed while open
+    world.delete(5)  # deleted while open
+    statuses = dict(rows(world.dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
+    assert statuses == {"SUMMARIZED": 9}, statuses  # 6 + reversal and repost of 3 + reversal of 5
+    assert rows(world.dsn, "SELECT count(*) FROM kdcdc.summaries WHERE state = 'OPEN'") == [(2,)]
+    world.post(sandbox)
+    assert not sandbox.server.state.vouchers, "nothing is posted before its summary closes"
+
+    assert world.close_all() == 2
+    world.post(sandbox)
+    assert len(sandbox.server.state.vouchers) == 2
+    assert kingdee_lines(sandbox) == source_lines(world)
+
+    cash = find_summary(world.journal, str(rows(world.dsn, "SELECT id FROM kdcdc.summaries WHERE key->>'payment_method'"
+                                                          " = 'CASH'")[0][0]))
+    assert cash is not None and cash.state == SummaryState.CLOSED
+    down = drilldown(world.journal, cash)
+    assert down.voucher_status == "POSTED" and down.kingdee_number
+    assert sorted(json.loads(r.pk)["id"] for r in down.rows) == [1, 3]  # 5 was deleted before the close
+    assert {r.pk: r.changes for r in down.rows}[canonical_pk({"id": 3})] == 3
+    assert sum(r.debit_total for r in down.rows) == Decimal("1243.00")  # 113 + 1130
+    by_number = find_summary(world.journal, down.kingdee_number)
+    assert by_number is not None and by_number.id == cash.id
+    rec = next(r for r in sandbox.server.state.vouchers.values() if r["FBillNo"] == down.kingdee_number)
+    assert rec["model"]["FEntity"][0]["FEXPLANATION"].startswith(f"POS 日汇总 {cash.key['channel']} 2026-11-12 CASH 共2笔")
+
+    posted = rows(world.dsn, "SELECT payload->>'voucher_key', payload->'kingdee'->>'number', payload->>'reason' "
+                             "FROM kdcdc.outbox WHERE status = 'POSTED'")
+    numbers = {n for _, n, _ in posted}
+    assert len(posted) == 5 and len(numbers) == 2, posted  # rows 1, 2, 3 (new), 4, 6 — each told once
+    assert all(reason.startswith("SUMMARY ") for _, _, reason in posted)
+
+
+def test_changes_after_close_post_adjustments_naming_the_summary(world: World, sandbox: RunningSandbox) -> None:
+    for oid in (1, 2, 3):
+        world.write(oid)
+    world.close_all()
+    world.post(sandbox)
+    number = rows(world.dsn, "SELECT kingdee_number FROM kdcdc.vouchers WHERE kind = 'summary'")[0][0]
+    world.write(2, net_amount="200.00", tax_amount="26.00", gross_amount="226.00")  # changed after close
+    world.delete(3)  # deleted after close
+    world.write(4)  # a late row for the closed key (late: adjust)
+    late = rows(world.dsn, "SELECT kind, status, summary_id IS NULL, adjusts_summary IS NOT NULL FROM kdcdc.vouchers "
+                           "WHERE kind <> 'summary' AND status <> 'SUMMARIZED' ORDER BY seq")
+    assert late == [("reversal", "JOURNALED", True, True), ("original", "JOURNALED", True, True),
+                    ("reversal", "JOURNALED", True, True), ("original", "JOURNALED", True, True)], late
+    world.post(sandbox)
+    assert kingdee_lines(sandbox) == source_lines(world)
+    reversals = [r for r in sandbox.server.state.vouchers.values()
+                 if r["model"]["FEntity"][0]["FEXPLANATION"].startswith("冲销")]
+    assert len(reversals) == 2
+    assert all(e["FEXPLANATION"].startswith(f"冲销 {number} ") for r in reversals for e in r["model"]["FEntity"])
+    # the summary voucher itself was never edited
+    assert rows(world.dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE kind = 'summary'") == [(1,)]
+
+
+def test_late_rows_go_to_the_next_summary_when_the_rule_says_so(make_world: Callable[..., World],
+                                                                sandbox: RunningSandbox) -> None:
+    world = make_world(late="next_summary")
+    world.write(1)
+    world.close_all()
+    world.write(2)
+    world.write(1, net_amount="50.00", tax_amount="6.50", gross_amount="56.50")
+    assert rows(world.dsn, "SELECT seq, state, contributions FROM kdcdc.summaries ORDER BY seq") == [
+        (1, "CLOSED", 1), (2, "OPEN", 2)]  # the reversal of row 1's first version is posted on its own
+    world.close_all()
+    world.post(sandbox)
+    assert len(sandbox.server.state.vouchers) == 3
+    assert kingdee_lines(sandbox) == source_lines(world)
+
+
+def test_a_summary_in_a_closed_period_is_held_with_the_reason(world: World) -> None:
+    world.write(1)
+    closed = replace(world.mapper.ledger, books={n: replace(b, reverse_in="original_period",
+                                                            closed_periods=b.closed_periods | {"2026-11"})
+                                                 for n, b in world.mapper.ledger.books.items()})
+    closer = SummaryCloser(world.journal, rules=world.mapper.rules, ledger=closed)
+    done = closer.close_due(now=datetime.now(timezone.utc) + timedelta(days=3650))
+    assert [d.state for d in done] == [SummaryState.NEEDS_ATTENTION]
+    assert done[0].problem and "CLOSED_PERIOD" in done[0].problem and "2026-11" in done[0].problem
+    assert rows(world.dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE kind = 'summary'") == [(0,)]
+    # reopened: a retry closes it
+    retried = SummaryCloser(world.journal, rules=world.mapper.rules, ledger=world.mapper.ledger).close(
+        done[0].summary.id, retry=True)
+    assert retried is not None and retried.state == SummaryState.CLOSED
+
+
+def test_rows_of_one_summary_move_when_their_key_changes(world: World, sandbox: RunningSandbox) -> None:
+    world.write(1, payment_method="CASH")
+    world.write(1, payment_method="WECHAT")  # same amounts, another key: out of one summary into the other
+    world.close_all()
+    world.post(sandbox)
+    assert rows(world.dsn, "SELECT key->>'payment_method', source_rows, voucher_key IS NOT NULL FROM kdcdc.summaries "
+                           "ORDER BY id") == [("CASH", 0, False), ("WECHAT", 1, True)]
+    assert kingdee_lines(sandbox) == source_lines(world)
