@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 JARS   := deploy/kafka/lib/.resolved
 CONNECT_JARS := deploy/connect/lib/.resolved
+# The Debezium JDBC sink connector (Kafka Connect plugin archive from Maven Central): the benchmark's peer.
+JDBC_SINK := deploy/jdbc-sink/plugins/.resolved
 APICURIO := deploy/debezium/plugins/apicurio-converter/.resolved
 # Deployment validators (Go, from the Go module proxy): helm for the chart, composecheck = compose-go,
 # the library behind `docker compose config` (this machine kind has no compose plugin).
@@ -14,7 +16,7 @@ HELM   := $(TOOLS)/helm
 COMPOSECHECK := $(TOOLS)/composecheck
 HELM_VERSION := v3.16.4
 
-.PHONY: setup tools test unit integration typecheck demo bench dev-up dev-down clean
+.PHONY: setup tools test unit integration typecheck demo bench bench-profile dev-up dev-down clean
 
 setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(APICURIO)
 
@@ -49,6 +51,10 @@ $(CONNECT_JARS): deploy/connect/pom.xml deploy/debezium/pom.xml $(STAMP)
 	$(PY) -c "from harness.debezium import ensure_connect_jars; ensure_connect_jars()"
 	@touch $@
 
+$(JDBC_SINK): deploy/jdbc-sink/pom.xml $(STAMP)
+	$(PY) -c "from harness.debezium import ensure_jdbc_sink_plugin; ensure_jdbc_sink_plugin()"
+	@touch $@
+
 # The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
 test: setup tools
 	$(PY) -m mypy connector harness tests bench
@@ -66,8 +72,14 @@ typecheck: setup
 demo: setup
 	$(PY) -m harness demo
 
-bench: setup
+# Every benchmark in one run (≈ 5–15 min) → docs/benchmarks.md and docs/benchmarks.json.
+bench: setup $(CONNECT_JARS) $(JDBC_SINK)
 	$(PY) -m bench.run
+
+# A py-spy profile of the pipeline process during a sustained run → docs/profiles/ (py-spy from PyPI, once).
+bench-profile: setup
+	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy
+	$(PY) -m bench.profile
 
 dev-up: setup
 	$(PY) -m harness dev up
@@ -76,5 +88,5 @@ dev-down: setup
 	$(PY) -m harness dev down
 
 clean:
-	rm -rf $(VENV) .tools deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins .devstack .pytest_cache .mypy_cache .hypothesis \
+	rm -rf $(VENV) .tools deploy/kafka/lib deploy/connect/lib deploy/debezium/plugins deploy/jdbc-sink/plugins deploy/jdbc-sink/target .devstack .pytest_cache .mypy_cache .hypothesis \
 	       deploy/apicurio/app-* deploy/apicurio/target

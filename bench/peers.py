@@ -17,8 +17,9 @@ noisy), so kingdee-cdc's sustained rate is compared with, on the *same topic* in
 * :func:`run_kingdee_cdc` — kingdee-cdc's pipeline on the same JSON topic, built the way
   ``bench/pipeline.py`` builds it (batches of up to 2,000, no dead-letter topic).
 
-``python -m bench.peers`` runs all of them (and ``bench.pipeline.throughput``, Avro, its own topic) on a
-fresh broker and PostgreSQL and prints one table per repetition; see ``--help``.
+``make bench`` runs them side by side (``bench/pipeline.py``); ``python -m bench.peers`` runs them alone (and
+kingdee-cdc on the same changes as Avro, its own topic) on a fresh broker and PostgreSQL and prints one table
+per repetition; see ``--help``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -140,13 +140,13 @@ def _with_db(dsn: str, dbname: str) -> str:
     return make_conninfo(dsn, dbname=dbname)
 
 
-def _create_database(dsn: str, name: str) -> None:
+def create_database(dsn: str, name: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def _drop_database(dsn: str, name: str) -> None:
+def drop_database(dsn: str, name: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -203,7 +203,8 @@ def _slope(samples_: Sequence[tuple[float, int]], total: int, lo: float = 0.1, h
 def run_jdbc_sink(bootstrap: str, dsn: str, topic: str, expected_rows: int, *, workdir: Path, timeout_s: float,
                   expected_total: Decimal | None = None, table: str = "purchase_invoice", batch_size: int = 2000,
                   database: str | None = None, keep_database: bool = False, heap: str = "512m",
-                  extra_config: Mapping[str, str] | None = None) -> dict[str, Any]:
+                  extra_config: Mapping[str, str] | None = None, progress: Callable[[str], None] | None = None,
+                  progress_s: float = 5.0) -> dict[str, Any]:
     """Land ``topic`` in PostgreSQL with the Debezium JDBC sink connector and time it.
 
     The sink writes into a fresh database ``database`` (default ``peer_jdbc_<random>``) of the server ``dsn``
@@ -214,12 +215,12 @@ def run_jdbc_sink(bootstrap: str, dsn: str, topic: str, expected_rows: int, *, w
     ``events_per_s`` (from start), ``start_s`` (worker start → connector and task RUNNING),
     ``first_row_s`` (worker start → first row visible), ``warm_events_per_s`` (committed-offset slope between
     10 % and 90 % of the events; ``None`` if the run was too short to sample), ``config`` (the connector's).
-    The worker is stopped on every path out.
+    The worker is stopped on every path out. ``progress`` is given a line every ``progress_s`` seconds.
     """
     events = topic_size(bootstrap, topic)
     partitions = _partitions(bootstrap, topic)
     db = database or f"peer_jdbc_{uuid.uuid4().hex[:8]}"
-    _create_database(dsn, db)
+    create_database(dsn, db)
     target = _with_db(dsn, db)
     url, user = jdbc_url(target)
     name = f"peer-jdbc-{uuid.uuid4().hex[:6]}"
@@ -234,11 +235,14 @@ def run_jdbc_sink(bootstrap: str, dsn: str, topic: str, expected_rows: int, *, w
                               worker_overrides={"offset.flush.interval.ms": "250",
                                                 "plugin.discovery": "service_load"})
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": "3"})
-    progress: list[tuple[float, int]] = []
+    samples_: list[tuple[float, int]] = []  # (seconds since start, offsets committed)
     try:
         t0 = time.monotonic()
         connect.start(timeout=min(timeout_s, 180.0))
         start_s = time.monotonic() - t0
+        if progress is not None:
+            progress(f"  JDBC sink: connector and task running after {start_s:.1f} s")
+        last_progress = time.monotonic()
         deadline = t0 + timeout_s
         first_row_s: float | None = None
         state: tuple[int, Decimal] | None = None
@@ -248,7 +252,7 @@ def run_jdbc_sink(bootstrap: str, dsn: str, topic: str, expected_rows: int, *, w
             while True:
                 now = time.monotonic()
                 committed = _committed(admin, f"connect-{name}", topic, partitions)
-                progress.append((now - t0, committed))
+                samples_.append((now - t0, committed))
                 # The table is read only when it matters, to take little CPU from the sink: whether the first
                 # row is there, and the full (count, total) check near the end (or every 2 s regardless).
                 if first_row_s is None and _has_rows(conn, table):
@@ -267,14 +271,17 @@ def run_jdbc_sink(bootstrap: str, dsn: str, topic: str, expected_rows: int, *, w
                 if now - last_status > 2.0:
                     _check_running(connect)
                     last_status = now
+                if progress is not None and now - last_progress > progress_s:
+                    progress(f"  JDBC sink: {committed:,}/{events:,} offsets committed after {now - t0:.0f} s")
+                    last_progress = now
                 time.sleep(0.1)
-        warm = _slope(progress, events)
+        warm = _slope(samples_, events)
         return {"events": events, "rows": state[0], "seconds": done_s, "events_per_s": events / done_s,
                 "start_s": start_s, "first_row_s": first_row_s, "warm_events_per_s": warm, "config": config}
     finally:
         connect.stop()
         if not keep_database:
-            _drop_database(dsn, db)
+            drop_database(dsn, db)
 
 
 def _partitions(bootstrap: str, topic: str) -> int:
@@ -372,39 +379,19 @@ def run_raw_ceiling(bootstrap: str, dsn: str, topic: str, n: int, *, batch: int 
 
 
 # --------------------------------------------------------------------------- kingdee-cdc on the same topic
-def run_kingdee_cdc(bootstrap: str, dsn: str, topic: str) -> dict[str, Any]:
-    """kingdee-cdc's pipeline over ``topic``, built like bench/pipeline.py's (shipped rules, batches of up to
-    2,000, no dead-letter topic, a fresh consumer group and journal group), until idle for 2 s.
+def run_kingdee_cdc(bootstrap: str, dsn: str, topic: str, events: int, *, workdir: Path,
+                    pg_pid: int | None = None, broker_pid: int | None = None) -> dict[str, Any]:
+    """kingdee-cdc's pipeline over ``topic`` (``events`` records), in a process of its own and into a fresh
+    journal database (``bench.pipeline.sustained``: shipped rules, batches of up to 2,000, no dead-letter
+    topic), until idle for 2 s. A fresh journal matters: the same changes already journaled (by an earlier
+    run on the same stream, JSON or Avro) are duplicates, a different and much cheaper path.
 
-    Returns ``events``, ``seconds`` / ``events_per_s`` measured like ``bench.pipeline.throughput`` (from the
-    start of the first batch to the end of the last), ``seconds_from_start`` / ``events_per_s_from_start``
-    (from constructing the pipeline: includes the journal migration check and the group join),
-    ``batch_ms_mean``."""
-    from connector.events import Decoder, FixedSchemas
-    from connector.journal import Journal
-    from connector.mapping import Mapper, load_rules
-    from connector.pipeline import Pipeline, PipelineOptions, Processor
+    Returns ``events``, ``seconds`` / ``events_per_s`` (from the start of the first batch to the end of the
+    last), ``seconds_from_start`` / ``events_per_s_from_start`` (from constructing the pipeline: includes the
+    journal migration and the group join), ``batch_ms_mean``, ``cpu_s``, ``stages``, ``peak_rss_mb``."""
+    from bench import pipeline
 
-    marks: list[tuple[float, int, float]] = []
-
-    def on_batch(result: Any, dt: float) -> None:
-        marks.append((time.monotonic(), int(result.records), dt))
-
-    t0 = time.monotonic()
-    journal = Journal(dsn, group=f"peers-{uuid.uuid4().hex[:6]}")
-    processor = Processor(Decoder(FixedSchemas(samples.value_schema(TABLE))), Mapper(load_rules(RULES)))
-    pipe = Pipeline(consumer_conf={"bootstrap.servers": bootstrap, "group.id": journal.group, "log_level": "3"},
-                    topics=[topic], journal=journal, processor=processor,
-                    options=PipelineOptions(dead_letter_topic="", batch_size=2000), on_batch=on_batch)
-    pipe.run(max_idle_s=2)
-    if not marks:
-        raise RuntimeError(f"kingdee-cdc journaled nothing from {topic}")
-    done = sum(m[1] for m in marks)
-    span = marks[-1][0] - (marks[0][0] - marks[0][2])
-    from_start = marks[-1][0] - t0
-    return {"events": done, "seconds": span, "events_per_s": done / span, "seconds_from_start": from_start,
-            "events_per_s_from_start": done / from_start,
-            "batch_ms_mean": 1000 * statistics.mean(m[2] for m in marks)}
+    return pipeline.sustained(pipeline.Stack(bootstrap, dsn, pg_pid, broker_pid, workdir), topic, events)
 
 
 # --------------------------------------------------------------------------- python -m bench.peers
@@ -433,15 +420,16 @@ def measure(bootstrap: str, dsn: str, n: int, workdir: Path, *, seed: int = 1, j
             pipeline_avro: bool = True, timeout_s: float = 900.0, reverse: bool = False,
             jdbc_extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One side-by-side repetition on a fresh topic holding ``n`` JSON events (3 partitions): kingdee-cdc, the
-    raw ceiling and the JDBC sink one after the other (``reverse``: in the opposite order), then
-    ``bench.pipeline.throughput`` on its own Avro topic."""
+    raw ceiling and the JDBC sink one after the other (``reverse``: in the opposite order), then kingdee-cdc
+    on the same changes as Avro (its own topic, its own fresh journal)."""
     records, expected = purchase_invoice_records(n, seed)
     topic = create_topic(bootstrap)
     produce(bootstrap, topic, records)
     del records
     out: dict[str, Any] = {"topic": topic, "expected": expected}
     steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
-        ("kingdee_cdc", "kingdee-cdc on the JSON topic", lambda: run_kingdee_cdc(bootstrap, dsn, topic)),
+        ("kingdee_cdc", "kingdee-cdc on the JSON topic",
+         lambda: run_kingdee_cdc(bootstrap, dsn, topic, expected.events, workdir=workdir)),
         ("raw", "raw ceiling", lambda: run_raw_ceiling(bootstrap, dsn, topic, expected.events)),
     ]
     if jdbc:
@@ -454,8 +442,10 @@ def measure(bootstrap: str, dsn: str, n: int, workdir: Path, *, seed: int = 1, j
     if pipeline_avro:
         from bench import pipeline
 
-        out["pipeline_avro"] = _timed("bench.pipeline.throughput (Avro, its own topic)", dsn,
-                                      lambda: pipeline.throughput(bootstrap, dsn, n))
+        avro_topic = create_topic(bootstrap, prefix="peers-avro")
+        produce(bootstrap, avro_topic, pipeline.avro_records(n, seed))
+        out["pipeline_avro"] = _timed("kingdee-cdc on the same changes as Avro (its own topic)", dsn,
+                                      lambda: run_kingdee_cdc(bootstrap, dsn, avro_topic, n, workdir=workdir))
     return out
 
 
@@ -481,7 +471,7 @@ def markdown(r: Mapping[str, Any]) -> str:
             lines.append(f"| kingdee-cdc vs JDBC sink (warm) | | {k['events_per_s'] / warm:.2f}× | |")
     if "pipeline_avro" in r:
         a = r["pipeline_avro"]
-        lines.append(f"| bench.pipeline.throughput (Avro, own topic, same stream) | {a['events_per_s']:,.0f} | "
+        lines.append(f"| kingdee-cdc pipeline (Avro, own topic, same changes) | {a['events_per_s']:,.0f} | "
                      f"{a['events_per_s'] / raw:.2f}× | {a['seconds']:.1f} s |")
     return "\n".join(lines)
 
@@ -492,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=30_000, help="change events per repetition (default 30,000)")
     ap.add_argument("--repeat", type=int, default=2, help="repetitions, each on a fresh topic (default 2)")
     ap.add_argument("--no-jdbc", action="store_true", help="skip the Debezium JDBC sink")
-    ap.add_argument("--no-avro", action="store_true", help="skip bench.pipeline.throughput")
+    ap.add_argument("--no-avro", action="store_true", help="skip kingdee-cdc on the Avro topic")
     ap.add_argument("--reduction-buffer", action="store_true",
                     help="JDBC sink with use.reduction.buffer=true (not the default)")
     ap.add_argument("--timeout", type=float, default=900.0, help="JDBC sink timeout per run, seconds")
