@@ -7,24 +7,28 @@ with ``write_batch``; summaries are closed by the ``SummaryCloser`` and posted b
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from connector.events import ChangeEvent, KafkaCoordinates
-from connector.journal import EventRecord, Journal, Outcome, SummaryState
+from connector.journal import Closed, EventRecord, Journal, Outcome, SummaryState, list_summaries
 from connector.kingdee.poster import Poster, PosterOptions
-from connector.ledger import RowRef, canonical_pk
+from connector.ledger import RowRef, Voucher, canonical_pk, voucher_from_json
 from connector.mapping import Mapper, load_rules
 from connector.sandbox import RunningSandbox
 from connector.summaries import SummaryCloser, drilldown, find_summary
 from tests.integration.helpers import client_for, rows
-from tests.unit.helpers import event, rules_with, sale, summarizing_pos_rule
+from tests.unit.helpers import ABAB, closing, event, order_row, rules_with, sale, stream_op, summarizing_pos_rule
 
 
 @dataclass
@@ -33,6 +37,7 @@ class World:
 
     dsn: str
     rules_dir: Path
+    schema: str = "kdcdc"
     journal: Journal = field(init=False)
     mapper: Mapper = field(init=False)
     offset: int = 0
@@ -40,13 +45,21 @@ class World:
     db: dict[int, dict[str, Any] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.journal = Journal(self.dsn, group="summaries")
+        self.journal = Journal(self.dsn, schema=self.schema, group="summaries")
         self.journal.migrate()
         self.mapper = Mapper(load_rules(self.rules_dir))
 
+    def restart(self) -> None:
+        """Nothing is remembered but what PostgreSQL holds."""
+        self.journal.close()
+        self.journal = Journal(self.dsn, schema=self.schema, group="summaries")
+
     def write(self, oid: int, **changes: Any) -> None:
         before = self.db.get(oid)
-        after = {**(before or sale(id=oid, order_no=f"SO{oid}")), **changes}
+        self.put(oid, {**(before or sale(id=oid, order_no=f"SO{oid}")), **changes})
+
+    def put(self, oid: int, after: dict[str, Any]) -> None:
+        before = self.db.get(oid)
         self.db[oid] = after
         self.apply(event("pos", "sales_order", "u" if before else "c", after=after, before=before, lsn=self.next_lsn()))
 
@@ -73,8 +86,11 @@ class World:
     def closer(self) -> SummaryCloser:
         return SummaryCloser(self.journal, rules=self.mapper.rules, ledger=self.mapper.ledger)
 
-    def close_all(self) -> int:
-        return len(self.closer().close_due(now=datetime.now(timezone.utc) + timedelta(days=3650)))
+    def close_all(self) -> list[Closed]:
+        """Close every open summary now, due or not (``on command`` ones too)."""
+        closer = self.closer()
+        return [done for s in list_summaries(self.journal, state=SummaryState.OPEN, limit=10_000)
+                if (done := closer.close(s.id)) is not None]
 
     def post(self, sb: RunningSandbox) -> None:
         with client_for(sb) as client:
@@ -137,7 +153,7 @@ def test_one_summary_voucher_per_key_with_drilldown_and_feedback(world: World, s
     world.post(sandbox)
     assert not sandbox.server.state.vouchers, "nothing is posted before its summary closes"
 
-    assert world.close_all() == 2
+    assert len(world.close_all()) == 2
     world.post(sandbox)
     assert len(sandbox.server.state.vouchers) == 2
     assert kingdee_lines(sandbox) == source_lines(world)
@@ -224,3 +240,94 @@ def test_rows_of_one_summary_move_when_their_key_changes(world: World, sandbox: 
     assert rows(world.dsn, "SELECT key->>'payment_method', source_rows, voucher_key IS NOT NULL FROM kdcdc.summaries "
                            "ORDER BY id") == [("CASH", 0, False), ("WECHAT", 1, True)]
     assert kingdee_lines(sandbox) == source_lines(world)
+
+
+# --------------------------------------------------------------------------- random streams in summary mode
+summary_op = st.one_of(stream_op, st.tuples(st.just("summarize"), st.none(), st.none()),
+                       st.tuples(st.just("restart"), st.none(), st.none()))
+summary_rules = st.sampled_from([{}, {"late": "next_summary"}, {"close": "every 15 minutes"}, {"close": "on command"}])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@example(rule={}, ops=[("write", 1, ABAB[0][2]), ("summarize", None, None), *ABAB[1:], ("summarize", None, None)])
+@given(rule=summary_rules, ops=st.lists(summary_op, min_size=1, max_size=30))
+def test_random_streams_in_summary_mode_book_what_the_source_holds(
+        pg_server_dsn: str, tmp_path_factory: pytest.TempPathFactory, rule: dict[str, str],
+        ops: list[tuple[str, Any, Any]]) -> None:
+    """Whatever the order of writes, deletes, re-snapshots, reverts, month-end closes, summary closes and restarts:
+    what goes to Kingdee (summary vouchers and vouchers posted on their own) books exactly what the source rows
+    hold now; every contribution is in exactly one summary, which adds up to exactly its contributions; nothing
+    is booked into a period that was closed when it was booked."""
+    schema = f"s{uuid.uuid4().hex[:10]}"
+    world = World(pg_server_dsn, rules_with(tmp_path_factory.mktemp("rules"), **{"pos-sale": summarizing_pos_rule(**rule)}),
+                  schema=schema)
+    closed: set[str] = set()
+    summary_periods: list[tuple[str, frozenset[str]]] = []
+    written: dict[int, list[dict[str, Any]]] = {}
+    try:
+        for kind, oid, arg in ops:
+            if kind == "summarize":
+                for done in world.close_all():
+                    assert done.problem is None, done.problem
+                    if done.voucher is not None:
+                        summary_periods.append((f"{done.voucher.date:%Y-%m}", frozenset(closed)))
+            elif kind == "restart":
+                world.restart()
+            elif kind == "close":
+                if arg not in closed and not (arg == "2026-12" and "2026-11" not in closed):
+                    closed.add(arg)
+                    world.mapper = closing(world.mapper, arg)
+            elif kind == "write" or (kind == "revert" and len(written.get(oid, [])) >= 2):
+                row = order_row(oid, arg) if kind == "write" else written[oid][-2]
+                written.setdefault(oid, []).append(row)
+                world.put(oid, row)
+            elif kind == "delete" and world.db.get(oid) is not None:
+                world.delete(oid)
+            elif kind == "resnapshot" and world.db.get(oid) is not None:
+                world.apply(event("pos", "sales_order", "r", after=world.db[oid], lsn=world.next_lsn(), mode=arg,
+                                  snapshot="true"))
+        world.close_all()
+        s = f'"{schema}"'
+        payloads = rows(pg_server_dsn, f"SELECT v.payload, v.status, v.summary_id, s.state FROM {s}.vouchers v "
+                                       f"LEFT JOIN {s}.summaries s ON s.id = v.summary_id")
+        vouchers = [(voucher_from_json(bytes(p)), status, sid, state) for p, status, sid, state in payloads]
+        to_kingdee = [v for v, status, _, _ in vouchers if status != "SUMMARIZED"]
+        assert all(state == "CLOSED" for _, status, _, state in vouchers if status == "SUMMARIZED")
+        assert net_lines(to_kingdee) == net_lines(fresh_vouchers(world)), "Kingdee would not book what the rows hold"
+        for v in to_kingdee:
+            assert v.debit_total == v.credit_total
+        for period, closed_then in summary_periods:
+            assert period not in closed_then, f"a summary voucher was dated in closed period {period}"
+        by_summary: dict[int, list[Voucher]] = {}
+        for v, status, sid, _ in vouchers:
+            if sid is not None:
+                by_summary.setdefault(int(sid), []).append(v)
+        for sid, key in rows(pg_server_dsn, f"SELECT id, voucher_key FROM {s}.summaries WHERE voucher_key IS NOT NULL"):
+            summary_voucher = next(v for v, _, _, _ in vouchers if v.key == key)
+            assert net_lines([summary_voucher]) == net_lines(by_summary[int(sid)])
+    finally:
+        world.journal.close()
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def fresh_vouchers(world: World) -> list[Voucher]:
+    mapper = Mapper(world.mapper.rules)
+    out: list[Voucher] = []
+    for row in world.db.values():
+        if row is not None:
+            out.extend(mapper.map(event("pos", "sales_order", "c", after=row, mode="precise")).vouchers)
+    return out
+
+
+def net_lines(vouchers: Sequence[Voucher]) -> dict[tuple[Any, ...], Decimal]:
+    """Signed local and transaction amounts per account, dimensions and currency (zeros dropped)."""
+    net: dict[tuple[Any, ...], Decimal] = {}
+    for v in vouchers:
+        for e in v.entries:
+            sign = 1 if e.side.value == "debit" else -1
+            k = (e.account, tuple(sorted(e.dimensions.items())), e.currency)
+            net[(*k, "local")] = net.get((*k, "local"), Decimal(0)) + sign * e.amount
+            net[(*k, "for")] = net.get((*k, "for"), Decimal(0)) + sign * e.amount_for
+    return {k: x for k, x in net.items() if x}
