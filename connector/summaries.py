@@ -36,6 +36,7 @@ from connector.ledger import (
     SourceRef,
     Voucher,
     add_up,
+    canonical_pk,
     carried,
     check_voucher,
     summary_voucher_key,
@@ -264,5 +265,57 @@ def carrier_of(journal: Journal, row: RowRef) -> list[tuple[str, SummaryRow]]:
     return out
 
 
-__all__ = ["ACTOR", "CarriedRow", "Drilldown", "SummaryCloser", "carrier_of", "drilldown", "find_summary",
-           "list_summaries"]
+class VoucherInfo(NamedTuple):
+    """A journal voucher as the drill-down shows it."""
+
+    key: str
+    kind: str
+    status: str
+    voucher_date: date
+    debit_total: Decimal
+    kingdee_number: str | None
+    source_system: str
+    source_table: str
+    source_pk: str
+    topic: str | None
+    kafka_partition: int | None
+    kafka_offset: int | None
+
+    @property
+    def row(self) -> RowRef:
+        return RowRef(self.source_system, self.source_table, self.source_pk)
+
+    @property
+    def date(self) -> date:
+        return self.voucher_date
+
+    @property
+    def where(self) -> str | None:
+        return None if self.topic is None else f"{self.topic}[{self.kafka_partition}]@{self.kafka_offset}"
+
+
+def find_vouchers(journal: Journal, ref: str | RowRef) -> list[VoucherInfo]:
+    """A source row's vouchers in journal order, or the voucher(s) with this key or Kingdee number."""
+    cols = ", ".join(VoucherInfo._fields)
+    if isinstance(ref, RowRef):
+        return journal.rows(VoucherInfo, journal.q(
+            f"SELECT {cols} FROM {{s}}.vouchers WHERE source_system = %s AND source_table = %s AND source_pk = %s "
+            "ORDER BY seq"), (ref.system, ref.table, ref.pk))
+    return journal.rows(VoucherInfo, journal.q(
+        f"SELECT {cols} FROM {{s}}.vouchers WHERE key = %s OR kingdee_number = %s ORDER BY seq"), (ref, ref))
+
+
+def parse_row(ref: str) -> RowRef | None:
+    """``pos:pos.public.sales_order:{"id":42}`` → the source row (its key canonical); ``None``: not that form."""
+    parts = ref.split(":", 2)
+    if len(parts) != 3 or not parts[2].lstrip().startswith("{"):
+        return None
+    try:
+        key = json.loads(parts[2])
+    except ValueError:
+        return None
+    return RowRef(parts[0], parts[1], canonical_pk(key)) if isinstance(key, dict) and key else None
+
+
+__all__ = ["ACTOR", "CarriedRow", "Drilldown", "SummaryCloser", "VoucherInfo", "carrier_of", "drilldown",
+           "find_summary", "find_vouchers", "list_summaries", "parse_row"]

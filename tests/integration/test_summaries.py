@@ -7,6 +7,7 @@ with ``write_batch``; summaries are closed by the ``SummaryCloser`` and posted b
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,7 @@ from connector.ledger import RowRef, Voucher, canonical_pk, voucher_from_json
 from connector.mapping import Mapper, load_rules
 from connector.sandbox import RunningSandbox
 from connector.summaries import SummaryCloser, drilldown, find_summary
-from tests.integration.helpers import client_for, rows
+from tests.integration.helpers import CLI, client_for, rows
 from tests.unit.helpers import ABAB, closing, event, order_row, rules_with, sale, stream_op, summarizing_pos_rule
 
 
@@ -331,3 +333,39 @@ def net_lines(vouchers: Sequence[Voucher]) -> dict[tuple[Any, ...], Decimal]:
             net[(*k, "local")] = net.get((*k, "local"), Decimal(0)) + sign * e.amount
             net[(*k, "for")] = net.get((*k, "for"), Decimal(0)) + sign * e.amount_for
     return {k: x for k, x in net.items() if x}
+
+
+def test_cli_lists_drills_down_traces_and_closes_on_command(make_world: Callable[..., World], sandbox: RunningSandbox,
+                                                           tmp_path: Path) -> None:
+    world = make_world(close="on command")
+    for oid in (1, 2, 3):
+        world.write(oid, payment_method="CASH")
+    world.write(2, net_amount="50.00", tax_amount="6.50", gross_amount="56.50")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"journal": {"dsn": world.dsn}, "mapping": {"rules_dir": str(world.rules_dir)},
+                                   "kafka": {"group_id": "summaries"}}))
+
+    def cli(*args: str, code: int = 0) -> str:
+        done = subprocess.run([CLI, *args, "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == code, done.stdout + done.stderr
+        return done.stdout
+
+    listed = cli("summaries", "list")
+    assert "OPEN" in listed and "on command" in listed and "payment_method=CASH" in listed
+    sid = rows(world.dsn, "SELECT id FROM kdcdc.summaries")[0][0]
+    assert f"summary {sid} (pos-sale" in cli("summaries", "close", str(sid))
+    assert "not open" in cli("summaries", "close", str(sid))
+    world.post(sandbox)
+    number = rows(world.dsn, "SELECT kingdee_number FROM kdcdc.vouchers WHERE kind = 'summary'")[0][0]
+    shown = json.loads(cli("summaries", "show", number, "--json"))
+    assert shown["summary"]["state"] == "CLOSED" and shown["summary"]["kingdee_number"] == number
+    assert sorted(json.loads(r["pk"])["id"] for r in shown["rows"]) == [1, 2, 3]
+    assert sum(Decimal(r["debit_total"]) for r in shown["rows"]) == Decimal("282.50")  # 113 + 56.50 + 113
+    assert all(r["kafka"].startswith("pos[0]@") for r in shown["rows"])
+    traced = json.loads(cli("trace", 'pos:posdb.public.sales_order:{"id": 2}', "--json"))
+    kinds = [(v["kind"], v["status"], v["kingdee_number"]) for v in traced["vouchers"]]
+    assert kinds == [("original", "SUMMARIZED", number), ("reversal", "SUMMARIZED", number),
+                     ("original", "SUMMARIZED", number)], kinds
+    assert {v["summary"]["id"] for v in traced["vouchers"]} == {sid}
+    assert f"summary {sid}:" in cli("trace", number)  # a Kingdee number leads down to the rows
+    cli("trace", "记-000000-nothing", code=2)
