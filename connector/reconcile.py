@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from connector.journal import IN_KINGDEE, UNSETTLED, Journal
+from connector.journal import IN_KINGDEE, UNSETTLED, Journal, summary_differences
 from connector.kingdee import KingdeeClient
 from connector.ledger import Side
 
@@ -87,6 +87,8 @@ class Report:
     with_source: bool = False
     #: keys Kingdee holds on more than one voucher → the bill numbers (FBillNo) of every copy
     duplicated_in_kingdee: dict[str, list[str]] = field(default_factory=dict)
+    #: summary voucher lines that are not the sum of their contributions (汇总凭证 ≠ its source rows)
+    summary_mismatch: list[str] = field(default_factory=list)
 
     @property
     def flagged(self) -> list[AccountDiff]:
@@ -94,8 +96,9 @@ class Report:
 
     @property
     def is_flagged(self) -> bool:
-        """Unexplained differences on any line, or a key present more than once in Kingdee."""
-        return bool(self.flagged or self.duplicated_in_kingdee)
+        """Unexplained differences on any line, a key present more than once in Kingdee, or a summary voucher
+        that is not the sum of its source rows."""
+        return bool(self.flagged or self.duplicated_in_kingdee or self.summary_mismatch)
 
     def duplicate_lines(self) -> list[str]:
         """``<key>: <bill number>, <bill number>…`` per key held more than once."""
@@ -124,7 +127,8 @@ class Report:
              "vouchers": a.vouchers[:20]} for a in self.flagged],
             "missing_in_kingdee": self.missing_in_kingdee[:100], "unknown_to_journal": self.unknown_to_journal[:100],
             "amount_mismatch": self.amount_mismatch[:100],
-            "duplicated_in_kingdee": dict(sorted(self.duplicated_in_kingdee.items())[:100])}
+            "duplicated_in_kingdee": dict(sorted(self.duplicated_in_kingdee.items())[:100]),
+            "summary_mismatch": self.summary_mismatch[:100]}
 
 
 _HTML: Final = """<!doctype html>
@@ -145,7 +149,8 @@ tr.in-flight{background:#ffd}</style></head><body>
 {% endfor %}</table>
 {% for title, items in [("Missing in Kingdee", r.missing_in_kingdee), ("Unknown to the journal", r.unknown_to_journal),
                         ("Different amounts", r.amount_mismatch),
-                        ("Present more than once in Kingdee", r.duplicate_lines())] %}{% if items %}
+                        ("Present more than once in Kingdee", r.duplicate_lines()),
+                        ("Summary vouchers that are not the sum of their source rows", r.summary_mismatch)] %}{% if items %}
 <h2>{{ title }}</h2><ul>{% for i in items %}<li><code>{{ i }}</code></li>{% endfor %}</ul>{% endif %}{% endfor %}
 </body></html>
 """
@@ -294,8 +299,11 @@ def reconcile(journal: Journal, client: KingdeeClient, *, book: str, period: str
         accounts.append(diff)
     duplicated = {k: [bills[v] for v in sorted(bills, key=lambda x: (len(x), x))]
                   for k, bills in ks.copies.items() if len(bills) > 1}
+    summaries = [f"summary {d.summary_id} ({d.voucher_key}): {d.account} {d.side} {d.currency} contributions "
+                 f"{d.contributions} ≠ summary voucher {d.summary}"
+                 for d in summary_differences(journal, book=book, start=start, end=end)]
     return Report(book, period, accounts, missing, unknown, mismatch, by_dimension=by_dimension,
-                  with_source=source is not None, duplicated_in_kingdee=duplicated)
+                  with_source=source is not None, duplicated_in_kingdee=duplicated, summary_mismatch=summaries)
 
 
 def record(journal: Journal, report: Report) -> None:
@@ -307,5 +315,5 @@ def record(journal: Journal, report: Report) -> None:
             "INSERT INTO {s}.reconciliations (book, period, by_dimension, with_source, lines, flagged, "
             "abs_difference, report) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
             (report.book, report.period, report.by_dimension, report.with_source, len(report.accounts),
-             len(report.flagged) + len(report.duplicated_in_kingdee), total,
+             len(report.flagged) + len(report.duplicated_in_kingdee) + len(report.summary_mismatch), total,
              json.dumps(report.as_json(), ensure_ascii=False)))

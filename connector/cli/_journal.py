@@ -154,7 +154,8 @@ def _print_report(report: Report) -> None:
     for title, items in (("missing in Kingdee", report.missing_in_kingdee),
                          ("unknown to the journal", report.unknown_to_journal),
                          ("different amounts", report.amount_mismatch),
-                         ("present more than once in Kingdee", report.duplicate_lines())):
+                         ("present more than once in Kingdee", report.duplicate_lines()),
+                         ("summary vouchers that are not the sum of their source rows", report.summary_mismatch)):
         if items:
             typer.echo(f"{title}: {'; '.join(items[:20])}{' …' if len(items) > 20 else ''}")
 

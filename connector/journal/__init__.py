@@ -7,11 +7,13 @@ from connector.journal._migrate import migrate
 from connector.journal._outcomes import BatchResult, EventRecord
 from connector.journal._summaries import (
     Closed,
+    SummaryDifference,
     SummaryRow,
     close_summary,
     due_summaries,
     get_summary,
     list_summaries,
+    summary_differences,
 )
 from connector.journal._status import (
     IN_KINGDEE,
@@ -29,5 +31,5 @@ from connector.journal._status import (
 
 __all__ = ["IN_KINGDEE", "OPEN_COPIES", "REJECTED_STAGE", "UNSETTLED", "AuditAction", "AuditRow", "BatchResult", "Closed", "CopyState",
            "DeadLetterStatus", "EventRecord", "FeedbackEvent", "FeedbackReason", "FeedbackSource", "FeedbackStatus",
-           "Fenced", "Journal", "KingdeeRef", "OutboxRow", "Outcome", "Partition", "SummaryRow", "SummaryState", "VoucherStatus", "close_summary", "due_summaries", "get_summary", "instance_id", "list_summaries",
+           "Fenced", "Journal", "KingdeeRef", "OutboxRow", "Outcome", "Partition", "SummaryDifference", "SummaryRow", "SummaryState", "VoucherStatus", "close_summary", "due_summaries", "get_summary", "instance_id", "list_summaries", "summary_differences",
            "migrate"]

@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -292,3 +293,37 @@ def list_summaries(journal: Journal, *, state: str | None = None, rule: str | No
         f"SELECT {_SUMMARY_COLUMNS} FROM {{s}}.summaries WHERE (%(state)s::text IS NULL OR state = %(state)s) "
         "AND (%(rule)s::text IS NULL OR rule_id = %(rule)s) AND (%(book)s::text IS NULL OR book = %(book)s) "
         "ORDER BY id DESC LIMIT %(limit)s"), {"state": state, "rule": rule, "book": book, "limit": limit})
+
+
+class SummaryDifference(NamedTuple):
+    """A summary voucher line that is not the sum of its contributions' lines."""
+
+    summary_id: int
+    voucher_key: str
+    account: str
+    side: str
+    currency: str
+    contributions: Decimal
+    summary: Decimal
+
+
+def summary_differences(journal: Journal, *, book: str, start: date, end: date) -> list[SummaryDifference]:
+    """Summary vouchers of ``book`` dated in [start, end) whose lines (per account, side, dimensions and currency,
+    local and transaction amounts) differ from the sum of their contributions — what closing froze must stay
+    what the source rows added up to."""
+    return journal.rows(SummaryDifference, journal.q(
+        "WITH s AS (SELECT s.id, s.voucher_key FROM {s}.summaries s JOIN {s}.vouchers v ON v.key = s.voucher_key "
+        "           WHERE s.book = %(book)s AND v.voucher_date >= %(start)s AND v.voucher_date < %(end)s), "
+        "c AS (SELECT v.summary_id AS id, e.account, e.side, e.dimensions, e.currency, sum(e.amount) AS a, "
+        "             sum(e.amount_for) AS f FROM {s}.vouchers v JOIN {s}.entries e ON e.voucher_key = v.key "
+        "      WHERE v.summary_id IN (SELECT id FROM s) GROUP BY 1, 2, 3, 4, 5), "
+        "t AS (SELECT s.id, e.account, e.side, e.dimensions, e.currency, sum(e.amount) AS a, sum(e.amount_for) AS f "
+        "      FROM s JOIN {s}.entries e ON e.voucher_key = s.voucher_key GROUP BY 1, 2, 3, 4, 5) "
+        "SELECT coalesce(c.id, t.id) AS summary_id, s.voucher_key, coalesce(c.account, t.account) AS account, "
+        "       coalesce(c.side, t.side) AS side, coalesce(c.currency, t.currency) AS currency, "
+        "       coalesce(c.a, 0) AS contributions, coalesce(t.a, 0) AS summary "
+        "FROM c FULL JOIN t ON t.id = c.id AND t.account = c.account AND t.side = c.side "
+        "     AND t.dimensions = c.dimensions AND t.currency = c.currency "
+        "JOIN s ON s.id = coalesce(c.id, t.id) "
+        "WHERE coalesce(c.a, 0) <> coalesce(t.a, 0) OR coalesce(c.f, 0) <> coalesce(t.f, 0) ORDER BY 1, 3, 4"),
+        {"book": book, "start": start, "end": end})

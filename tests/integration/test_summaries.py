@@ -27,6 +27,7 @@ from connector.journal import Closed, EventRecord, Journal, Outcome, SummaryStat
 from connector.kingdee.poster import Poster, PosterOptions
 from connector.ledger import RowRef, Voucher, canonical_pk, voucher_from_json
 from connector.mapping import Mapper, load_rules
+from connector.reconcile import reconcile
 from connector.sandbox import RunningSandbox
 from connector.summaries import SummaryCloser, drilldown, find_summary
 from tests.integration.helpers import CLI, client_for, rows
@@ -369,3 +370,23 @@ def test_cli_lists_drills_down_traces_and_closes_on_command(make_world: Callable
     assert {v["summary"]["id"] for v in traced["vouchers"]} == {sid}
     assert f"summary {sid}:" in cli("trace", number)  # a Kingdee number leads down to the rows
     cli("trace", "记-000000-nothing", code=2)
+
+
+def test_reconciliation_ties_summaries_to_their_rows_and_to_kingdee(world: World, sandbox: RunningSandbox) -> None:
+    for oid in (1, 2, 3):
+        world.write(oid, payment_method="CASH" if oid < 3 else "CARD")
+    world.close_all()
+    world.post(sandbox)
+    book = next(iter(world.mapper.ledger.books))
+    with client_for(sandbox) as client:
+        report = reconcile(world.journal, client, book=book, period="2026-11")
+        assert not report.is_flagged and not report.summary_mismatch, report.as_json()
+        assert any(a.kingdee for a in report.accounts)
+        # a line slipped into one contribution after its summary froze: the summary no longer adds up
+        key = rows(world.dsn, "SELECT key FROM kdcdc.vouchers WHERE status = 'SUMMARIZED' LIMIT 1")[0][0]
+        with psycopg.connect(world.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO kdcdc.entries (voucher_key, seq, account, side, amount, currency, rate, amount_for)"
+                         " VALUES (%s, 99, '1001', 'debit', 1.00, 'CNY', 1, 1.00)", (key,))
+        report = reconcile(world.journal, client, book=book, period="2026-11")
+    assert report.is_flagged and len(report.summary_mismatch) == 1, report.summary_mismatch
+    assert "1001 debit CNY contributions" in report.summary_mismatch[0]
