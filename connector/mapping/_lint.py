@@ -64,6 +64,7 @@ _LITERAL: Final = frozenset({
     ("entries", "*", "account", "lookup"), ("entries", "*", "account", "default"),
     ("entries", "*", "account", "cases", "*", "account"), ("lines", "table"), ("lines", "system"),
     ("lines", "required"), ("rounding", "account"), ("rounding", "max"), ("rounding", "explanation"),
+    ("summarize", "close"), ("summarize", "late"),
 })
 #: keys whose value is an expression
 _EXPRESSION: Final = frozenset({
