@@ -16,9 +16,12 @@ HELM   := $(TOOLS)/helm
 COMPOSECHECK := $(TOOLS)/composecheck
 HELM_VERSION := v3.16.4
 
-.PHONY: setup tools test unit integration typecheck demo bench bench-profile dev-up dev-down clean
+.PHONY: setup tools browser console-screenshots test unit integration typecheck demo bench bench-profile dev-up dev-down clean
 
 setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(APICURIO)
+
+# The console's browser tests drive Debian's Chromium through Playwright, which must never download a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # Only the tests need these (helm template, compose validation); the demo does not.
 tools: $(HELM) $(COMPOSECHECK)
@@ -41,6 +44,13 @@ $(COMPOSECHECK): deploy/tools/go.mod deploy/tools/go.sum deploy/tools/composeche
 	@command -v go >/dev/null || { echo "Go is needed once to build composecheck for the deployment tests"; exit 1; }
 	cd deploy/tools && go build -o $(abspath $(COMPOSECHECK)) ./composecheck
 
+# Debian's Chromium for the console's browser tests (and a CJK font, so Chinese labels render in screenshots);
+# needs root, or sudo, once.
+browser:
+	@test -x /usr/bin/chromium && dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium fonts-wqy-microhei; }
+
 # Apicurio Registry (the dev schema registry) and its Kafka Connect Avro converter, from Maven Central.
 $(APICURIO): deploy/apicurio/pom.xml deploy/apicurio/settings.xml $(STAMP) $(CONNECT_JARS)
 	$(PY) -c "from harness.apicurio import ensure_apicurio; ensure_apicurio()"
@@ -56,18 +66,22 @@ $(JDBC_SINK): deploy/jdbc-sink/pom.xml $(STAMP)
 	@touch $@
 
 # The README's test command: type check, then unit + integration tests on real Kafka and PostgreSQL.
-test: setup tools
+test: setup tools browser
 	$(PY) -m mypy connector harness tests bench
 	$(PY) -m pytest
 
 unit: setup
 	$(PY) -m pytest tests/unit
 
-integration: setup tools
+integration: setup tools browser
 	$(PY) -m pytest tests/integration
 
 typecheck: setup
 	$(PY) -m mypy connector harness tests bench
+
+# Screenshots of every console page (docs/console/*.png) from its browser test.
+console-screenshots: setup browser
+	KDCDC_CONSOLE_SCREENSHOTS=docs/console $(PY) -m pytest tests/integration/test_console.py -q
 
 demo: setup
 	$(PY) -m harness demo

@@ -37,6 +37,12 @@ key                                    default          meaning
 ``transactions.hold_s``                30               an incomplete transaction is then mapped event by event
 ``transactions.max_held``              100000           records held for transactions at most
 ``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  Prometheus endpoint
+``console.enabled``                    false            serve the operator console from ``run`` too
+``console.host``/``console.port``      ``127.0.0.1``/9109  the console's own address (``kingdee-cdc console``)
+``console.users``                      ``[]``           ``{name, password and/or token (secrets), role: viewer|admin}``
+``console.language``/``timezone``      ``zh``/``Asia/Shanghai``  default labels; the zone of "today" and chart buckets
+``console.session_secret``             random           signs session cookies (secret; set it for replicas)
+``console.thresholds.*``               see operations   numbers shown in red on the status page
 =====================================  ===============  ==================================================
 """
 
@@ -254,6 +260,94 @@ class MetricsSettings(_Section):
     _secret = field_validator("token", mode="before")(_resolve_secret)
 
 
+class ConsoleUser(_Section):
+    """A user of the operator console: a password (login form, HTTP Basic) and/or a token (login form, Bearer)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._@\-]{1,64}$")
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    #: ``viewer`` reads every page; ``admin`` may also requeue dead letters
+    role: Literal["viewer", "admin"] = "viewer"
+
+    _secret = field_validator("password", "token", mode="before")(_resolve_secret)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ConsoleUser:
+        if self.password is None and self.token is None:
+            raise ValueError(f"console user {self.name!r} needs a password or a token")
+        if self.password is not None and len(self.password.get_secret_value()) < 8:
+            raise ValueError(f"console user {self.name!r}: the password must have at least 8 characters")
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError(f"console user {self.name!r}: the token must have at least 16 characters")
+        return self
+
+    def password_value(self) -> str | None:
+        return self.password.get_secret_value() if self.password is not None else None
+
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token is not None else None
+
+
+class ConsoleThresholds(_Section):
+    """When the console's status page shows a number in red (null: never)."""
+
+    lag_records: int | None = Field(10_000, ge=1)  #: Kafka records not yet consumed, per source system
+    silence_s: float | None = Field(None, gt=0)  #: no event from a source system for this long
+    rejected_today: int | None = Field(1, ge=1)  #: changes rejected by the rules since midnight
+    dead_lettered_today: int | None = Field(1, ge=1)  #: undecodable records since midnight
+    oldest_unposted_s: float | None = Field(900.0, gt=0)  #: a voucher waiting to be posted this long
+    rejected_by_kingdee: int | None = Field(1, ge=1)  #: vouchers Kingdee refused
+    needs_attention: int | None = Field(1, ge=1)  #: vouchers Kingdee holds more than once
+    dead_letters_new: int | None = Field(None, ge=1)  #: dead letters nobody requeued or resolved
+    feedback_unsent_s: float | None = Field(300.0, gt=0)  #: the oldest unsent feedback event this old
+    reconciliation_flagged: int | None = Field(1, ge=1)  #: flagged lines in a book's latest reconciliation
+
+
+class ConsoleSettings(_Section):
+    """The operator console (``kingdee-cdc console``, or inside ``kingdee-cdc run`` when ``enabled``)."""
+
+    enabled: bool = False  #: serve it from ``kingdee-cdc run`` too
+    host: str = "127.0.0.1"
+    port: int = Field(9109, ge=0, le=65535)
+    language: Literal["zh", "en"] = "zh"  #: labels until a user picks the other language
+    #: "today" on the status page and the triage charts' hours and days are this zone's
+    timezone: str = "Asia/Shanghai"
+    users: list[ConsoleUser] = Field(default_factory=list)
+    #: signs the session cookies; none: a random one per process (sign-ins then end with a restart, and replicas
+    #: behind one address need the same secret)
+    session_secret: SecretStr | None = None
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    #: mark the session cookie Secure (set when the console is reached over HTTPS, e.g. behind a proxy)
+    secure_cookies: bool = False
+    thresholds: ConsoleThresholds = Field(default_factory=ConsoleThresholds)  # type: ignore[arg-type]
+
+    _secret = field_validator("session_secret", mode="before")(_resolve_secret)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai or UTC)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _users(self) -> ConsoleSettings:
+        names = [u.name for u in self.users]
+        doubles = sorted({n for n in names if names.count(n) > 1})
+        if doubles:
+            raise ValueError(f"console users must have distinct names: {', '.join(doubles)} given twice")
+        if self.enabled and not self.users:
+            raise ValueError("console.enabled is true but console.users is empty: the console never serves "
+                             "anonymously (add a user with a password or a token)")
+        if self.session_secret is not None and len(self.session_secret.get_secret_value()) < 32:
+            raise ValueError("console.session_secret must have at least 32 characters")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with ``load_settings``."""
 
@@ -269,6 +363,7 @@ class Settings(BaseSettings):
     transactions: TransactionSettings = Field(default_factory=TransactionSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # type: ignore[arg-type]
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``production`` refuses to start with plain-text connections to PostgreSQL, Kingdee or the registry
@@ -337,12 +432,22 @@ def transport_warnings(settings: Settings) -> list[str]:
     return out
 
 
+def _masked(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys masked at any depth (an invalid section is echoed whole, e.g.
+    a console user with its password)."""
+    if isinstance(value, Mapping):
+        return {k: "**********" if _is_secret_key(str(k)) and v is not None else _masked(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _format_error(e: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        shown = "**********" if _is_secret_key(key) else repr(value)
+        shown = "**********" if _is_secret_key(key) else repr(_masked(value))
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; see docs/operations.md for the list)")
         else:

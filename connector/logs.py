@@ -137,6 +137,9 @@ def secret_values(settings: BaseModel) -> list[str]:
         elif isinstance(obj, Mapping):  # librdkafka passthrough: secret keys are SecretStr already
             for v in obj.values():
                 walk(v)
+        elif isinstance(obj, (list, tuple)):  # lists of sections (console.users) and of plain settings
+            for v in obj:
+                walk(v)
     walk(settings)
     return found
 

@@ -5,9 +5,12 @@ real Debezium PostgreSQL connector, and the Kingdee sandbox. Business traffic is
 POS (orders with lines), purchasing and payroll databases — rows that exist before Debezium starts arrive
 as its snapshot, the rest stream — while the MES and bank systems publish Debezium-format Avro directly,
 with a few corrupted records. The exactly-once pipeline, the poster and the feedback relay run with a
-live progress line; the summary shows outcomes, vouchers by scenario and status, a trial balance that
-ties the journal to Kingdee, the journal to the *source databases'* own totals, rejections with reasons,
-dead letters, feedback, metrics and how to look at a voucher.
+live progress line. POS sales run in summary mode (``deploy/examples/rules/pos-sale-summary.yaml``: one summary
+voucher, 汇总凭证, per book, day, store and payment method); once the traffic is journaled the demo closes the
+day (what ``kingdee-cdc run`` does at 02:00 the next day) and the summary vouchers are posted. The summary shows
+outcomes, vouchers by scenario and status, the summary vouchers and the drill-down of one to its receipts, a
+trial balance that ties the journal to Kingdee, the journal to the *source databases'* own totals, rejections
+with reasons, dead letters, feedback, metrics and how to look at a voucher.
 
 ``--source synthetic`` skips Debezium and publishes every system's events directly (no Java for Connect).
 With ``--format avro`` (the default) a real Apicurio Registry runs beside Kafka: Debezium writes Avro through
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from connector.ops import OpsServer
     from connector.pipeline import Pipeline
     from connector.sandbox import RunningSandbox
+    from connector.summaries import SummaryCloser
 
 
 def _produce(bootstrap: str, registry: Any, n: int, wire: str,
@@ -183,6 +187,7 @@ class _Workers:
     poster: Poster
     relay: FeedbackRelay
     client: KingdeeClient
+    closer: SummaryCloser
     threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self, traffic: _Traffic) -> None:
@@ -203,6 +208,7 @@ class _Workers:
         self.relay.stop()
         for th in self.threads:
             th.join(30)
+        self.closer.journal.close()
 
 
 def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium",
@@ -225,7 +231,7 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
               + (f" · schema registry {stack.registry_url}" if stack.registry_url else "")
               + (f" · Debezium REST {stack.connect.rest_url}" if stack.connect else ""), flush=True)
         traffic.announce(wire)
-        rules = load_rules(REPO_ROOT / "rules")
+        rules = load_rules(_demo_rules(stack.base))
         group = f"kingdee-cdc-demo-{uuid.uuid4().hex[:6]}"
         workers = _workers(stack, registry, rules, group, traffic.topics)
         workers.start(traffic)
@@ -238,6 +244,16 @@ def run_demo(*, events: int = 5000, wire: str = "avro", source: str = "debezium"
         if registry is not None and hasattr(registry, "__exit__"):
             registry.__exit__(None, None, None)  # a real registry client holds a connection pool
         stack.stop()
+
+
+def _demo_rules(base: Path) -> Path:
+    """The shipped rules with POS sales in summary mode (the example rule replaces rules/pos-sale.yaml)."""
+    target = base / "rules"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(REPO_ROOT / "rules", target, ignore=shutil.ignore_patterns("golden", "__init__.py",
+                                                                               "__pycache__"))
+    shutil.copy(REPO_ROOT / "deploy" / "examples" / "rules" / "pos-sale-summary.yaml", target / "pos-sale.yaml")
+    return target
 
 
 def _start_services(stack: _Stack, wire: str) -> None:
@@ -322,6 +338,7 @@ def _workers(stack: _Stack, registry: Any, rules: RuleSet, group: str, topics: l
     from connector.mapping import Mapper
     from connector.ops import Metrics, OpsServer
     from connector.pipeline import Pipeline, PipelineOptions, Processor
+    from connector.summaries import SummaryCloser
 
     assert stack.sandbox is not None
     journal = Journal(stack.dsn, group=group)
@@ -340,8 +357,9 @@ def _workers(stack: _Stack, registry: Any, rules: RuleSet, group: str, topics: l
     poster = Poster(Journal(stack.dsn, group=group), client, books=rules.ledger.books,
                     options=PosterOptions(batch_size=100))
     relay = FeedbackRelay(Journal(stack.dsn, group=group), {"bootstrap.servers": stack.bootstrap, "log_level": "2"})
+    closer = SummaryCloser(Journal(stack.dsn, group=group), rules=rules, ledger=rules.ledger)
     journal.migrate()  # before the threads start: they all read the journal
-    return _Workers(pipeline, poster, relay, client)
+    return _Workers(pipeline, poster, relay, client, closer)
 class _Progress(NamedTuple):
     journaled: int  #: records with an outcome
     rejected: int
@@ -349,17 +367,20 @@ class _Progress(NamedTuple):
     waiting: int  #: vouchers not settled yet
     rejected_by_kingdee: int
     unsent: int  #: feedback not relayed yet
+    open_summaries: int  #: summaries still taking contributions
 
 
 def _progress(dsn: str, group: str) -> _Progress:
-    from connector.journal import IN_KINGDEE, UNSETTLED, Outcome, VoucherStatus
+    from connector.journal import IN_KINGDEE, UNSETTLED, Outcome, SummaryState, VoucherStatus
 
     journaled, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = %s) FROM kdcdc.event_log "
                                   "WHERE consumer_group = %s", Outcome.REJECTED, group)[0]
     stat: dict[str, int] = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
     unsent = _q(dsn, "SELECT count(*) FROM kdcdc.outbox WHERE sent_at IS NULL")[0][0]
+    open_summaries = _q(dsn, "SELECT count(*) FROM kdcdc.summaries WHERE state = %s", SummaryState.OPEN)[0][0]
     return _Progress(journaled, rejected, sum(stat.get(s, 0) for s in IN_KINGDEE),
-                     sum(stat.get(s, 0) for s in UNSETTLED), stat.get(VoucherStatus.REJECTED_BY_KINGDEE, 0), unsent)
+                     sum(stat.get(s, 0) for s in UNSETTLED), stat.get(VoucherStatus.REJECTED_BY_KINGDEE, 0), unsent,
+                     open_summaries)
 
 
 def _watch(stack: _Stack, traffic: _Traffic, workers: _Workers, group: str) -> tuple[int, float]:
@@ -385,12 +406,26 @@ def _watch(stack: _Stack, traffic: _Traffic, workers: _Workers, group: str) -> t
             bar.set_postfix_str(f"in Kafka {in_kafka:,} · lag {in_kafka - p.journaled:,} · posted {p.posted:,} · "
                                 f"waiting {p.waiting:,} · rejected {p.rejected:,} · rejected by Kingdee "
                                 f"{p.rejected_by_kingdee:,}")
-            if (traffic.done.is_set() and in_kafka >= expected and p.journaled >= in_kafka and p.waiting == 0
-                    and p.unsent == 0):
+            drained = traffic.done.is_set() and in_kafka >= expected and p.journaled >= in_kafka
+            if drained and p.open_summaries:
+                bar.clear()
+                closed = _close_the_day(workers.closer)
+                print(f"closed the day: {closed} summaries added up and journaled for the poster (what "
+                      "`kingdee-cdc run` does at 02:00 the next day; `kingdee-cdc summaries close` by hand)", flush=True)
+                continue
+            if drained and p.waiting == 0 and p.unsent == 0:
                 total = in_kafka
                 break
     watermarks.close()
     return total, time.monotonic() - t1
+
+
+def _close_the_day(closer: SummaryCloser) -> int:
+    """Close every open summary now (the demo's days are over: their close time has passed or is simulated)."""
+    from connector.journal import SummaryState, list_summaries
+
+    return sum(closer.close(s.id) is not None
+               for s in list_summaries(closer.journal, state=SummaryState.OPEN, limit=100_000))
 
 
 def _report(stack: _Stack, rules: RuleSet, group: str, total: int, elapsed: float, client: KingdeeClient) -> bool:
@@ -459,6 +494,7 @@ def _summary(dsn: str, group: str, total: int, elapsed: float, client: KingdeeCl
             dsn, "SELECT rule_id, kind, status, count(*), sum(debit_total) FROM kdcdc.vouchers "
                  "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"):
         print(f"  {rule:<18} {kind:<9} {status:<20} {n:>6,}  debit total {amount:>16,.2f}")
+    _summary_vouchers(dsn)
     ties = _trial_balance(dsn, client)
     _problems(dsn, group)
     feedback = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.outbox WHERE sent_at IS NOT NULL GROUP BY 1"))
@@ -470,6 +506,41 @@ def _summary(dsn: str, group: str, total: int, elapsed: float, client: KingdeeCl
     if not complete:
         print("\nINCOMPLETE: some events have no outcome yet, or some vouchers are not settled in Kingdee.")
     return complete and ties
+
+
+def _summary_vouchers(dsn: str) -> None:
+    """How many receipts the summary vouchers carry, and the drill-down of the largest one to its receipts."""
+    from connector.journal import Journal, VoucherStatus
+    from connector.summaries import drilldown, find_summary
+
+    n, rows, posted, changes = _q(
+        dsn, "SELECT count(*), coalesce(sum(source_rows), 0), count(v.key) FILTER (WHERE v.status = %s), "
+             "coalesce(sum(s.contributions), 0) FROM kdcdc.summaries s LEFT JOIN kdcdc.vouchers v "
+             "ON v.key = s.voucher_key", VoucherStatus.POSTED)[0]
+    if not n:
+        return
+    alone = _q(dsn, "SELECT count(*) FROM kdcdc.vouchers WHERE adjusts_summary IS NOT NULL")[0][0]
+    print(f"\nsummary vouchers (汇总凭证, pos-sale): {n:,} summaries (book × day × store × payment method) carry "
+          f"{rows:,} receipts; {posted:,} summary vouchers posted to Kingdee where one voucher per change would have "
+          f"been {changes:,}; {alone:,} corrections after a close posted on their own")
+    top = _q(dsn, "SELECT id FROM kdcdc.summaries WHERE voucher_key IS NOT NULL ORDER BY source_rows DESC, id LIMIT 1")
+    journal = Journal(dsn)
+    try:
+        summary = find_summary(journal, str(top[0][0])) if top else None
+        if summary is None:
+            return
+        d = drilldown(journal, summary)
+        key = " ".join(f"{k}={v}" for k, v in summary.key.items())
+        print(f"drill-down of {d.kingdee_number or summary.voucher_key} ({key}, `kingdee-cdc trace "
+              f"{d.kingdee_number or summary.id}`): {len(d.rows)} receipts, debit total "
+              f"{sum((r.debit_total for r in d.rows), Decimal(0)):,.2f}")
+        for r in d.rows[:5]:
+            where = f"{r.topic}[{r.kafka_partition}]@{r.kafka_offset}" if r.topic is not None else ""
+            print(f"  {r.system:<5} {r.table:<26} {r.pk:<14} {r.debit_total:>12,.2f}  {where}")
+        if len(d.rows) > 5:
+            print(f"  … {len(d.rows) - 5:,} more")
+    finally:
+        journal.close()
 
 
 def _trial_balance(dsn: str, client: KingdeeClient) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from connector.cli import _console
 from connector.cli._app import ConfigOpt, app, fail as _fail
 from connector.config import Settings
 
@@ -112,6 +113,7 @@ def run(
     ops = _serve_ops(settings, metrics, _readiness(
         settings, kafka=True, kingdee=with_poster,
         assigned=lambda: f"{len(pipeline.assigned)} partitions assigned"))
+    console = _console.start_if_enabled(settings)  # console.enabled: the operator console on console.port
     for _, th in workers:
         th.start()
     try:
@@ -121,6 +123,8 @@ def run(
             worker.stop()
             th.join(30)
         ops.stop()
+        if console is not None:
+            console.stop()
     letters = stats.rejected + stats.dead_lettered
     typer.echo(f"stopped: {stats.records} records in {stats.batches} batches; {stats.vouchers} vouchers, "
                f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} "
