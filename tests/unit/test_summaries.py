@@ -187,3 +187,12 @@ def test_the_summary_key_survives_the_journal_payload_and_avro(mapper: Mapper) -
     (v,) = mapper.map(event("pos", "sales_order", "c", after=sale())).vouchers
     assert voucher_from_json(voucher_to_json(v)) == v
     assert voucher_from_avro(voucher_to_avro(v)).summary == v.summary
+
+
+def test_the_example_summary_rule_replaces_the_shipped_one_and_passes_mapping_check(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "deploy" / "examples" / "rules" / "pos-sale-summary.yaml").read_text(encoding="utf-8")
+    rules = load_rules(rules_with(tmp_path, **{"pos-sale": text}))
+    assert [p for p in lint_rules(rules, schemas_dir=root / "schemas") if p.severity == "error"] == []
+    (v,) = Mapper(rules).map(event("pos", "sales_order", "c", after={**sale(), "store_code": "SH001"})).vouchers
+    assert summary_parts(v)[2:] == (("store_code", "SH001"), ("payment_method", "CASH"))
