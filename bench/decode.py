@@ -23,7 +23,7 @@ def _rate(fn: Callable[[], int], seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run(n: int = 5000, seconds: float = 1.0, rounds: int = 3) -> dict[str, Any]:
+def run(n: int = 5000, seconds: float = 0.5, rounds: int = 5) -> dict[str, Any]:
     t = samples.POS
     gen = samples.SampleGenerator(seed=1)
     envs = [env for _, env in samples.change_stream(gen, t, n, update_every=5)]

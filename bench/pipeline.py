@@ -138,6 +138,18 @@ def wal_position(dsn: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def journal_tables(dsn: str) -> list[dict[str, Any]]:
+    """What the journal holds after a run, per table: rows written, heap and index bytes, index count."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        rows = conn.execute(
+            "SELECT s.schemaname || '.' || s.relname, s.n_tup_ins, pg_table_size(s.relid), pg_indexes_size(s.relid), "
+            "(SELECT count(*) FROM pg_index i WHERE i.indrelid = s.relid) FROM pg_stat_user_tables s "
+            "WHERE s.n_tup_ins > 0 ORDER BY pg_total_relation_size(s.relid) DESC").fetchall()
+    return [{"table": r[0], "rows": int(r[1]), "heap_bytes": int(r[2]), "index_bytes": int(r[3]), "indexes": int(r[4])}
+            for r in rows]
+
+
 def sustained(stack: Stack, topic: str, events: int, *, label: str = "kingdee-cdc",
               profile: Path | None = None, profile_args: Sequence[str] = ()) -> dict[str, Any]:
     """kingdee-cdc over ``topic`` (all ``events`` already in it) into a fresh journal, until idle for 2 s; with
@@ -150,7 +162,7 @@ def sustained(stack: Stack, topic: str, events: int, *, label: str = "kingdee-cd
         wal0 = wal_position(stack.dsn)
         out = run_worker(spec, profile=profile, profile_args=profile_args)
         wal1 = wal_position(stack.dsn)
-        out |= {"wal_bytes": wal1[0] - wal0[0], "wal_fpi": wal1[1] - wal0[1]}
+        out |= {"wal_bytes": wal1[0] - wal0[0], "wal_fpi": wal1[1] - wal0[1], "tables": journal_tables(dsn)}
     finally:
         peers.drop_database(stack.dsn, db)
     if out["events"] != events:
@@ -184,6 +196,9 @@ def latency(stack: Stack, rate: float, seconds: float, warmup_s: float = 5.0, *,
     finally:
         peers.drop_database(stack.dsn, db)
     out |= {"rate": rate, "produced_rate": achieved[0] if achieved else None, "produced": len(records)}
+    # Kept up: what it journaled per second over the run is (nearly) what was produced. If not, the host could
+    # not serve this rate during this run, and the percentiles measure a growing backlog, not latency.
+    out["kept_up"] = out["events_per_s"] >= 0.95 * rate
     return out
 
 
@@ -244,8 +259,11 @@ def _step(log: Log, label: str, stack: Stack, fn: Callable[[], dict[str, Any]]) 
     out["wall_s"] = time.monotonic() - t
     out["step_wal_bytes"] = wal_position(stack.dsn)[0] - wal0[0]  # (the whole step: creating databases too)
     out["load_before"] = load
-    rate = out.get("events_per_s")
-    log(f"bench: pipeline: {label}: {rate:,.0f} events/s" if rate else f"bench: pipeline: {label}: done")
+    out["load_after"] = os.getloadavg()[0]
+    if "p99_ms" in out:
+        log(f"bench: pipeline: {label}: p50 {out['p50_ms'] or 0:,.0f} ms, p99 {out['p99_ms'] or 0:,.0f} ms")
+    else:
+        log(f"bench: pipeline: {label}: {out['events_per_s']:,.0f} events/s")
     return out
 
 
@@ -376,16 +394,26 @@ def markdown(r: dict[str, Any]) -> str:
 
     lines += ["", "CPU per event over the measured span, and the WAL PostgreSQL wrote (each kingdee-cdc run; the "
               "journal's migration included in the WAL):", "",
-              "| run | events/s | pipeline process µs | PostgreSQL µs | sum µs | broker µs (apart) | WAL per event | "
-              "full-page images |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| run | load average before | events/s | pipeline process µs | PostgreSQL µs | sum µs | broker µs (apart) "
+              "| WAL per event | full-page images |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for x in [*runs["kingdee_cdc"], a]:
         c = cpu_per_event(x)
         name = f"JSON, round {x['round']}" if "round" in x else "Avro"
-        lines.append(f"| {name} | {x['events_per_s']:,.0f} | {c['pipeline']:.0f} | {c['postgres']:.0f} | "
-                     f"{c['sum']:.0f} | {c['broker']:.0f} | {x['wal_bytes'] / x['events'] / 1024:.1f} KiB | "
-                     f"{x['wal_fpi']:,} |")
-    raw_wal = [x["step_wal_bytes"] / x["events"] / 1024 for x in runs["raw"]]
-    lines += ["", f"For scale: the raw ceiling wrote {min(raw_wal):.1f} KiB of WAL per event (one row each)."]
+        lines.append(f"| {name} | {x['load_before']:.2f} | {x['events_per_s']:,.0f} | {c['pipeline']:.0f} | "
+                     f"{c['postgres']:.0f} | {c['sum']:.0f} | {c['broker']:.0f} | "
+                     f"{x['wal_bytes'] / x['events']:,.0f} bytes | {x['wal_fpi']:,} |")
+    lines += ["", "What the best run left in its journal, per event (rows written; table and index bytes):", "",
+              "| table | rows per event | table bytes per event | index bytes per event (indexes) |",
+              "|---|---:|---:|---:|"]
+    ev = k["events"]
+    for t in k.get("tables", []):
+        lines.append(f"| {t['table']} | {t['rows'] / ev:.2f} | {t['heap_bytes'] / ev:,.0f} | "
+                     f"{t['index_bytes'] / ev:,.0f} ({t['indexes']}) |")
+    tot = k.get("tables", [])
+    lines.append(f"| all | {sum(t['rows'] for t in tot) / ev:.2f} | {sum(t['heap_bytes'] for t in tot) / ev:,.0f} | "
+                 f"{sum(t['index_bytes'] for t in tot) / ev:,.0f} ({sum(t['indexes'] for t in tot)}) |")
+    raw_wal = [x["step_wal_bytes"] / x["events"] for x in runs["raw"]]
+    lines += ["", f"For scale: the raw ceiling wrote {min(raw_wal):,.0f} bytes of WAL per event (its one row)."]
 
     lat = r["latency"]
     w = lat["warmup"]
@@ -398,5 +426,9 @@ def markdown(r: dict[str, Any]) -> str:
               f"first batches, the producer's start) is reported apart: p50 {w['p50_ms'] or 0:,.0f} ms, p99 "
               f"{w['p99_ms'] or 0:,.0f} ms, max {w['max_ms'] or 0:,.0f} ms."
               + (f" Worst second of production: second {worst[0]} (max {worst[3]:,.0f} ms)." if worst else "")
+              + f" Load average (1 min) {lat['load_before']:.2f} before, {lat['load_after']:.2f} after."
+              + ("" if lat["kept_up"] else f" **The pipeline did not keep up** (it journaled "
+                 f"{lat['events_per_s']:,.0f} events/s): on this host at this time the rate was beyond its "
+                 "capacity, so these percentiles measure a growing backlog rather than latency.")
               + f" Peak RSS of the pipeline process (max over its runs): {r['peak_rss_mb']:.0f} MB."]
     return "\n".join(lines)
