@@ -1,4 +1,7 @@
-"""Operations: Prometheus metrics behind an intent-named façade, and /metrics, /healthz, /readyz endpoints.
+"""Operations: Prometheus metrics behind an intent-named façade, the /metrics, /healthz, /readyz endpoints, and
+how the process lives with its dependencies: what each one did last (``Outages``, logged once per interval
+instead of once per attempt), librdkafka's logs and errors through the same throttle, readiness from cached
+checks, and a shutdown that ends within its grace period whatever still blocks (``Shutdown``).
 
 Names follow Prometheus conventions (``kingdee_cdc_…_total``, ``…_seconds``); labels are bounded (topic,
 partition, outcome — never keys or amounts). The registry is injectable so tests use their own.
@@ -6,13 +9,22 @@ partition, outcome — never keys or amounts). The registry is injectable so tes
 
 from __future__ import annotations
 
+import faulthandler
+import hmac
+import logging
+import os
+import signal
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -94,6 +106,9 @@ class Metrics:
                                      "Feedback events acknowledged by Kafka, by source system", ["system"], registry=r)
         self.info = Gauge("kingdee_cdc_build_info", "Build information", ["version"], registry=r)
         self.info.labels(__version__).set(1)
+        self.dependency_up = Gauge("kingdee_cdc_dependency_up",
+                                   "1 when the dependency (journal, kafka, kingdee, schema_registry) answered the "
+                                   "last time it was used or checked, 0 while it fails", ["dependency"], registry=r)
 
     # intent-named methods ------------------------------------------------
     def batch_journaled(self, records: Sequence[Any], result: Any, seconds: float) -> None:
@@ -165,6 +180,9 @@ class Metrics:
     def feedback_sent_to(self, system: str, n: int) -> None:
         self.feedback_sent.labels(system).inc(n)
 
+    def dependency_state(self, dependency: str, up: bool) -> None:
+        self.dependency_up.labels(dependency).set(1 if up else 0)
+
 
 def exported_series(registry: CollectorRegistry | None = None) -> set[str]:
     """Every series name the service exports (what dashboards and alert rules may refer to)."""
@@ -200,9 +218,10 @@ class JournalBacklog:
         ("kingdee_cdc_reconciliation_abs_difference", "Sum of absolute flagged differences (local currency)"),
         ("kingdee_cdc_reconciliation_last_run_timestamp_seconds", "When the book was last reconciled"))
 
-    def __init__(self, dsn: str, schema: str = "kdcdc") -> None:
+    def __init__(self, dsn: str, schema: str = "kdcdc", *, outages: Outages | None = None) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.outages = outages or OUTAGES
         s = sql.Identifier(schema)
         self._waiting = sql.SQL(
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(journaled_at)), 0) FROM {s}.vouchers "
@@ -220,6 +239,7 @@ class JournalBacklog:
     def _connections(self) -> ConnectionPool:
         with self._pool_lock:
             if self._pool is None:
+                _report_pool_failures(self.outages)
                 self._pool = ConnectionPool(
                     self.dsn, min_size=1, max_size=2, open=True, name="kingdee-cdc-metrics",
                     check=ConnectionPool.check_connection, reconnect_timeout=0,
@@ -235,6 +255,18 @@ class JournalBacklog:
             if self._closer is not None:
                 self._closer()
             self._pool = self._closer = None
+
+    def ping(self, timeout_s: float = 2.0) -> str | None:
+        """``None`` when the journal answers ``SELECT 1`` on a pooled connection within ``timeout_s``, else why not
+        (what the last connection attempt said, when the pool saw one fail)."""
+        try:
+            with self._connections().connection(timeout=timeout_s) as conn:
+                conn.execute("SELECT 1")
+        except Exception as e:
+            seen = self.outages.problem("journal")
+            return seen or f"no connection within {timeout_s:g} s ({type(e).__name__})"
+        self.outages.ok("journal")
+        return None
 
     def describe(self) -> list[Metric]:
         return []
@@ -254,6 +286,8 @@ class JournalBacklog:
             outbox.add_metric([], float(unsent))
             outbox_age.add_metric([], float(unsent_age))
             up.add_metric([], 1.0)
+            if self.outages.problem("journal") is not None:
+                self.outages.ok("journal")
             yield from (counts, oldest, outbox, outbox_age, up, *recon)
         except Exception:  # the journal being down must not break /metrics
             up.add_metric([], 0.0)
@@ -261,33 +295,49 @@ class JournalBacklog:
 
 
 class OpsServer:
-    """``/metrics``, ``/healthz`` (process alive) and ``/readyz`` (dependencies reachable) on one port."""
+    """``/metrics``, ``/healthz`` (process alive) and ``/readyz`` (dependencies reachable) on one port.
+
+    The probes are open: Kubernetes and load balancers cannot send a token. Every other path — ``/metrics``, and any
+    endpoint added later — needs ``Authorization: Bearer <token>`` when a token is set. Each connection has a socket
+    timeout (``timeout_s``): a client that connects and sends nothing, or stops reading, is cut off instead of holding
+    a thread.
+    """
+
+    #: paths answered without the token
+    PROBES: Final = frozenset({"/healthz", "/readyz"})
 
     def __init__(self, metrics: Metrics, *, host: str = "127.0.0.1", port: int = 0,
-                 ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok"), token: str | None = None) -> None:
+                 ready: Callable[[], tuple[bool, str]] = lambda: (True, "ok"), token: str | None = None,
+                 timeout_s: float = 5.0) -> None:
         ops = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = timeout_s  # StreamRequestHandler: the socket timeout of every connection
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
             def do_GET(self) -> None:
-                if ops.token and self.headers.get("Authorization") != f"Bearer {ops.token}":
-                    self._send(401, b"unauthorized\n", "text/plain")
-                elif self.path.startswith("/metrics"):
+                path = urlsplit(self.path).path.rstrip("/") or "/"
+                if path not in ops.PROBES and not ops.authorized(self.headers.get("Authorization")):
+                    self._send(401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": "Bearer"})
+                elif path == "/metrics":
                     self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-                elif self.path.startswith("/healthz"):
+                elif path == "/healthz":
                     self._send(200, b"ok\n", "text/plain")
-                elif self.path.startswith("/readyz"):
+                elif path == "/readyz":
                     ok, why = ready()
                     self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
+            def _send(self, code: int, body: bytes, ctype: str, headers: Mapping[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -300,6 +350,11 @@ class OpsServer:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="ops-http", daemon=True)
 
+    def authorized(self, header: str | None) -> bool:
+        if not self.token:
+            return True
+        return hmac.compare_digest((header or "").encode(), f"Bearer {self.token}".encode())
+
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
@@ -311,3 +366,369 @@ class OpsServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --------------------------------------------------------------------------- dependencies and outages
+def _one_line(text: str, limit: int = 500) -> str:
+    """An error text on one line (psycopg's have a hint on a second one), cut at ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+@dataclass(slots=True)
+class _Failing:
+    problem: str
+    since: float
+    logged: float
+    failures: int = 1
+
+
+class Outages:
+    """What each dependency (``journal``, ``kafka``, ``kingdee``, ``schema_registry``) did the last time a part of the
+    process used it, and the log lines about it.
+
+    A failure is logged at once, with what to check (``hints``); while the dependency keeps failing, at most one line
+    per ``every_s`` says for how long and how many attempts failed; one line says when it works again. So an outage
+    costs a handful of lines, not one per retry of every thread. ``observer`` (``Metrics.dependency_state``) sees
+    every state report. One instance serves the process (``OUTAGES``): the pipeline, poster, relay, readiness
+    checks and librdkafka's error callback all report to it, so one journal outage is one line per interval.
+    """
+
+    def __init__(self, every_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic,
+                 logger: logging.Logger | None = None) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.log = logger or logging.getLogger("kingdee_cdc.health")
+        self._lock = threading.Lock()
+        self._failing: dict[str, _Failing] = {}
+        self._hints: dict[str, str] = {}
+        self._observer: Callable[[str, bool], None] | None = None
+
+    def configure(self, *, every_s: float | None = None, hints: Mapping[str, str] | None = None,
+                  observer: Callable[[str, bool], None] | None = None) -> Outages:
+        if every_s is not None:
+            self.every_s = every_s
+        if hints is not None:
+            self._hints.update(hints)
+        if observer is not None:
+            self._observer = observer
+        return self
+
+    def failed(self, dependency: str, problem: str) -> None:
+        """``dependency`` just failed with ``problem`` (logged now, or counted until the next interval)."""
+        text = _one_line(problem)
+        now = self.clock()
+        with self._lock:
+            f = self._failing.get(dependency)
+            if f is None:
+                self._failing[dependency] = _Failing(text, now, now)
+                first, line = True, True
+            else:
+                f.failures += 1
+                f.problem = text
+                first, line = False, now - f.logged >= self.every_s
+                if line:
+                    f.logged = now
+            since, failures = now - (f.since if f else now), f.failures if f else 1
+        if self._observer is not None:
+            self._observer(dependency, False)
+        if not line:
+            return
+        hint = self._hints.get(dependency)
+        if first:
+            self.log.warning("%s unavailable: %s%s; retrying (while it fails, one line per %gs)", dependency, text,
+                             f" — {hint}" if hint else "", self.every_s)
+        else:
+            self.log.warning("%s still unavailable after %.0fs (%d failed attempts): %s", dependency, since, failures,
+                             text)
+
+    def ok(self, dependency: str) -> None:
+        """``dependency`` just worked."""
+        with self._lock:
+            f = self._failing.pop(dependency, None)
+        if self._observer is not None:
+            self._observer(dependency, True)
+        if f is not None:
+            self.log.info("%s available again after %.0fs (%d failed attempts)", dependency, self.clock() - f.since,
+                          f.failures)
+
+    def problem(self, dependency: str) -> str | None:
+        """The last problem of ``dependency`` while it fails."""
+        with self._lock:
+            f = self._failing.get(dependency)
+            return f.problem if f else None
+
+    def failing(self) -> dict[str, str]:
+        with self._lock:
+            return {d: f.problem for d, f in self._failing.items()}
+
+    def down_for(self, dependency: str) -> float:
+        """Seconds ``dependency`` has been failing (0 when it is not)."""
+        with self._lock:
+            f = self._failing.get(dependency)
+            return self.clock() - f.since if f else 0.0
+
+
+#: the process's outages (configured by the service from the settings)
+OUTAGES: Final = Outages()
+
+
+class ThrottleFilter(logging.Filter):
+    """Lets one line per key through per interval, holds back the rest and says how many with the next one."""
+
+    def __init__(self, every_s: Callable[[], float], key: Callable[[logging.LogRecord], str]) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.key = key
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        k = self.key(record)
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(k, (None, 0))
+            if last is not None and now - last < self.every_s():
+                self._seen[k] = (last, held + 1)
+                return False
+            self._seen[k] = (now, 0)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it since the last one)"
+            record.args = None
+        return True
+
+
+_pool_filtered = False
+
+
+def _report_pool_failures(outages: Outages) -> None:
+    """psycopg_pool logs three warnings per failed connection attempt: they become journal outage reports."""
+    global _pool_filtered
+    if _pool_filtered:
+        return
+    _pool_filtered = True
+
+    def to_outages(record: logging.LogRecord) -> bool:
+        if record.msg == "error connecting in %r: %s" and isinstance(record.args, tuple) and len(record.args) == 2:
+            outages.failed("journal", str(record.args[1]))
+            return False
+        return not str(record.msg).startswith(("reconnection attempt in pool", "error connecting in"))
+    logging.getLogger("psycopg.pool").addFilter(to_outages)
+
+
+_kafka_logger: logging.Logger | None = None
+
+
+def kafka_callbacks(outages: Outages | None = None) -> dict[str, Any]:
+    """librdkafka client properties that route its log lines and errors through ``outages``: all brokers down (or
+    an authentication failure) is a ``kafka`` outage — one line per interval, naming the last connection error —
+    other log lines go to the ``kingdee_cdc.kafka`` logger at most once per interval per kind."""
+    from confluent_kafka import KafkaError
+
+    global _kafka_logger
+    o = outages or OUTAGES
+    if _kafka_logger is None:
+        _kafka_logger = logging.getLogger("kingdee_cdc.kafka")
+
+        def kind(record: logging.LogRecord) -> str:  # confluent-kafka logs ("%s [%s] %s", facility, client, text)
+            args = record.args if isinstance(record.args, tuple) else ()
+            return f"{record.levelno}:{args[0] if args else record.msg}"
+        _kafka_logger.addFilter(ThrottleFilter(lambda: o.every_s, kind))
+    logger = _kafka_logger
+    last: list[str] = []
+
+    def on_error(err: Any) -> None:
+        code, text = err.code(), err.str()
+        if err.fatal():
+            logger.error("fatal Kafka error: %s", text)
+            o.failed("kafka", text)
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            o.failed("kafka", f"{text}" + (f" (last error: {last[0]})" if last else ""))
+        elif code in (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._SSL):
+            last[:] = [text]  # one of several brokers may be down: the outage is all of them
+        elif code == KafkaError._AUTHENTICATION:
+            o.failed("kafka", text)
+        else:
+            logger.warning("kafka: %s", text)
+    return {"logger": logger, "error_cb": on_error}
+
+
+class Readiness:
+    """``/readyz``: ``gate`` first (starting, stopping: not ready, no checks), then the named checks — each returns
+    ``None`` or what is wrong — at most once per ``cache_s`` however many probes and scrapers ask (concurrent
+    callers wait for the one check in progress). Check results are reported to ``outages``."""
+
+    def __init__(self, checks: Sequence[tuple[str, Callable[[], str | None]]], *, cache_s: float = 2.0,
+                 gate: Callable[[], str | None] = lambda: None, detail: Callable[[], str] | None = None,
+                 outages: Outages | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.checks = list(checks)
+        self.cache_s = cache_s
+        self.gate = gate
+        self.detail = detail
+        self.outages = outages or OUTAGES
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cached: list[str] | None = None
+        self._at = 0.0
+        self.runs = 0  #: how often the checks ran (tests)
+
+    def problems(self) -> list[str]:
+        with self._lock:
+            if self._cached is None or self.clock() - self._at >= self.cache_s:
+                found: list[str] = []
+                for name, check in self.checks:
+                    try:
+                        problem = check()
+                    except Exception as e:  # a check that breaks is a problem, never a 500
+                        problem = f"{type(e).__name__}: {e}"
+                    if problem:
+                        found.append(f"{name} unavailable: {_one_line(problem)}")
+                        self.outages.failed(name, problem)
+                    else:
+                        self.outages.ok(name)
+                self._cached, self._at = found, self.clock()
+                self.runs += 1
+            return list(self._cached)
+
+    def __call__(self) -> tuple[bool, str]:
+        why = self.gate()
+        if why:
+            return False, why
+        problems = self.problems()
+        if problems:
+            return False, "; ".join(problems)
+        return True, "ok" + (f"; {self.detail()}" if self.detail is not None else "")
+
+
+class Shutdown:
+    """Stopping the process within ``grace_s``: SIGTERM or SIGINT (or ``begin``) tells every registered part to stop
+    (``on_stop``); the caller then lets the current batch finish or be abandoned, joins its threads with
+    ``remaining()`` and exits. If anything still blocks when the grace runs out, a watchdog logs what is still
+    running and exits the process with status 1 (a C-level backstop, ``faulthandler``, dumps every thread's stack
+    and exits if even the watchdog cannot run). A second signal exits at once (status 128 + signal number).
+    Nothing is half-committed either way: each journal batch is one PostgreSQL transaction."""
+
+    def __init__(self, grace_s: float, *, exit: Callable[[int], object] = os._exit,
+                 logger: logging.Logger | None = None, backstop: bool = True) -> None:
+        self.grace_s = grace_s
+        self.backstop = backstop
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self.deadline: float | None = None
+        self.log = logger or logging.getLogger("kingdee_cdc")
+        self._exit = exit
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], object]] = []
+        self._threads: list[threading.Thread] = []
+        self._timer: threading.Timer | None = None
+        self._expired = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+    def on_stop(self, fn: Callable[[], object]) -> None:
+        self._callbacks.append(fn)
+
+    def watch(self, thread: threading.Thread) -> threading.Thread:
+        """A thread to name in the log line when the grace runs out (and to ``join``)."""
+        self._threads.append(thread)
+        return thread
+
+    def install(self) -> Shutdown:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._signal)
+        return self
+
+    def begin(self, reason: str) -> None:
+        """Stop everything (once): the grace period starts now."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            self.deadline = time.monotonic() + self.grace_s
+        self.log.info("stopping (%s); exiting within %gs", reason, self.grace_s)
+        self.event.set()
+        for fn in self._callbacks:
+            try:
+                fn()
+            except Exception as e:  # one part failing to stop must not keep the others running
+                self.log.warning("while stopping: %s", e)
+        self._timer = threading.Timer(self.grace_s, self._expire)
+        self._timer.name = "shutdown-watchdog"
+        self._timer.daemon = True
+        self._timer.start()
+        if self.backstop:
+            try:
+                faulthandler.dump_traceback_later(self.grace_s + 3, exit=True)
+            except (RuntimeError, ValueError, OSError):  # no usable stderr: the Python watchdog still runs
+                pass
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic()) if self.deadline is not None else self.grace_s
+
+    def join(self, threads: Sequence[threading.Thread] | None = None) -> list[str]:
+        """Join ``threads`` (default: the watched ones) within the grace; the names of those still running."""
+        for th in threads if threads is not None else self._threads:
+            if th.is_alive():
+                th.join(self.remaining())
+        return [th.name for th in (threads if threads is not None else self._threads) if th.is_alive()]
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None:
+            self.log.warning("%s again while stopping (%s): exiting now", name, self.reason)
+            self._flush()
+            self._exit(128 + signum)
+            return
+        self.begin(name)
+
+    def _expire(self) -> None:
+        self.expire_now()
+
+    def expire_now(self, why: str = "") -> None:
+        """The grace is over: log what still runs, and exit with status 1."""
+        with self._lock:
+            if self._expired:
+                return
+            self._expired = True
+        running = self.blocked()
+        self.log.error("the shutdown grace of %gs ran out (stopping since %s%s); still running: %s; exiting now",
+                       self.grace_s, self.reason, f"; {why}" if why else "",
+                       "; ".join(running) or "interpreter shutdown")
+        self._flush()
+        self._exit(1)
+
+    def blocked(self) -> list[str]:
+        """Each watched thread still running, and the main thread, with where it is (innermost frames)."""
+        frames = sys._current_frames()
+        out = []
+        main = threading.main_thread()
+        for th in [main, *self._threads]:
+            if not th.is_alive() or th.ident is None or th.ident not in frames:
+                continue
+            out.append(f"{th.name} at {_where(frames[th.ident])}")
+        return out
+
+    @staticmethod
+    def _flush() -> None:
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:
+                pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+
+def _where(frame: FrameType | None, depth: int = 3) -> str:
+    """The innermost ``depth`` frames of a stack, innermost first: ``file:line function`` each."""
+    parts: list[str] = []
+    while frame is not None and len(parts) < depth:
+        code = frame.f_code
+        parts.append(f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return " < ".join(parts)
