@@ -36,7 +36,13 @@ key                                    default          meaning
 ``transactions.group``                 true             map a header with its lines of one source transaction
 ``transactions.hold_s``                30               an incomplete transaction is then mapped event by event
 ``transactions.max_held``              100000           records held for transactions at most
-``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  Prometheus endpoint
+``metrics.host``/``metrics.port``      ``127.0.0.1``/9108  ops server bind address (/metrics, /healthz, /readyz)
+``metrics.token``                      none             bearer token for /metrics (the probes stay open)
+``metrics.request_timeout_s``          5                ops server socket timeout (idle or slow clients are cut)
+``metrics.ready_cache_s``              2                /readyz reuses its dependency checks this long
+``service.startup_timeout_s``          60               wait at start for journal and Kafka, then exit 3
+``service.shutdown_grace_s``           25               SIGTERM → exit within this, whatever still blocks
+``service.outage_log_every_s``         30               a failing dependency is logged once per interval
 ``console.enabled``                    false            serve the operator console from ``run`` too
 ``console.host``/``console.port``      ``127.0.0.1``/9109  the console's own address (``kingdee-cdc console``)
 ``console.users``                      ``[]``           ``{name, password and/or token (secrets), role: viewer|admin}``
@@ -253,11 +259,32 @@ class FeedbackSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    #: the address the ops server (/metrics, /healthz, /readyz) binds: 127.0.0.1 keeps it on the host, 0.0.0.0
+    #: (the image) makes it reachable for probes and scrapers
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
+    #: required as ``Authorization: Bearer …`` for /metrics (and any endpoint that is not a probe); the probes
+    #: /healthz and /readyz stay open, so Kubernetes can call them
     token: SecretStr | None = None
+    #: a connection that has not sent its request (or not read the answer) within this is closed
+    request_timeout_s: float = Field(5.0, gt=0, le=300)
+    #: /readyz reuses its dependency checks for this long (probes and scrapers do not each cause a check)
+    ready_cache_s: float = Field(2.0, ge=0, le=60)
 
     _secret = field_validator("token", mode="before")(_resolve_secret)
+
+
+class ServiceSettings(_Section):
+    """The process: start-up, shutdown and how outages are reported (``run``, ``post``)."""
+
+    #: at start, wait this long for the journal and Kafka to answer (saying why once per
+    #: ``outage_log_every_s``), then exit with status 3 and the reason; 0: give up at the first failure
+    startup_timeout_s: float = Field(60.0, ge=0, le=3600)
+    #: after SIGTERM/SIGINT the process exits within this long, whatever still blocks (keep it below the
+    #: orchestrator's kill deadline: Kubernetes' terminationGracePeriodSeconds, the chart's is 60)
+    shutdown_grace_s: float = Field(25.0, gt=0, le=600)
+    #: a dependency (journal, Kafka, Kingdee, schema registry) that keeps failing is logged once per this interval
+    outage_log_every_s: float = Field(30.0, gt=0, le=3600)
 
 
 class ConsoleUser(_Section):
@@ -362,6 +389,7 @@ class Settings(BaseSettings):
     errors: ErrorSettings = Field(default_factory=ErrorSettings)
     transactions: TransactionSettings = Field(default_factory=TransactionSettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    service: ServiceSettings = Field(default_factory=ServiceSettings)  # type: ignore[arg-type]
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # type: ignore[arg-type]
     log_format: Literal["text", "json"] = "text"
