@@ -10,7 +10,10 @@ Protocol (at least once, never lost, ordered per business document):
 4. Flush; mark as sent only the rows up to the first one the broker did not acknowledge. A crash before
    this step re-sends those rows later with the same ``event_id`` (consumers de-duplicate on it).
 
-If the broker is down the journal keeps working; the backlog is ``pending()`` and drains on recovery.
+If the broker is down the journal keeps working; the backlog is ``pending()`` and drains on recovery. The relay
+keeps running through outages of Kafka or the journal (reported once per interval through
+``connector.ops.Outages``), takes the lock again after a lost journal connection, and stands by while another
+relay holds it.
 
 Values are JSON by default; with a schema registry client (``feedback.format: avro``) they are Avro in the
 Confluent wire format, schema ``schemas/feedback.event.avsc`` under subject ``<topic>-value``.
@@ -21,18 +24,27 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any, Final, Protocol
 
-from confluent_kafka import KafkaError, Message, Producer
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connector.errors import InfraError
 from connector.journal import Journal
+from connector.ops import OUTAGES, Outages, kafka_callbacks
 
 log = logging.getLogger("kingdee_cdc.feedback")
 _LOCK_ID: Final = 0x6B64_6662  # "kdfb"
+#: how long the relay's producer tries to deliver a record (librdkafka ``message.timeout.ms``) unless configured:
+#: a round then ends with every record acknowledged or failed, so a round never re-sends records still queued
+DELIVERY_TIMEOUT_MS: Final = 30_000
+#: failures of the journal connection, the broker or the producer's queue: the relay waits and tries again
+_OUTAGE: Final = (InfraError, psycopg.OperationalError, psycopg.InterfaceError, KafkaException, BufferError)
 SCHEMA_PATH: Final = resources.files("connector.schemas").joinpath("feedback.event.avsc")
 
 
@@ -97,9 +109,11 @@ class RelayStats:
 
 class FeedbackRelay:
     def __init__(self, journal: Journal, producer_conf: dict[str, str], *, topic_prefix: str = "kingdee-cdc.feedback",
-                 batch: int = 1000, metrics: FeedbackMetrics | None = None, registry: Any = None) -> None:
+                 batch: int = 1000, metrics: FeedbackMetrics | None = None, registry: Any = None,
+                 outages: Outages | None = None) -> None:
         self.journal = journal
         self.metrics = metrics
+        self.outages = outages or OUTAGES
         self._avro: Any = None
         if registry is not None:  # Avro through the schema registry (subject <topic>-value)
             from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -108,8 +122,10 @@ class FeedbackRelay:
                                         lambda obj, ctx: avro_record(obj))
         self.prefix = topic_prefix
         self.batch = batch
-        self.producer = Producer({**producer_conf, "enable.idempotence": "true", "acks": "all", "linger.ms": "5"})
+        self.producer = Producer({**kafka_callbacks(self.outages), "message.timeout.ms": str(DELIVERY_TIMEOUT_MS),
+                                  **producer_conf, "enable.idempotence": "true", "acks": "all", "linger.ms": "5"})
         self._stop = threading.Event()
+        self._last_error: str | None = None
         #: test hook: called after the broker acknowledged a round, before it is marked sent
         self.before_mark: Callable[[list[int]], None] | None = None
 
@@ -121,6 +137,14 @@ class FeedbackRelay:
         out: bytes = self._avro(value, SerializationContext(topic, MessageField.VALUE))
         return out
 
+    def _drain(self) -> None:
+        """Wait until every record produced is acknowledged or failed (each fails after ``message.timeout.ms``), but
+        not past a stop request: unacknowledged rows stay unsent and go again (same ``event_id``)."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_MS / 1000 + 30
+        while self.producer.flush(0.5) > 0:
+            if self._stop.is_set() or time.monotonic() >= deadline:
+                return
+
     def topic_for(self, system: str) -> str:
         return f"{self.prefix}.{system}"
 
@@ -130,24 +154,62 @@ class FeedbackRelay:
     def pending(self) -> int:
         return self.journal.count(self.journal.q("SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL"))
 
-    def run(self, *, idle_sleep_s: float = 0.5, exit_when_idle: bool = False) -> RelayStats:
+    def run(self, *, idle_sleep_s: float = 0.5, exit_when_idle: bool = False, standby_s: float = 5.0) -> RelayStats:
+        """Relay until stopped (or, with ``exit_when_idle``, until a round sends nothing). Outages of the journal or
+        Kafka are waited out with backoff (up to 30 s between attempts) and reported to the outages; after a lost
+        journal connection the lock is taken again before anything is sent. While another relay holds the lock
+        this one stands by (``exit_when_idle``: ``RuntimeError`` instead)."""
         stats = RelayStats()
-        self.journal.migrate()
-        conn = self.journal.conn
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,)).fetchone()
-        if not got or not got[0]:
-            raise RuntimeError("another feedback relay holds the relay lock for this journal")
+        locked = False
+        standing_by = False
+        backoff = idle_sleep_s
         try:
             while not self._stop.is_set():
-                n = self.relay_once(stats)
+                try:
+                    if not locked:
+                        locked = self._lock()
+                        if not locked:
+                            if exit_when_idle:
+                                raise RuntimeError("another feedback relay holds the relay lock for this journal")
+                            if not standing_by:
+                                log.info("feedback: another relay holds the relay lock for this journal; standing by")
+                                standing_by = True
+                            self._stop.wait(standby_s)
+                            continue
+                        if standing_by:
+                            log.info("feedback: took the relay lock; relaying")
+                            standing_by = False
+                    n = self.relay_once(stats)
+                except _OUTAGE as e:
+                    journal = not isinstance(e, (KafkaException, BufferError))
+                    self.outages.failed("journal" if journal else "kafka", str(e))
+                    if journal:  # the lock went with the connection
+                        self.journal.reset()
+                        locked = False
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = idle_sleep_s
                 if n == 0:
                     if exit_when_idle:
                         break
                     self._stop.wait(idle_sleep_s)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
-            self.producer.flush(10)
+            if locked:
+                try:
+                    self.journal.conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+                except Exception:  # the lock ends with the session anyway
+                    pass
+            self.producer.flush(0 if self._stop.is_set() else 10)
         return stats
+
+    def _lock(self) -> bool:
+        """Migrate and take the relay lock (a session lock: it lasts as long as the journal connection)."""
+        self.journal.migrate()
+        got = self.journal.conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_ID,)).fetchone()
+        if self.outages.problem("journal") is not None:
+            self.outages.ok("journal")
+        return bool(got and got[0])
 
     def relay_once(self, stats: RelayStats | None = None) -> int:
         """One round (steps 2–4); returns how many rows were acknowledged and marked sent."""
@@ -172,28 +234,37 @@ class FeedbackRelay:
                 for system, n in per_system.items():
                     self.metrics.feedback_sent_to(system, n)
         stats.sent += len(acked)
+        if acked and self.outages.problem("kafka") is not None:
+            self.outages.ok("kafka")
         if len(acked) < len(rows):
-            log.warning("feedback: %d of %d not acknowledged by Kafka; will retry", len(rows) - len(acked), len(rows))
+            self.outages.failed("kafka", f"feedback: {len(rows) - len(acked)} of {len(rows)} events not acknowledged "
+                                         f"({self._last_error or 'no answer'}); they are sent again")
         return len(acked)
 
     def _send(self, rows: list[_Unsent]) -> list[int]:
         """Produce ``rows`` and flush; the ids of the prefix the broker acknowledged (a failure and everything
         after it wait for the next round, which keeps per-key order)."""
         results: dict[int, KafkaError | None] = {}
+        self._last_error = None
 
         def delivered(row_id: int) -> Callable[[KafkaError | None, Message], None]:
             def cb(err: KafkaError | None, msg: Message) -> None:
                 results[row_id] = err
+                if err is not None:
+                    self._last_error = err.str()
             return cb
 
         for row in rows:
             topic = self.topic_for(row.source_system)
-            self.producer.produce(topic, key=str(row.message_key).encode(), value=self._encode(topic, row.event()),
-                                  headers=[("kdcdc.event_id", row.event_id.encode()),
-                                           ("kdcdc.status", row.status.encode())],
-                                  on_delivery=delivered(row.id))
+            try:
+                self.producer.produce(topic, key=str(row.message_key).encode(), value=self._encode(topic, row.event()),
+                                      headers=[("kdcdc.event_id", row.event_id.encode()),
+                                               ("kdcdc.status", row.status.encode())],
+                                      on_delivery=delivered(row.id))
+            except BufferError:  # the producer's queue is full: the rest waits for a later round
+                break
             self.producer.poll(0)
-        self.producer.flush(30)
+        self._drain()
         acked: list[int] = []
         for row in rows:
             if results.get(row.id, KafkaError(KafkaError._TIMED_OUT)) is not None:

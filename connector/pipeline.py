@@ -3,9 +3,11 @@
 Each arrow is a plain call on a batch. Ordering: records are handled in offset order per partition, and
 Debezium keys a row's events to one partition, so a create, its updates and its delete map in order.
 Retries: infrastructure failures (PostgreSQL connection loss, serialization failures, deadlocks) retry the
-*whole* batch with exponential backoff and jitter; nothing is skipped. Poison records never stop the line
-in lenient mode (``errors.tolerance: all``); in strict mode (``none``) the partition is paused at the first
-one and an error is logged, with everything before it journaled.
+*whole* batch with exponential backoff and jitter; nothing is skipped. A dependency that keeps failing is logged
+once per interval (``connector.ops.Outages``), not once per attempt, and a stop request ends the retrying: the
+batch is abandoned — never half-committed, the journal transaction is atomic — and read again by the next owner.
+Poison records never stop the line in lenient mode (``errors.tolerance: all``); in strict mode (``none``) the
+partition is paused at the first one and an error is logged, with everything before it journaled.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
@@ -37,6 +39,7 @@ from connector.journal import REJECTED_STAGE, BatchResult, EventRecord, Fenced, 
 from connector.ledger import BatchState, RowRef, SourceChange, canonical_pk
 from connector.logs import event_context
 from connector.mapping import Mapper
+from connector.ops import OUTAGES, Outages, kafka_callbacks
 from connector.transactions import TRANSACTION_SUFFIX, TransactionGrouper, TxKey
 
 log = logging.getLogger("kingdee_cdc.pipeline")
@@ -98,6 +101,12 @@ class PipelineStats:
 
 _TRANSIENT: Final = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
                      psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation, InfraError)
+#: transient failures that are not an outage (two writers met): logged at each retry
+_CONFLICTS: Final = (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation)
+
+
+class Stopped(ConnectorError):
+    """A stop was requested while a batch waited for a dependency: the batch is abandoned, nothing committed."""
 
 
 def dlq_headers(rec: EventRecord, connector: str) -> list[tuple[str, str | bytes | None]]:
@@ -330,11 +339,11 @@ class PipelineMetrics(Protocol):
 class Pipeline:
     """``kingdee-cdc run``: one consumer in the group, one journal connection, one thread."""
 
-    def __init__(self, *, consumer_conf: dict[str, str], topics: Sequence[str], journal: Journal,
+    def __init__(self, *, consumer_conf: Mapping[str, Any], topics: Sequence[str], journal: Journal,
                  processor: Processor, options: PipelineOptions = PipelineOptions(),
-                 producer_conf: dict[str, str] | None = None,
+                 producer_conf: Mapping[str, Any] | None = None,
                  on_batch: Callable[[BatchResult, float], None] | None = None,
-                 metrics: PipelineMetrics | None = None) -> None:
+                 metrics: PipelineMetrics | None = None, outages: Outages | None = None) -> None:
         self.topics = list(topics)
         self.journal = journal
         self.processor = processor
@@ -342,17 +351,22 @@ class Pipeline:
         self.stats = PipelineStats()
         self.on_batch = on_batch
         self.metrics = metrics
+        self.outages = outages or OUTAGES
         self._stop = threading.Event()
         self._lag_checked = 0.0
+        self._kafka_warned: dict[int, float] = {}
         self.assigned: set[tuple[str, int]] = set()
+        #: the group gave this member an assignment (possibly empty): from then on idle time counts
+        self.joined = False
         #: replay: records at or beyond these offsets are left unread (bounded runs)
         self.stop_at: dict[tuple[str, int], int] = {}
-        conf = {**consumer_conf, "enable.auto.commit": "false", "enable.auto.offset.store": "false",
+        callbacks = kafka_callbacks(self.outages)  # librdkafka's logs and errors: throttled, as outages
+        conf = {**callbacks, **consumer_conf, "enable.auto.commit": "false", "enable.auto.offset.store": "false",
                 "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
                 "auto.offset.reset": options.start_from, "enable.partition.eof": "false"}
         self.consumer = Consumer(conf)
         base = producer_conf or {k: v for k, v in conf.items() if k in ("bootstrap.servers", "log_level")}
-        self.producer = Producer({**base,
+        self.producer = Producer({**callbacks, **base,
                                   "enable.idempotence": "true", "linger.ms": "5"}) \
             if options.dead_letter_topic else None
         self.grouper = self._grouper()
@@ -373,6 +387,10 @@ class Pipeline:
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Step 0 of the protocol: seek every assigned partition to the offset stored in the journal."""
+        self.joined = True
+        self.outages.ok("kafka")
+        if not partitions:
+            return
         stored = self._retry(lambda: self.journal.stored_offsets((p.topic, p.partition) for p in partitions))
         for p in partitions:
             nxt = stored.get((p.topic, p.partition))
@@ -402,13 +420,22 @@ class Pipeline:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self, *, max_idle_s: float | None = None) -> PipelineStats:
-        self._retry(self.journal.migrate)
+        """Consume until ``stop()`` (or, with ``max_idle_s``, until nothing came for that long once the group gave
+        this member its partitions — none is fine). Stopping abandons a batch still waiting for a dependency.
+        An idle run whose Kafka is unreachable stops with ``InfraError`` rather than report success."""
+        try:
+            self._retry(self.journal.migrate)
+        except Stopped:
+            self.journal.close()
+            return self.stats
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 msgs = [m for m in self._next_batch() if self._usable(m)]
+                if msgs:
+                    self.outages.ok("kafka")
                 if self.grouper is not None and (msgs or self.grouper.held):
                     self._handle_grouped(msgs)  # also when idle: held transactions may have timed out
                 elif msgs:
@@ -416,15 +443,30 @@ class Pipeline:
                 if msgs:
                     idle_since = time.monotonic()
                     continue
+                if self.producer is not None:
+                    self.producer.poll(0)  # serves the dead-letter producer's log lines and errors
                 if self.metrics is not None and self.assigned:
                     self._observe_lag()
-                if not self.assigned:  # idle only counts once we own partitions
-                    idle_since = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s and self._idle_done():
                     break
+        except Stopped as e:
+            log.info("%s", e)
         finally:
             self._close()
         return self.stats
+
+    def _idle_done(self) -> bool:
+        """Idle long enough: done once the group gave this member its assignment and Kafka answers. An idle spell
+        while Kafka is unreachable is not the end of the input: ``InfraError``."""
+        down = self.outages.problem("kafka")
+        if down is None:
+            return self.joined  # not joined yet: a restarted member may wait for the old one's session timeout
+        try:
+            self.consumer.list_topics(timeout=5)
+        except Exception as e:
+            raise InfraError(f"idle, but Kafka is unreachable ({down}; {e}): records may be left unread") from None
+        self.outages.ok("kafka")
+        return self.joined
 
     def _next_batch(self) -> list[Message]:
         """What is already fetched, up to ``batch_size``; if nothing is, wait up to ``batch_wait_s`` for the
@@ -451,7 +493,10 @@ class Pipeline:
             return False
         if err.fatal():
             raise InfraError(f"fatal Kafka error: {err}")
-        log.warning("kafka: %s", err)
+        now = time.monotonic()  # the same error (a missing topic …) comes with every fetch: once per interval
+        if now - self._kafka_warned.get(err.code(), -1e9) >= self.outages.every_s:
+            self._kafka_warned[err.code()] = now
+            log.warning("kafka: %s", err)
         return False
 
     def _handle_grouped(self, msgs: list[Message]) -> None:
@@ -473,7 +518,7 @@ class Pipeline:
         positions: dict[Partition, tuple[int, int]] = {}
         try:
             if decoded is None:
-                decoded = self._retry(lambda: self.processor.decode(msgs))
+                decoded = self._retry(lambda: self.processor.decode(msgs), "schema_registry")
             batch = Batch.of(decoded, groups)
             state = self._retry(lambda: self.journal.batch_state(batch.changes.values()))
             records = self._apply_tolerance(self.processor.process(batch, state))
@@ -577,8 +622,15 @@ class Pipeline:
         for r in bad:
             self.producer.produce(self.opts.dead_letter_topic, key=r.raw_key, value=r.raw_value,
                                   headers=dlq_headers(r, self.opts.connector_name))
-        if self.producer.flush(30) != 0:
-            raise InfraError("dead-letter topic did not acknowledge within 30 s")
+        # Wait for the broker, but not past a stop request: the batch is then abandoned (read again later; the
+        # dead letters may be published twice, never lost).
+        deadline = time.monotonic() + self.opts.retry_for_s
+        while self.producer.flush(1.0) != 0:
+            if self._stop.is_set():
+                raise Stopped("stopped while the dead-letter topic did not acknowledge; the batch is abandoned")
+            self.outages.failed("kafka", f"the dead-letter topic {self.opts.dead_letter_topic} does not acknowledge")
+            if time.monotonic() >= deadline:
+                raise InfraError(f"dead-letter topic did not acknowledge within {self.opts.retry_for_s:g} s")
 
     def _reseek(self, partitions: Sequence[tuple[str, int]], fallback: Mapping[tuple[str, int], int]) -> None:
         """Read ``partitions`` again from the journal's offsets (``fallback``: where this instance started
@@ -602,14 +654,29 @@ class Pipeline:
         s.skipped += r.skipped
         s.grouped += r.grouped
 
-    def _retry(self, fn: Callable[[], T]) -> T:
+    def _retry(self, fn: Callable[[], T], dependency: str = "journal") -> T:
+        """``fn`` until it succeeds, retrying transient failures with backoff for up to ``retry_for_s``. A stop request
+        ends the waiting (``Stopped``). Failures of ``dependency`` are reported to the outages (a line per interval);
+        conflicts between writers (serialization, deadlock, unique violation) are logged at each retry."""
+        failed = False
+
         def before_sleep(state: RetryCallState) -> None:
+            nonlocal failed
             self.stats.retries += 1
             if self.metrics is not None:
                 self.metrics.retried()
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
+            if isinstance(exc, _CONFLICTS):
+                log.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
+            else:
+                failed = True
+                self.outages.failed(dependency, str(exc))
             self.journal.reset()
+
+        def sleep(seconds: float) -> None:
+            if self._stop.wait(seconds):
+                raise Stopped(f"stopped while waiting for the {dependency}: the batch is abandoned (nothing of it "
+                              "was committed)")
 
         def stop(state: RetryCallState) -> bool:
             # A unique violation is only expected from a concurrent replay of the same change: one retry
@@ -621,9 +688,12 @@ class Pipeline:
 
         for attempt in Retrying(retry=retry_if_exception_type(_TRANSIENT), reraise=True,
                                 wait=wait_exponential_jitter(multiplier=0.2, max=10), stop=stop,
-                                before_sleep=before_sleep):
+                                before_sleep=before_sleep, sleep=sleep):
             with attempt:
-                return fn()
+                result = fn()
+                if failed or self.outages.problem(dependency) is not None:
+                    self.outages.ok(dependency)
+                return result
         raise ConnectorError("unreachable")  # pragma: no cover
 
     def _close(self) -> None:

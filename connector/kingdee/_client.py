@@ -10,6 +10,10 @@ caller must do (``docs/reference/kingdee-webapi.md`` §3):
   for writes the caller must look the voucher up by its key before sending it again;
 * ``KingdeeBusinessError`` (MsgCode 2, 9, 10, 11 …): a rejection to report, never retried.
 
+Whether Kingdee answers at all is reported to the process's outages (``connector.ops.OUTAGES``, dependency
+``kingdee``): a refused or timed-out connection is logged once per interval however many threads hit it, and the
+line when it answers again says for how long it did not.
+
 TLS certificate verification is always on unless the configuration says otherwise (Kingdee's own SDK
 disables it; this client does not copy that). Credentials are never logged.
 """
@@ -28,6 +32,7 @@ import httpx
 from connector.errors import ConfigError, ConnectorError, InfraError
 from connector.kingdee._auth import login_sign, signed_headers
 from connector.ledger import kingdee_json
+from connector.ops import OUTAGES
 
 FORM_SERVICE: Final = "Kingdee.BOS.WebApi.ServicesStub.DynamicFormService"
 AUTH_SERVICE: Final = "Kingdee.BOS.WebApi.ServicesStub.AuthService"
@@ -203,10 +208,15 @@ class KingdeeClient:
                 resp = self._http.post(url, content=payload, headers=self._headers(url))
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
                 # nothing was sent: safe to retry, even for a write
+                if not isinstance(e, httpx.PoolTimeout):  # our own pool being busy says nothing about Kingdee
+                    OUTAGES.failed("kingdee", f"{self.base} unreachable ({type(e).__name__}): {e}")
                 raise KingdeeRetryable(f"Kingdee unreachable ({type(e).__name__}): {e}", operation=service) from e
             except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+                OUTAGES.failed("kingdee", f"{self.base} gave no answer ({type(e).__name__})")
                 cls = KingdeeAmbiguous if write else KingdeeRetryable
                 raise cls(f"no answer from Kingdee ({type(e).__name__}); outcome unknown", operation=service) from e
+        if OUTAGES.problem("kingdee") is not None:
+            OUTAGES.ok("kingdee")
         sid = resp.cookies.get(SESSION_COOKIE)
         if sid:
             with self._session_lock:  # a slow answer must not replace a session another call got meanwhile

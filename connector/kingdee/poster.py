@@ -77,6 +77,7 @@ from connector.kingdee._client import (
 from connector.events import KafkaCoordinates
 from connector.ledger import Book, Voucher, VoucherKind, carried, to_kingdee, voucher_from_json
 from connector.ledger._serde import key_marker
+from connector.ops import OUTAGES
 
 if TYPE_CHECKING:
     from connector.config import Settings
@@ -93,6 +94,8 @@ DELETABLE: Final = frozenset({"A", "D", "Z"})
 #: a reversal or delta is claimed once the voucher it refers to is settled (or opening history, never posted)
 SETTLED_ORIGINAL: Final = (VoucherStatus.POSTED, VoucherStatus.REVERSED, VoucherStatus.REJECTED_BY_KINGDEE,
                            VoucherStatus.OPENING)
+#: failures the run loop waits out: the journal connection, Kingdee unreachable or not answering
+_OUTAGE: Final = (InfraError, psycopg.OperationalError, psycopg.InterfaceError)
 _MARKER_IN_TEXT: Final = re.compile(r"\[kdcdc:([^\]\s]+)\]")
 _SCAN_PAGE: Final = 10_000
 
@@ -418,30 +421,43 @@ class Poster:
 
     # ------------------------------------------------------------------ public
     def run(self, *, idle_sleep_s: float = 1.0, exit_when_idle: bool = False) -> PostStats:
-        """Post until stopped. Infrastructure failures (journal or Kingdee unreachable) pause with backoff.
-        Every ``duplicate_scan_every_s`` the loop also scans Kingdee for keys held more than once."""
+        """Post until stopped. Infrastructure failures (journal or Kingdee unreachable, the journal's migration at
+        start included) never end the loop: it waits with backoff (up to 30 s between attempts) and reports them to
+        the process's outages, which log the first failure at once and then one line per interval. A round in which
+        nothing could be sent backs off the same way. Every ``duplicate_scan_every_s`` the loop also scans Kingdee
+        for keys held more than once."""
         total = PostStats()
-        self.journal.migrate()
+        migrated = False
         backoff = idle_sleep_s
         while not self._stop.is_set():
             try:
+                if not migrated:
+                    self.journal.migrate()
+                    migrated = True
                 stats = self.run_once()
                 if self.opts.duplicate_scan_every_s and time.monotonic() >= self._next_scan:
                     self._next_scan = time.monotonic() + self.opts.duplicate_scan_every_s
                     scan = self.scan_duplicates(periodic=True)
                     stats.duplicates_deleted += len(scan.deleted)
                     stats.duplicates_flagged += len(scan.flagged)
-            except (InfraError, psycopg.OperationalError) as e:
-                log.warning("poster paused %.1fs: %s", backoff, e)
+                done = stats.claimed == 0 and exit_when_idle and self.pending() == 0
+            except _OUTAGE as e:
+                OUTAGES.failed("kingdee" if isinstance(e, KingdeeError) else "journal", str(e))
                 self.journal.reset()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            backoff = idle_sleep_s
+            if OUTAGES.problem("journal") is not None:
+                OUTAGES.ok("journal")
             total.add(stats)
-            if stats.claimed == 0 and exit_when_idle and self.pending() == 0:
+            if done:
                 break
-            if stats.claimed == 0 or stats.left_pending >= stats.claimed:  # idle, or nothing could be sent
+            if stats.claimed and stats.left_pending >= stats.claimed:  # nothing could be sent: Kingdee down …
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = idle_sleep_s
+            if stats.claimed == 0:
                 self._stop.wait(idle_sleep_s)
         return total
 
@@ -461,9 +477,15 @@ class Poster:
         chunks = [claimed[i:i + self.opts.batch_size] for i in range(0, len(claimed), self.opts.batch_size)]
         # Journal access stays on this thread (one connection); worker threads only talk to Kingdee.
         rejected_originals = self._originals_rejected([c.voucher for c in claimed])
+
+        def post(chunk: list[_Claimed]) -> tuple[list[_Outcome], PostStats]:
+            if self._stop.is_set():  # stopping: a chunk not started yet goes back to JOURNALED at once
+                released = [_Outcome(c.voucher.key, Unsettled.RELEASED) for c in chunk]
+                return released, PostStats(left_pending=len(chunk))
+            return self._post_chunk(chunk, rejected_originals, deadline)
+
         with ThreadPoolExecutor(max_workers=self.opts.concurrency) as pool:
-            for outcomes, chunk_stats in pool.map(lambda ch: self._post_chunk(ch, rejected_originals, deadline),
-                                                  chunks):
+            for outcomes, chunk_stats in pool.map(post, chunks):
                 stats.add(chunk_stats)
                 if outcomes:
                     self._record(outcomes, {c.voucher.key: c for c in claimed})
