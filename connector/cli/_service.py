@@ -30,52 +30,51 @@ def setup_logging(settings: Settings) -> None:
         logging.getLogger("kingdee_cdc").warning("insecure transport: %s", problem)
 
 
-def _readiness(settings: Settings, *, kafka: bool, kingdee: bool, assigned: Callable[[], str] | None = None
-               ) -> Callable[[], tuple[bool, str]]:
-    """/readyz: the journal answers, Kafka answers (if consumed), Kingdee's host accepts connections (if posting)."""
-    import socket
-    from urllib.parse import urlparse
+def _serve_ops(settings: Settings, metrics: Metrics, *, kafka: Any = None, kingdee: bool = False,
+               gate: Callable[[], str | None] = lambda: None, detail: Callable[[], str] | None = None
+               ) -> tuple[Any, Any]:
+    """The ops server and its journal collector. ``/readyz``: ``gate`` (starting, stopping), then the journal on
+    the collector's pooled connection, Kafka through ``kafka`` (a ``KafkaProbe``), Kingdee's host when posting —
+    checked at most once per ``metrics.ready_cache_s``, whoever asks."""
+    from connector.ops import JournalBacklog, OpsServer, Readiness
+    from connector.service import journal_dsn, kingdee_problem
 
-    from connector.service import journal_dsn
-
-    admin: list[Any] = []  # one librdkafka client for every probe, created on first use
-
-    def ready() -> tuple[bool, str]:
-        import psycopg
-
-        try:
-            with psycopg.connect(journal_dsn(settings), connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.Error as e:
-            return False, f"journal unreachable: {type(e).__name__}"
-        if kafka:
-            from confluent_kafka.admin import AdminClient
-
-            try:
-                if not admin:
-                    admin.append(AdminClient({**settings.kafka.librdkafka(), "log_level": "0"}))
-                admin[0].list_topics(timeout=2)
-            except Exception as e:
-                return False, f"kafka unreachable: {type(e).__name__}"
-        if kingdee and settings.kingdee.server_url:
-            url = urlparse(str(settings.kingdee.server_url))
-            try:
-                socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
-                                         timeout=2).close()
-            except OSError as e:
-                return False, f"kingdee unreachable: {e.strerror or type(e).__name__}"
-        return True, "ok" + (f"; {assigned()}" if assigned else "")
-    return ready
-
-
-def _serve_ops(settings: Settings, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> Any:
-    from connector.ops import JournalBacklog, OpsServer
-    from connector.service import journal_dsn
-
-    metrics.registry.register(JournalBacklog(journal_dsn(settings), settings.journal.schema_name))
+    backlog = JournalBacklog(journal_dsn(settings), settings.journal.schema_name)
+    metrics.registry.register(backlog)
+    checks: list[tuple[str, Callable[[], str | None]]] = [("journal", backlog.ping)]
+    if kafka is not None:
+        checks.append(("kafka", kafka))
+    if kingdee and settings.kingdee.server_url:
+        checks.append(("kingdee", lambda: kingdee_problem(settings)))
+    ready = Readiness(checks, cache_s=settings.metrics.ready_cache_s, gate=gate, detail=detail)
     token = settings.metrics.token.get_secret_value() if settings.metrics.token else None
-    return OpsServer(metrics, host=settings.metrics.host, port=settings.metrics.port, ready=ready,
-                     token=token).start()
+    server = OpsServer(metrics, host=settings.metrics.host, port=settings.metrics.port, ready=ready, token=token,
+                       timeout_s=settings.metrics.request_timeout_s).start()
+    return server, backlog
+
+
+def _supervised(name: str, target: Callable[[], object], shutdown: Any, failures: list[str]) -> Callable[[], None]:
+    """A worker thread's body: if the worker ends with an exception (or ends at all before the service stops), say
+    so in one line and stop the whole service, which then exits with status 1 — never a dead thread in a live
+    process. (Outages of the journal, Kafka or Kingdee do not end a worker: it waits them out.)"""
+    import logging
+
+    log = logging.getLogger("kingdee_cdc")
+
+    def body() -> None:
+        try:
+            target()
+        except BaseException as e:
+            failures.append(name)
+            log.error("%s stopped by an error: %s: %s; stopping the service (exit status 1)", name,
+                      type(e).__name__, e, exc_info=True)
+            shutdown.begin(f"{name} failed")
+            return
+        if not shutdown.stopping:
+            failures.append(name)
+            log.error("%s ended although the service was not stopping; stopping the service (exit status 1)", name)
+            shutdown.begin(f"{name} ended")
+    return body
 
 
 @app.command()
@@ -90,41 +89,80 @@ def run(
 ) -> None:
     """Consume change events and journal every outcome exactly once (until SIGTERM/SIGINT).
 
-    With --post and --feedback one process is the whole service (what the container image runs).
+    With --post and --feedback one process is the whole service (what the container image runs). At start it
+    waits up to service.startup_timeout_s for the journal and Kafka (exit status 3 if they do not answer); on
+    SIGTERM it exits within service.shutdown_grace_s.
     """
+    import logging
     import threading
 
     from connector.config import load_settings
-    from connector.ops import Metrics
-    from connector.service import build_pipeline, build_poster, build_relay
+    from connector.ops import Metrics, Shutdown
+    from connector.service import (
+        KafkaProbe,
+        StartupFailed,
+        build_pipeline,
+        build_poster,
+        build_relay,
+        configure_outages,
+        wait_for_dependencies,
+    )
 
     settings = load_settings(config)
     setup_logging(settings)
+    log = logging.getLogger("kingdee_cdc")
     metrics = Metrics()
+    configure_outages(settings, observer=metrics.dependency_state)
+    shutdown = Shutdown(settings.service.shutdown_grace_s).install()
     pipeline = build_pipeline(settings, metrics=metrics)
-    pipeline.install_signal_handlers()
-    workers: list[tuple[Any, threading.Thread]] = []
+    shutdown.on_stop(pipeline.stop)
+    failures: list[str] = []
+    workers: list[threading.Thread] = []
     if with_poster:
         poster = build_poster(settings, metrics=metrics)
-        workers.append((poster, threading.Thread(target=poster.run, name="poster", daemon=True)))
+        shutdown.on_stop(poster.stop)
+        workers.append(threading.Thread(target=_supervised("poster", poster.run, shutdown, failures), name="poster",
+                                        daemon=True))
     if with_feedback:
         relay = build_relay(settings, metrics=metrics)
-        workers.append((relay, threading.Thread(target=relay.run, name="feedback", daemon=True)))
-    ops = _serve_ops(settings, metrics, _readiness(
-        settings, kafka=True, kingdee=with_poster,
-        assigned=lambda: f"{len(pipeline.assigned)} partitions assigned"))
+        shutdown.on_stop(relay.stop)
+        workers.append(threading.Thread(target=_supervised("feedback relay", relay.run, shutdown, failures),
+                                        name="feedback", daemon=True))
+    starting = ["starting"]
+    kafka = KafkaProbe(settings)
+
+    def gate() -> str | None:
+        return "stopping" if shutdown.stopping else starting[0] or None
+    ops, backlog = _serve_ops(settings, metrics, kafka=kafka, kingdee=with_poster, gate=gate,
+                              detail=lambda: f"{len(pipeline.assigned)} partitions assigned")
     console = _console.start_if_enabled(settings)  # console.enabled: the operator console on console.port
-    for _, th in workers:
-        th.start()
+    stats = None
+    error: BaseException | None = None
     try:
-        stats = pipeline.run(max_idle_s=exit_when_idle)
+        if wait_for_dependencies(settings, stop=shutdown.event, kafka=kafka,
+                                 status=lambda text: starting.__setitem__(0, text or "starting")):
+            starting[0] = ""
+            for th in workers:
+                shutdown.watch(th).start()
+            stats = pipeline.run(max_idle_s=exit_when_idle)
+    except StartupFailed as e:
+        error = e
     finally:
-        for worker, th in workers:
-            worker.stop()
-            th.join(30)
+        shutdown.begin("start-up failed" if error is not None else "the pipeline stopped")  # no-op after a signal
+        still = shutdown.join()
+        if still:
+            shutdown.expire_now(f"{', '.join(still)} did not stop")
         ops.stop()
+        backlog.close()
         if console is not None:
             console.stop()
+    if error is not None:
+        _fail(str(error), code=3)
+    if failures:
+        _fail(f"stopped because {', '.join(failures)} failed (see the log above)", code=1)
+    if stats is None:
+        typer.echo("stopped before start-up completed")
+        return
     letters = stats.rejected + stats.dead_lettered
     typer.echo(f"stopped: {stats.records} records in {stats.batches} batches; {stats.vouchers} vouchers, "
                f"{stats.duplicates} duplicates skipped, {stats.rejected} rejected, {stats.dead_lettered} "
@@ -137,23 +175,28 @@ def post(config: ConfigOpt = None,
          exit_when_idle: Annotated[bool, typer.Option(help="stop when nothing is left to post")] = False) -> None:
     """Post journaled vouchers to Kingdee (idempotent; several posters may run side by side). Every
     kingdee.duplicate_scan_every_s it also scans Kingdee for voucher keys held more than once."""
-    import signal
-
     from connector.config import load_settings
-    from connector.service import build_poster
-    from connector.ops import Metrics
+    from connector.ops import Metrics, Shutdown
+    from connector.service import StartupFailed, build_poster, configure_outages, wait_for_dependencies
 
     settings = load_settings(config)
     setup_logging(settings)
     metrics = Metrics()
+    configure_outages(settings, observer=metrics.dependency_state)
+    shutdown = Shutdown(settings.service.shutdown_grace_s).install()
     poster = build_poster(settings, metrics=metrics)
-    ops = _serve_ops(settings, metrics, _readiness(settings, kafka=False, kingdee=True))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: poster.stop())
+    shutdown.on_stop(poster.stop)
+    ops, backlog = _serve_ops(settings, metrics, kingdee=True, gate=lambda: "stopping" if shutdown.stopping else None)
     try:
+        if not wait_for_dependencies(settings, stop=shutdown.event, kafka=None):
+            return
         stats = poster.run(exit_when_idle=exit_when_idle)
+    except StartupFailed as e:
+        _fail(str(e), code=3)
     finally:
+        shutdown.begin("the poster stopped")
         ops.stop()
+        backlog.close()
     typer.echo(f"posted {stats.posted}, found after timeouts {stats.found_after_timeout}, rejected by Kingdee "
                f"{stats.rejected}, needs attention {stats.needs_attention}, ambiguous calls {stats.ambiguous_calls}, "
                f"outcomes unknown {stats.unknown}, leases taken over {stats.taken_over}, extra copies deleted "

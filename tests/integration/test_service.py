@@ -1,5 +1,6 @@
 """`kingdee-cdc run --post --feedback` as one process (what the container runs): metrics of every stage move
-as events flow, readiness, backlogs drain — and no secret shows up in its logs or in `config show`."""
+as events flow, readiness (open to probes while /metrics needs the token; no new PostgreSQL connection per probe),
+backlogs drain — and no secret shows up in its logs or in `config show`."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_one_process_service_metrics_and_no_secret_in_logs(
         "journal": {"dsn": pg_dsn}, "mapping": {"rules_dir": str(RULES)},
         "kingdee": {"server_url": sb.url, "acct_id": cfg_data.data_centre, "username": "integration",
                     "app_id": app_id, "app_secret": APP_SECRET},
-        "metrics": {"port": port, "token": METRICS_TOKEN},
+        "metrics": {"port": port, "token": METRICS_TOKEN, "ready_cache_s": 0},  # every probe checks
         "log_level": "DEBUG", "log_format": "json"}))
     log = tmp_path / "service.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -66,8 +67,7 @@ def test_one_process_service_metrics_and_no_secret_in_logs(
             nonlocal scraped, ready_seen
             assert proc.poll() is None, log.read_text()[-3000:]
             scraped = _scrape(port)
-            ready_seen |= httpx.get(f"http://127.0.0.1:{port}/readyz", headers={
-                "Authorization": f"Bearer {METRICS_TOKEN}"}).status_code == 200
+            ready_seen |= httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200  # probes need no token
             return (_sum(scraped, "kingdee_cdc_events_consumed_total") == produced.count
                     and scraped.get(("kingdee_cdc_poster_backlog", ())) == 0
                     and scraped.get(("kingdee_cdc_feedback_outbox_backlog", ())) == 0
@@ -76,6 +76,16 @@ def test_one_process_service_metrics_and_no_secret_in_logs(
                                f"feedback backlogs (metrics on :{port})", ignore=(httpx.HTTPError,),
                  interval_s=0.3, observe=lambda: (scraped, log.read_text()[-3000:]))
         s = scraped
+        # Probes are open, /metrics is not; a probe checks the journal on the metrics pool's connection, so a
+        # hundred probes open no PostgreSQL session (they used to open one each).
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 401
+        sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        opened = rows(pg_dsn, sessions)[0][0]
+        for _ in range(100):
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz")
+            assert r.status_code == 200 and r.text.startswith("ok; 2 partitions assigned"), r.text
+        assert rows(pg_dsn, sessions)[0][0] - opened <= 2  # our own two queries
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
     finally:
