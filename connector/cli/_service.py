@@ -93,7 +93,6 @@ def run(
     waits up to service.startup_timeout_s for the journal and Kafka (exit status 3 if they do not answer); on
     SIGTERM it exits within service.shutdown_grace_s.
     """
-    import logging
     import threading
 
     from connector.config import load_settings
@@ -110,7 +109,6 @@ def run(
 
     settings = load_settings(config)
     setup_logging(settings)
-    log = logging.getLogger("kingdee_cdc")
     metrics = Metrics()
     configure_outages(settings, observer=metrics.dependency_state)
     shutdown = Shutdown(settings.service.shutdown_grace_s).install()
