@@ -227,6 +227,8 @@ def dlq_show(dl_id: int, config: ConfigOpt = None) -> None:
     from connector.config import load_settings
     from connector.dlq import get_dead_letter
     from connector.events import Decoder, KafkaCoordinates, RegistrySchemas, event_to_json
+    from connector.journal import REJECTED_STAGE
+    from connector.ledger import explain
     from connector.service import build_journal, registry_client
 
     settings = load_settings(config)
@@ -237,11 +239,27 @@ def dlq_show(dl_id: int, config: ConfigOpt = None) -> None:
     client = registry_client(settings)
     decoded = Decoder(RegistrySchemas(client) if client else None).decode(
         d.raw_value, key=d.raw_key, kafka=KafkaCoordinates(topic=d.topic, partition=d.partition, offset=d.offset))
-    typer.echo(json.dumps({"id": d.id, "where": d.where, "stage": d.stage, "reason": d.reason, "status": d.status,
+    code = d.reason.split(" ", 1)[0].split(":", 1)[0] if d.stage == REJECTED_STAGE else d.stage
+    meaning = explain(code)
+    typer.echo(json.dumps({"id": d.id, "where": d.where, "stage": d.stage, "reason": d.reason,
+                           "explanation": None if meaning is None else {"code": code, **meaning._asdict()},
+                           "status": d.status,
                            "created_at": d.created_at.isoformat(), "key": (d.raw_key or b"").decode("utf-8", "replace"),
                            "value_bytes": len(d.raw_value or b""),
                            "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in d.headers},
                            "decoded_now": event_to_json(decoded)}, ensure_ascii=False, indent=2))
+
+
+@dlq_app.command("reasons")
+def dlq_reasons() -> None:
+    """What every rejection reason code and dead-letter stage means, and what to do about it."""
+    from connector.ledger import REASONS, STAGES
+
+    for title, items in (("rejection reasons (stage TASK_PUT)", {c.value: e for c, e in REASONS.items()}),
+                         ("dead-letter stages", STAGES)):
+        typer.echo(f"{title}:")
+        for code, e in items.items():
+            typer.echo(f"  {code:<20} {e.cause}\n  {'':<20} → {e.remedy}")
 
 
 @dlq_app.command("requeue")

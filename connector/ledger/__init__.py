@@ -34,6 +34,7 @@ from connector.ledger._checks import (
     check_voucher,
     dimension_slot,
 )
+from connector.ledger._reasons import REASONS, STAGES, Explanation, explain, reasons_markdown
 from connector.ledger._summary import Carried, add_up, carried
 from connector.ledger._state import NO_PRIOR, BatchState, InMemoryLedger, Mapped, PriorLookup, SourceChange
 from connector.ledger._serde import (
@@ -53,4 +54,4 @@ __all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "Cutover", "
            "voucher_from_avro", "voucher_from_json", "voucher_summary", "voucher_to_avro", "voucher_to_json",
            "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "SummaryRef", "Voucher", "VoucherKind",
            "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "summary_group", "summary_parts", "summary_voucher_key", "voucher_key",
-           "Carried", "add_up", "carried", "NO_PRIOR", "BatchState", "InMemoryLedger", "Mapped", "PriorLookup", "SourceChange"]
+           "REASONS", "STAGES", "Explanation", "explain", "reasons_markdown", "Carried", "add_up", "carried", "NO_PRIOR", "BatchState", "InMemoryLedger", "Mapped", "PriorLookup", "SourceChange"]
