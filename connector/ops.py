@@ -532,22 +532,33 @@ def kafka_callbacks(outages: Outages | None = None) -> dict[str, Any]:
 
         def kind(record: logging.LogRecord) -> str:  # confluent-kafka logs ("%s [%s] %s", facility, client, text)
             args = record.args if isinstance(record.args, tuple) else ()
-            return f"{record.levelno}:{args[0] if args else record.msg}"
+            return str(args[0] if args else record.msg)
         _kafka_logger.addFilter(ThrottleFilter(lambda: o.every_s, kind))
     logger = _kafka_logger
-    last: list[str] = []
+    # An outage is all brokers down *and* connection attempts failing: a broker closing an idle connection (an
+    # idle producer, connections.max.idle.ms) also leaves "all brokers down" behind, until the next request
+    # reconnects without trouble; one broker of several failing is no outage either.
+    state: dict[str, Any] = {"all_down_at": None, "refused": None}
 
     def on_error(err: Any) -> None:
         code, text = err.code(), err.str()
+        now = time.monotonic()
         if err.fatal():
             logger.error("fatal Kafka error: %s", text)
             o.failed("kafka", text)
-        elif code == KafkaError._ALL_BROKERS_DOWN:
-            o.failed("kafka", f"{text}" + (f" (last error: {last[0]})" if last else ""))
-        elif code in (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._SSL):
-            last[:] = [text]  # one of several brokers may be down: the outage is all of them
         elif code == KafkaError._AUTHENTICATION:
             o.failed("kafka", text)
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            state["all_down_at"] = now
+            if state["refused"] is not None:
+                o.failed("kafka", f"{text} (last error: {state['refused']})")
+        elif code in (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._SSL):
+            if code != KafkaError._TRANSPORT or "Connect to " in text:  # a connection attempt failed
+                state["refused"] = text
+                if state["all_down_at"] is not None and now - state["all_down_at"] < 30:
+                    o.failed("kafka", f"all brokers are down (last error: {text})")
+            else:  # a connection that was up closed: fine if the next attempt works
+                state["refused"] = None
         else:
             logger.warning("kafka: %s", text)
     return {"logger": logger, "error_cb": on_error}

@@ -127,6 +127,34 @@ def test_librdkafka_against_a_dead_broker_logs_a_line_per_interval_not_per_attem
         consumer.close()
 
 
+class Err:
+    """What librdkafka hands the error callback."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self._code, self._text = code, text
+
+    def code(self) -> int:
+        return self._code
+
+    def str(self) -> str:
+        return self._text
+
+    def fatal(self) -> bool:
+        return False
+
+
+def test_a_broker_closing_an_idle_connection_is_no_outage_but_refused_connections_are() -> None:
+    from confluent_kafka import KafkaError
+
+    outages = Outages(30)
+    on_error = kafka_callbacks(outages)["error_cb"]
+    on_error(Err(KafkaError._TRANSPORT, "b:9092/1: Disconnected (after 600000ms in state UP)"))
+    on_error(Err(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    assert outages.problem("kafka") is None  # the next request reconnects
+    on_error(Err(KafkaError._TRANSPORT, "b:9092/1: Connect to ipv4#10.0.0.9:9092 failed: Connection refused"))
+    assert "Connection refused" in str(outages.problem("kafka"))
+
+
 # --------------------------------------------------------------------------- readiness
 def test_readiness_checks_run_once_per_ttl_however_many_ask() -> None:
     clock = Clock()
