@@ -27,9 +27,17 @@ log = logging.getLogger("kingdee_cdc.console")
 def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound now: a port in use is a clear error at start, and the port is known at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP, and without it
+    # a kept-alive connection waits for the client's delayed ACK (40 ms) between a response's header and body
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        return sock
     except OSError as e:
+        sock.close()
         raise ConfigError(f"cannot serve the console on {host}:{port}: {e.strerror}; set console.port (0 = any free "
                           "port) or console.host") from None
 

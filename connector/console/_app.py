@@ -329,7 +329,7 @@ class Console:
             with self.views() as v:
                 status = v.sync_status(since=self.today())
                 flagged = sum(r.flagged for r in v.reconciliations())
-            ends = self.log_ends.get((p.topic, p.partition) for p in status.positions)
+            ends = self.log_ends.get({(p.topic, p.partition): p.next_offset for p in status.positions})
             b = board(status, ends, self.books, self.settings.console.thresholds, datetime.now(timezone.utc),
                       reconciliation_flagged=flagged)
             return self.render(request, principal, "status.html", board=b, books=self.books)
@@ -390,11 +390,10 @@ class Console:
 
         def page() -> Response:
             name, f = self.triage_filter(params)
-            whole = TriageFilter(since=f.since, bucket=f.bucket, tz=f.tz)  # the choices offered: the whole window
-            with self.views() as v:
-                counts = v.triage_counts(f)
-                choices = v.triage_counts(whole) if (f.kind or f.source or f.reason or f.status) else counts
+            with self.views() as v:  # one count of the whole window: the choices offered, and (filtered) the charts
+                choices = v.triage_counts(TriageFilter(since=f.since, until=f.until, bucket=f.bucket, tz=f.tz))
                 events = v.problem_events(f, limit=200)
+            counts = [c for c in choices if f.admits(c)]
             return self.render(request, principal, "triage.html", range_name=name, ranges=list(RANGES), f=f,
                                params=params, chart=_script_json(self.chart(f, counts, params)),
                                total=sum(c.count for c in counts), matrix=_matrix(counts),

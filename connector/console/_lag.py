@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger("kingdee_cdc.console")
@@ -29,14 +29,19 @@ class LogEnds:
         self._cached: tuple[float, frozenset[Partition], dict[Partition, int] | None] | None = None
         self._lock = threading.Lock()
 
-    def get(self, partitions: Iterable[Partition]) -> dict[Partition, int] | None:
-        wanted = frozenset(partitions)
+    def get(self, positions: Mapping[Partition, int]) -> dict[Partition, int] | None:
+        """The log end of each partition of ``positions`` (partition → the journal's next offset). A cached answer
+        older than ``ttl_s``, or behind a position the journal already reached, is asked again."""
+        wanted = frozenset(positions)
         if self.conf is None or not wanted:
             return {} if self.conf is not None else None
         with self._lock:
             now = time.monotonic()
-            if self._cached is not None and self._cached[1] >= wanted and now - self._cached[0] < self.ttl_s:
-                return self._cached[2]
+            cached = self._cached
+            if cached is not None and cached[1] >= wanted and now - cached[0] < self.ttl_s:
+                ends = cached[2]
+                if ends is None or all(ends.get(p, 0) >= offset for p, offset in positions.items()):
+                    return ends  # (Kafka not answering is remembered as long: pages do not each wait for it)
             ends = self._ask(wanted)
             self._cached = (now, wanted, ends)
             return ends

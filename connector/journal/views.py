@@ -24,7 +24,7 @@ import enum
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple, TypeVar
@@ -406,7 +406,8 @@ Bucket = Literal["hour", "day"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TriageFilter:
-    """Which problems: a time window, and optionally one kind, source, reason and dead-letter status.
+    """Which problems: a time window, and optionally one kind, source, reason and dead-letter status (the status
+    selects the events listed: counts are of every problem in the window).
 
     ``source`` is the source system of a rejection or the topic of an undecodable record; ``reason`` the rejection
     code (``UNMATCHED``, ``UNBALANCED`` …) or the decoding stage (``json``, ``schema`` …)."""
@@ -431,6 +432,12 @@ class TriageFilter:
 
     def kinds(self) -> tuple[ProblemKind, ...]:
         return (self.kind,) if self.kind is not None else tuple(ProblemKind)
+
+    def admits(self, c: TriageCount) -> bool:
+        """Whether a count of the whole window belongs to this filter's kind, source and reason (the charts count every
+        problem whatever its dead letter's status; ``status`` selects the events listed)."""
+        return ((self.kind is None or c.kind is self.kind) and (self.source is None or c.source == self.source)
+                and (self.reason is None or c.reason == self.reason))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -468,7 +475,7 @@ def triage_counts_query(schema: str, group: str, f: TriageFilter, kind: ProblemK
         where, args = _rejection_where(group, f, alias=None)
     else:
         table, source, reason = "dead_letters", "topic", "stage"
-        where, args = _undecodable_where(group, f, alias=None)
+        where, args = _undecodable_where(group, replace(f, status=None), alias=None)
     query = sql.SQL(
         "SELECT date_trunc({bucket}, created_at AT TIME ZONE %s) AS bucket, coalesce({source}, '') AS source, "
         "{reason} AS reason, count(*) AS n FROM {s}.{table} WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
@@ -485,15 +492,32 @@ def problem_events_query(schema: str, group: str, f: TriageFilter, *, limit: int
     parts: list[sql.Composable] = []
     args: list[Any] = []
     if ProblemKind.REJECTED in f.kinds():
-        where, a = _rejection_where(group, f, alias="r")
-        parts.append(sql.SQL(
-            "(SELECT r.created_at AS at, {kind} AS kind, r.topic, r.kafka_partition, r.kafka_offset, "
+        columns = sql.SQL(
+            "r.created_at AS at, {kind} AS kind, r.topic, r.kafka_partition, r.kafka_offset, "
             "coalesce(r.source_system, '') AS source, r.source_system, r.source_table, r.source_pk, r.code AS reason, "
-            "r.message, r.field, r.value, d.id AS dead_letter_id, d.status AS dead_letter_status "
-            "FROM {s}.rejections r LEFT JOIN {s}.dead_letters d ON d.consumer_group = r.consumer_group "
-            "AND d.topic = r.topic AND d.kafka_partition = r.kafka_partition AND d.kafka_offset = r.kafka_offset "
-            "WHERE {where} ORDER BY r.created_at DESC, r.id DESC LIMIT %s)").format(
-                kind=sql.Literal(ProblemKind.REJECTED.value), s=s, where=where))
+            "r.message, r.field, r.value, d.id AS dead_letter_id, d.status AS dead_letter_status").format(
+                kind=sql.Literal(ProblemKind.REJECTED.value))
+        if f.status is None:  # newest rejections first (console_rejections_time), each with its dead letter
+            where, a = _rejection_where(group, f, alias="r")
+            parts.append(sql.SQL(
+                "(SELECT {columns} FROM {s}.rejections r LEFT JOIN {s}.dead_letters d "
+                "ON d.consumer_group = r.consumer_group AND d.topic = r.topic AND d.kafka_partition = r.kafka_partition "
+                "AND d.kafka_offset = r.kafka_offset WHERE {where} ORDER BY r.created_at DESC, r.id DESC LIMIT %s)"
+            ).format(columns=columns, s=s, where=where))
+        else:  # newest dead letters of the status first (console_dead_letters_time), each with its rejection
+            window, a = _window("d", f)
+            where = sql.SQL(" AND ").join([
+                sql.SQL("d.consumer_group = %s AND d.stage = {stage} AND d.status = %s").format(
+                    stage=sql.Literal(REJECTED_STAGE)), *window,
+                *([sql.SQL("r.source_system = %s")] if f.source is not None else []),
+                *([sql.SQL("r.code = %s")] if f.reason is not None else [])])
+            a = [group, f.status.value, *a, *([f.source] if f.source is not None else []),
+                 *([f.reason] if f.reason is not None else [])]
+            parts.append(sql.SQL(
+                "(SELECT {columns} FROM {s}.dead_letters d JOIN {s}.rejections r ON r.topic = d.topic "
+                "AND r.kafka_partition = d.kafka_partition AND r.kafka_offset = d.kafka_offset "
+                "AND r.consumer_group = d.consumer_group WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT %s)"
+            ).format(columns=columns, s=s, where=where))
         args += [*a, limit]
     if ProblemKind.UNDECODABLE in f.kinds():
         where, a = _undecodable_where(group, f, alias="d")
@@ -533,13 +557,6 @@ def _rejection_where(group: str, f: TriageFilter, *, alias: str | None) -> tuple
     if f.reason is not None:
         where.append(sql.SQL("{} = %s").format(_col(alias, "code")))
         args.append(f.reason)
-    if f.status is not None:
-        # the rejected record's dead letter (same coordinates) has the status
-        where.append(sql.SQL("EXISTS (SELECT 1 FROM {{s}}.dead_letters x WHERE x.consumer_group = {g} AND x.topic = "
-                             "{t} AND x.kafka_partition = {p} AND x.kafka_offset = {o} AND x.status = %s)").format(
-            g=_col(alias, "consumer_group"), t=_col(alias, "topic"), p=_col(alias, "kafka_partition"),
-            o=_col(alias, "kafka_offset")))
-        args.append(f.status.value)
     return sql.SQL(" AND ").join(where), args
 
 

@@ -19,7 +19,7 @@ from connector.console._board import board, crossed
 from connector.console._format import format_age, format_decimal, format_money, minor_units
 from connector.console._i18n import LABELS, translate
 from connector.errors import ConfigError
-from connector.journal import Outcome
+from connector.journal import DeadLetterStatus, Outcome
 from connector.journal.views import (
     BookActivity,
     KafkaPosition,
@@ -184,6 +184,13 @@ def test_the_problem_list_unions_both_kinds_newest_first() -> None:
     with_status = TriageFilter(since=f.since, kind=ProblemKind.REJECTED, status=None)
     only, _ = problem_events_query("s1", "g", with_status, limit=5)
     assert "UNION" not in _text(only) and '"s1".rejections r LEFT JOIN "s1".dead_letters d' in _text(only)
+    new_only = TriageFilter(since=f.since, kind=ProblemKind.REJECTED, status=DeadLetterStatus.NEW, reason="X")
+    counted, args = triage_counts_query("s1", "g", new_only, ProblemKind.REJECTED)
+    assert "dead_letters" not in _text(counted) and "NEW" not in args  # counts: every problem of the window
+    listed, args = problem_events_query("s1", "g", new_only, limit=5)
+    assert ('FROM "s1".dead_letters d JOIN "s1".rejections r' in _text(listed)
+            and "d.stage = 'TASK_PUT' AND d.status = %s" in _text(listed) and "r.code = %s" in _text(listed))
+    assert args == ["g", "NEW", new_only.since, "X", 5, 5] and _text(listed).count("%s") == len(args)
     with pytest.raises(ViewError, match="limit must be between 1 and 10000"):
         problem_events_query("s1", "g", f, limit=0)
 
