@@ -226,7 +226,9 @@ _TEXT = {
     "poster": ("Poster into the Kingdee sandbox", "10,000 journaled vouchers (creates, reversals, reposts from the "
                "shipped scenarios) posted over HTTP to the sandbox with 20 ms added latency per call; the journal is "
                "PostgreSQL with fsync on; every voucher is checked to be in the sandbox exactly once. Baseline: one "
-               "Save per voucher, sequentially (500 vouchers)."),
+               "Save per voucher, sequentially (500 vouchers). The sandbox runs in a process of its own "
+               "(`bench.sandbox_proc`), so its request handling is not counted as the poster's time; the CPU "
+               "columns say where the work went."),
 }
 _MARKDOWN: dict[str, Callable[[Any], str]] = {"pipeline": pipeline.markdown, "mapping": mapping.markdown,
                                               "decode": decode.markdown, "poster": poster.markdown}
