@@ -62,7 +62,9 @@ def test_the_wheel_holds_the_product_and_its_data_and_nothing_else(installed: tu
     for data in ("connector/schemas/ledger.voucher.avsc", "connector/schemas/feedback.event.avsc",
                  "connector/rules/ledger.yaml", "connector/rules/pos-sale.yaml", "connector/rules/golden/pos-sale.yaml",
                  "connector/sandbox/sandbox.yaml", "connector/journal/migrations/0005_row_state_keys.sql",
-                 "connector/py.typed"):
+                 "connector/py.typed", "connector/journal/migrations/0008_console_indexes.sql",
+                 "connector/console/templates/base.html", "connector/console/static/console.js",
+                 "connector/console/static/vendor/htmx.min.js", "connector/console/static/vendor/chart.umd.min.js"):
         assert data in names, data
     assert not [n for n in names if "devstack" in n or "harness" in n or "demo" in n or "samples" in n]
     metadata = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("/METADATA"))
@@ -77,6 +79,7 @@ def test_the_installed_cli_runs_the_sandbox_and_previews_mappings_away_from_the_
     elsewhere.mkdir()
     help_ = _run(bin_dir, "--help", cwd=elsewhere)
     assert help_.returncode == 0 and "sandbox" in help_.stdout and "mapping" in help_.stdout
+    assert "console" in help_.stdout  # the operator console ships in the wheel
     assert "demo" not in help_.stdout  # the demo belongs to the repository's harness
     # mapping preview with a copy of the shipped rules, from a directory with no repository around it
     rules = elsewhere / "my-rules"
