@@ -62,7 +62,8 @@ def test_the_wheel_holds_the_product_and_its_data_and_nothing_else(installed: tu
     for data in ("connector/schemas/ledger.voucher.avsc", "connector/schemas/feedback.event.avsc",
                  "connector/rules/ledger.yaml", "connector/rules/pos-sale.yaml", "connector/rules/golden/pos-sale.yaml",
                  "connector/sandbox/sandbox.yaml", "connector/journal/migrations/0005_row_state_keys.sql",
-                 "connector/py.typed", "connector/journal/migrations/0008_console_indexes.sql",
+                 "connector/py.typed", "connector/cli/__init__.py",
+                 "connector/journal/migrations/0008_console_indexes.sql",
                  "connector/console/templates/base.html", "connector/console/static/console.js",
                  "connector/console/static/vendor/htmx.min.js", "connector/console/static/vendor/chart.umd.min.js"):
         assert data in names, data
