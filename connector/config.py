@@ -251,6 +251,14 @@ class TransactionSettings(_Section):
     max_held: int = Field(100_000, ge=100)
 
 
+class SummarySettings(_Section):
+    """Summary vouchers (rules with ``summarize:``): ``run`` closes the summaries that are due."""
+
+    #: how often ``run`` looks for summaries due to close; 0: never in this process (another instance, or
+    #: ``kingdee-cdc summaries close``, closes them)
+    close_every_s: float = Field(5.0, ge=0, le=3600)
+
+
 class FeedbackSettings(_Section):
     #: feedback for source system S goes to ``<topic_prefix>.S``
     topic_prefix: str = Field("kingdee-cdc.feedback", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
@@ -388,6 +396,7 @@ class Settings(BaseSettings):
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     errors: ErrorSettings = Field(default_factory=ErrorSettings)
     transactions: TransactionSettings = Field(default_factory=TransactionSettings)  # type: ignore[arg-type]
+    summaries: SummarySettings = Field(default_factory=SummarySettings)  # type: ignore[arg-type]
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
     service: ServiceSettings = Field(default_factory=ServiceSettings)  # type: ignore[arg-type]
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from connector.feedback import FeedbackMetrics, FeedbackRelay
     from connector.kingdee import KingdeeClient
     from connector.kingdee.poster import Poster, PosterMetrics
+    from connector.summaries import SummaryCloser
 
 log = logging.getLogger("kingdee_cdc")
 
@@ -148,6 +149,17 @@ def build_poster(settings: Settings, *, metrics: PosterMetrics | None = None) ->
     rules = load_rules(settings.mapping.rules_dir)
     return Poster(build_journal(settings), build_kingdee_client(settings), books=rules.ledger.books,
                   options=poster_options(settings), metrics=metrics)
+
+
+def build_closer(settings: Settings, mapper: Mapper) -> SummaryCloser | None:
+    """The summary closer of ``run`` (with the pipeline's rules and checks), or ``None`` when no rule summarizes
+    or ``summaries.close_every_s`` is 0."""
+    from connector.summaries import SummaryCloser
+
+    if settings.summaries.close_every_s <= 0 or not any(r.summary_by for r in mapper.rules.rules):
+        return None
+    return SummaryCloser(build_journal(settings), rules=mapper.rules, ledger=mapper.ledger,
+                         skip_checks=mapper.skip_checks, every_s=settings.summaries.close_every_s)
 
 
 # --------------------------------------------------------------------------- dependencies: start-up and readiness

@@ -19,6 +19,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Final, NamedTuple
 
+import psycopg
+
+from connector.errors import InfraError
 from connector.journal import (
     Closed,
     Journal,
@@ -43,6 +46,7 @@ from connector.ledger import (
     voucher_from_json,
 )
 from connector.mapping import RuleSet
+from connector.ops import OUTAGES
 
 log = logging.getLogger("kingdee_cdc.summaries")
 ACTOR: Final = "summaries"
@@ -69,21 +73,37 @@ class SummaryCloser:
         self._stop.set()
 
     def run(self) -> None:
-        """Close what is due every ``every_s`` seconds until stopped; errors are logged and retried."""
+        """Close what is due every ``every_s`` seconds until stopped. A journal outage is reported to the process's
+        outages (one log line per interval) and waited out; any other failure is logged and retried next round
+        (a summary is closed in one transaction: a failed close leaves it open)."""
         while not self._stop.is_set():
             try:
                 self.close_due()
-            except Exception as e:  # the journal is down, …: the next round tries again
-                log.warning("closing summaries failed (will retry in %.0fs): %s", self.every_s, e)
+                if OUTAGES.problem("journal") is not None:
+                    OUTAGES.ok("journal")
+            except (InfraError, psycopg.OperationalError, psycopg.InterfaceError) as e:
+                OUTAGES.failed("journal", str(e))
+                self.journal.reset()
+            except Exception:
+                log.exception("closing summaries failed; trying again in %.0fs", self.every_s)
                 self.journal.reset()
             self._stop.wait(self.every_s)
 
-    def close_due(self, *, now: datetime | None = None, limit: int = 100) -> list[Closed]:
-        """Close every summary whose close is due (skipping any a batch is writing to right now)."""
-        closed = []
-        for sid in due_summaries(self.journal, now=now, limit=limit):
-            done = close_summary(self.journal, sid, self.build, actor=ACTOR)
-            if done is not None:
+    def close_due(self, *, now: datetime | None = None, page: int = 100) -> list[Closed]:
+        """Close every summary whose close is due, ``page`` at a time (skipping any a batch is writing to right
+        now: the next round takes it)."""
+        closed: list[Closed] = []
+        skipped: set[int] = set()
+        while not self._stop.is_set():
+            due = [sid for sid in due_summaries(self.journal, now=now, limit=page + len(skipped))
+                   if sid not in skipped]
+            if not due:
+                break
+            for sid in due:
+                done = close_summary(self.journal, sid, self.build, actor=ACTOR)
+                if done is None:
+                    skipped.add(sid)
+                    continue
                 self._log(done)
                 closed.append(done)
         return closed

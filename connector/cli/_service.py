@@ -100,6 +100,7 @@ def run(
     from connector.service import (
         KafkaProbe,
         StartupFailed,
+        build_closer,
         build_pipeline,
         build_poster,
         build_relay,
@@ -121,6 +122,11 @@ def run(
         shutdown.on_stop(poster.stop)
         workers.append(threading.Thread(target=_supervised("poster", poster.run, shutdown, failures), name="poster",
                                         daemon=True))
+    closer = build_closer(settings, pipeline.processor.mapper)  # rules with summarize: close what is due
+    if closer is not None:
+        shutdown.on_stop(closer.stop)
+        workers.append(threading.Thread(target=_supervised("summary closer", closer.run, shutdown, failures),
+                                        name="summaries", daemon=True))
     if with_feedback:
         relay = build_relay(settings, metrics=metrics)
         shutdown.on_stop(relay.stop)

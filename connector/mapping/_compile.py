@@ -3,6 +3,8 @@ load time; a bad one is recorded as a problem with ``file:line key`` instead of 
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,6 +275,12 @@ class _RuleCompiler:
                 parts.append((name, c))
         key_names = Compiler(self.compiler.tables, names=frozenset({"key", "count"}))
         explanation = self._compiled(key_names.template, s.explanation, ("summarize", "explanation"))
+        named = [name for name, _ in parts]
+        unknown = sorted({m for m in re.findall(r"\bkey\.([A-Za-z_]\w*)", s.explanation) if m not in named})
+        if unknown:  # found now, not when the first summary closes
+            self.problems.append(f"{self.where('summarize', 'explanation')}: key.{unknown[0]} is not a part of the "
+                                 f"summary key (summarize.by names: {', '.join(named)})")
+            return tuple(parts), None
         return tuple(parts), explanation
 
 

@@ -64,12 +64,14 @@ def rules_with(tmp_path: Path, **files: str) -> Path:
 
 
 def summarizing_pos_rule(*, close: str = "02:00 next day in the book's time zone", late: str = "adjust",
-                         by: str = "[book, date, row.channel, row.payment_method]") -> str:
+                         by: str = "[book, date, row.channel, row.payment_method]",
+                         explanation: str = "POS 日汇总 {{ key.channel }} {{ key.date }} {{ key.payment_method }} "
+                                            "共{{ count }}笔") -> str:
     """The shipped POS sale rule with a ``summarize:`` block: one voucher per book, day, channel and payment
-    method."""
+    method (by default)."""
     text = (RULES / "pos-sale.yaml").read_text(encoding="utf-8")
     return text + (f"summarize:\n  by: {by}\n  close: \"{close}\"\n  late: {late}\n"
-                   "  explanation: \"POS 日汇总 {{ key.channel }} {{ key.date }} {{ key.payment_method }} 共{{ count }}笔\"\n")
+                   f"  explanation: \"{explanation}\"\n")
 
 
 def only_rejection(result: MapResult) -> ReasonCode:

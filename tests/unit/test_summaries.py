@@ -67,7 +67,7 @@ def test_a_row_whose_key_changes_moves_even_with_the_same_amounts(mapper: Mapper
 
 def test_an_empty_summary_key_part_is_a_rejection_not_a_guess(tmp_path: Path) -> None:
     by_customer = Mapper(load_rules(rules_with(tmp_path, **{"pos-sale": summarizing_pos_rule(
-        by="[book, date, row.customer_code]")})))
+        by="[book, date, row.customer_code]", explanation="{{ key.customer_code }} {{ count }}")})))
     result = by_customer.map(event("pos", "sales_order", "c", after=sale(customer_code=None)))
     assert [r.code.value for r in result.rejections] == ["MISSING_FIELD"]
     assert "summary key part 'customer_code' is empty" in result.rejections[0].message
@@ -90,7 +90,8 @@ def test_a_bad_summarize_block_is_refused_at_load(tmp_path: Path, block: str, me
 
 
 def test_mapping_check_finds_a_misspelled_field_in_the_summary_key(tmp_path: Path) -> None:
-    rules = load_rules(rules_with(tmp_path, **{"pos-sale": summarizing_pos_rule(by="[book, date, row.chanel]")}))
+    rules = load_rules(rules_with(tmp_path, **{"pos-sale": summarizing_pos_rule(by="[book, date, row.chanel]",
+                                                                                     explanation="{{ count }}")}))
     problems = [p for p in lint_rules(rules, schemas_dir=Path(__file__).resolve().parents[2] / "schemas")
                 if p.severity == "error"]
     assert any("summarize.by[2]" in str(p) and "did you mean 'channel'" in str(p) for p in problems), problems
@@ -196,3 +197,9 @@ def test_the_example_summary_rule_replaces_the_shipped_one_and_passes_mapping_ch
     assert [p for p in lint_rules(rules, schemas_dir=root / "schemas") if p.severity == "error"] == []
     (v,) = Mapper(rules).map(event("pos", "sales_order", "c", after={**sale(), "store_code": "SH001"})).vouchers
     assert summary_parts(v)[2:] == (("store_code", "SH001"), ("payment_method", "CASH"))
+
+
+def test_an_explanation_naming_a_key_part_that_is_not_there_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(RuleError, match=r"key.channel is not a part of the summary key \(summarize.by names: book, "
+                                        r"date, store_code\)"):
+        load_rules(rules_with(tmp_path, **{"pos-sale": summarizing_pos_rule(by="[book, date, row.store_code]")}))
