@@ -187,7 +187,7 @@ class Metrics:
 def exported_series(registry: CollectorRegistry | None = None) -> set[str]:
     """Every series name the service exports (what dashboards and alert rules may refer to)."""
     m = Metrics(registry)
-    names = {n for n, _ in (*JournalBacklog.FAMILIES, *JournalBacklog.RECONCILIATION)}
+    names = {n for n, _ in (*JournalBacklog.FAMILIES, *JournalBacklog.RECONCILIATION, *JournalBacklog.SUMMARIES)}
     for fam in m.registry.collect():  # labelled metrics without children still yield their family
         if fam.type == "counter":
             names.add(f"{fam.name}_total")
@@ -212,6 +212,10 @@ class JournalBacklog:
         ("kingdee_cdc_feedback_outbox_backlog", "Feedback events not yet sent to Kafka"),
         ("kingdee_cdc_feedback_outbox_oldest_seconds", "Age of the oldest unsent feedback event"),
         ("kingdee_cdc_journal_up", "1 when the journal answered the backlog queries"))
+    #: summary vouchers (rules with summarize:): summaries open or held, and open ones long past their close
+    SUMMARIES: tuple[tuple[str, str], ...] = (
+        ("kingdee_cdc_summaries", "Summaries taking contributions (OPEN) or held at close (NEEDS_ATTENTION)"),
+        ("kingdee_cdc_summaries_overdue", "Open summaries more than 10 minutes past their close time (no closer?)"))
     #: the latest `kingdee-cdc reconcile` run per book (labelled by book)
     RECONCILIATION: tuple[tuple[str, str], ...] = (
         ("kingdee_cdc_reconciliation_flagged_lines", "Lines flagged by the latest reconciliation of the book"),
@@ -232,6 +236,9 @@ class JournalBacklog:
         self._reconciled = sql.SQL(
             "SELECT DISTINCT ON (book) book, flagged, abs_difference, extract(epoch FROM run_at) "
             "FROM {s}.reconciliations ORDER BY book, run_at DESC").format(s=s)
+        self._summaries = sql.SQL(
+            "SELECT state, count(*), count(*) FILTER (WHERE close_due < now() - interval '10 minutes') "
+            "FROM {s}.summaries WHERE state IN ('OPEN', 'NEEDS_ATTENTION') GROUP BY state").format(s=s)
         self._pool: ConnectionPool | None = None
         self._closer: weakref.finalize[[], JournalBacklog] | None = None
         self._pool_lock = threading.Lock()
@@ -274,6 +281,8 @@ class JournalBacklog:
     def collect(self) -> Iterator[Metric]:
         counts, oldest, outbox, outbox_age, up = (GaugeMetricFamily(name, h) for name, h in self.FAMILIES)
         recon = [GaugeMetricFamily(name, h, labels=["book"]) for name, h in self.RECONCILIATION]
+        summaries = GaugeMetricFamily(*self.SUMMARIES[0], labels=["state"])
+        overdue = GaugeMetricFamily(*self.SUMMARIES[1])
         try:
             with self._connections().connection(timeout=2) as conn:
                 waiting, age = conn.execute(self._waiting).fetchone() or (0, 0)
@@ -281,6 +290,10 @@ class JournalBacklog:
                 for book, flagged, diff, at in conn.execute(self._reconciled).fetchall():
                     for fam, value in zip(recon, (flagged, diff, at)):
                         fam.add_metric([str(book)], float(value))
+                by_state = {str(st): (n, late) for st, n, late in conn.execute(self._summaries).fetchall()}
+            for st in ("OPEN", "NEEDS_ATTENTION"):
+                summaries.add_metric([st], float(by_state.get(st, (0, 0))[0]))
+            overdue.add_metric([], float(by_state.get("OPEN", (0, 0))[1]))
             counts.add_metric([], float(waiting))
             oldest.add_metric([], float(age))
             outbox.add_metric([], float(unsent))
@@ -288,7 +301,7 @@ class JournalBacklog:
             up.add_metric([], 1.0)
             if self.outages.problem("journal") is not None:
                 self.outages.ok("journal")
-            yield from (counts, oldest, outbox, outbox_age, up, *recon)
+            yield from (counts, oldest, outbox, outbox_age, up, *recon, summaries, overdue)
         except Exception:  # the journal being down must not break /metrics
             up.add_metric([], 0.0)
             yield up

@@ -27,6 +27,7 @@ from connector.journal import Closed, EventRecord, Journal, Outcome, SummaryStat
 from connector.kingdee.poster import Poster, PosterOptions
 from connector.ledger import RowRef, Voucher, canonical_pk, voucher_from_json
 from connector.mapping import Mapper, load_rules
+from connector.ops import JournalBacklog
 from connector.reconcile import reconcile
 from connector.sandbox import RunningSandbox
 from connector.summaries import SummaryCloser, drilldown, find_summary
@@ -390,3 +391,21 @@ def test_reconciliation_ties_summaries_to_their_rows_and_to_kingdee(world: World
         report = reconcile(world.journal, client, book=book, period="2026-11")
     assert report.is_flagged and len(report.summary_mismatch) == 1, report.summary_mismatch
     assert "1001 debit CNY contributions" in report.summary_mismatch[0]
+
+
+def test_metrics_show_open_held_and_overdue_summaries(make_world: Callable[..., World]) -> None:
+    world = make_world(close="every 1 minute")
+    world.write(1)
+    world.write(2, channel="ONLINE")
+    backlog = JournalBacklog(world.dsn)
+    try:
+        def gauges() -> dict[tuple[str, tuple[str, ...]], float]:
+            return {(m.name, tuple(s.labels.values())): s.value for m in backlog.collect() for s in m.samples
+                    if m.name.startswith("kingdee_cdc_summaries")}
+        assert gauges()[("kingdee_cdc_summaries", ("OPEN",))] == 2
+        assert gauges()[("kingdee_cdc_summaries_overdue", ())] == 0
+        with psycopg.connect(world.dsn, autocommit=True) as conn:  # nobody closed them for an hour
+            conn.execute("UPDATE kdcdc.summaries SET close_due = now() - interval '1 hour'")
+        assert gauges()[("kingdee_cdc_summaries_overdue", ())] == 2
+    finally:
+        backlog.close()
