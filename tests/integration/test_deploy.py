@@ -91,6 +91,9 @@ def test_compose_file_validates_and_carries_a_valid_config(tmp_path: Path) -> No
     assert project["secrets"]["journal_dsn"]  # from the environment / .env, not from the config file
     settings = _settings_from_yaml((DEPLOY / "compose" / "config.yaml").read_text(), tmp_path)
     assert settings.kafka.topics and settings.kingdee.server_url
+    # docker stop waits longer than the service's own shutdown grace (Docker's default 10 s would kill it first)
+    grace = str(project["services"]["connector"]["stop_grace_period"])
+    assert grace.endswith("s") and float(grace[:-1]) > settings.service.shutdown_grace_s, grace
     # the checker really checks: an unknown service key is refused
     broken = tmp_path / "docker-compose.yml"
     broken.write_text((DEPLOY / "docker-compose.yml").read_text().replace("    image: apache/kafka:4.1.1",

@@ -52,3 +52,14 @@ def test_credentials_can_come_from_an_existing_secret() -> None:
     assert "Secret" not in objects  # the chart creates none
     volumes = objects["Deployment"]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "secrets", "secret": {"secretName": "vault-cdc", "defaultMode": 0o400}} in volumes
+
+
+def test_probes_wait_for_a_failing_check_and_the_pod_outlives_the_shutdown_grace() -> None:
+    """A failing dependency check takes up to 2 s: a 1 s probe timeout would lose the reason. SIGTERM → exit within
+    service.shutdown_grace_s, which must end before Kubernetes kills the pod."""
+    from connector.config import ServiceSettings
+
+    spec = _render("--set", "secrets.existingSecret=vault-cdc")["Deployment"]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["readinessProbe"]["timeoutSeconds"] >= 3 and container["livenessProbe"]["timeoutSeconds"] >= 3
+    assert spec["terminationGracePeriodSeconds"] > ServiceSettings().shutdown_grace_s
