@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import peers, pipeline
+from bench.run import _commit, _load
 from harness.devstack import REPO_ROOT, EmbeddedPostgres, KafkaBroker
 
 OUT = REPO_ROOT / "docs" / "profiles"
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     raw = args.out / "pipeline-sustained.txt"
+    load_start = _load()
     with tempfile.TemporaryDirectory(prefix="kdcdc-profile-") as d:
         work = Path(d)
         with KafkaBroker(work / "kafka") as k, EmbeddedPostgres(work / "pg", durable=True) as pg:
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([
         "# Profile: the pipeline process during a sustained run",
         "",
-        f"`make bench-profile` (`python -m bench.profile`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
+        f"`make bench-profile` (`python -m bench.profile`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit "
+        f"`{_commit()}`, load average {load_start} at the start: "
         f"kingdee-cdc over {expected.events:,} purchase-invoice change events (JSON with schemas, 3 partitions) "
         f"into a fresh journal on a durable PostgreSQL, in a process of its own under py-spy. "
         f"{res['events_per_s']:,.0f} events/s under the profiler ({res['seconds']:.1f} s, {wall:.0f} s with "
