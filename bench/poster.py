@@ -27,7 +27,7 @@ from connector.journal import Journal
 from connector.kingdee import KingdeeClient, KingdeeCredentials
 from connector.kingdee.poster import Poster, PosterOptions
 from connector.mapping import load_rules
-from tests.integration.test_poster import RULES, journal_vouchers
+from tests.integration.helpers import RULES, journal_vouchers
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,7 @@ from connector.kingdee import KingdeeClient
 from connector.kingdee.poster import Poster, PosterOptions
 from connector.sandbox import DEFAULT_CONFIG, RunningSandbox, SandboxConfig, start_sandbox
 from connector.mapping import load_rules
-from tests.integration.helpers import client_for, keys_in_sandbox, rows
-# bench/poster.py imports these two from here (until it imports them from tests.integration.helpers)
-from tests.integration.helpers import RULES as RULES, journal_vouchers as journal_vouchers
+from tests.integration.helpers import RULES, client_for, journal_vouchers, keys_in_sandbox, rows
 
 #: A slow Kingdee: writes arriving in 0.3 s of every second wait 1.5 s before committing, then answer — after a
 #: client with a 1 s timeout has given up. The grace period must outlast that (the sandbox's "request limit").
