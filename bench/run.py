@@ -2,7 +2,7 @@
 
 Targets are ratios against baselines measured side by side in the same run (hosts differ 2–3× in speed and
 are shared), plus the few absolute limits the product promises (latency, memory, the poster's rate).
-``python -m bench.run [decode] [mapping] [pipeline] [poster]`` runs only the named sections and prints them
+``python -m bench.run [decode] [mapping] [pipeline] [poster] [summaries]`` runs only the named sections and prints them
 (the documents are written by a full run only); ``--rounds N`` sets the interleaved rounds of the
 side-by-side pipeline measures (default 2).
 """
@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import decode, mapping, pipeline, poster
+from bench import decode, mapping, pipeline, poster, summaries
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 DOC = DOCS / "benchmarks.md"
 DOC_JSON = DOCS / "benchmarks.json"
 COMMAND = "make bench"
-SECTIONS = ("decode", "mapping", "pipeline", "poster")
+SECTIONS = ("decode", "mapping", "pipeline", "poster", "summaries")
 #: ADR 0004: ≈ 280 µs of CPU per event (pipeline process + PostgreSQL) on the host it was measured on
 CPU_BASELINE_US = 280.0
 
@@ -169,6 +169,14 @@ def measures(res: dict[str, Any]) -> list[Measure]:
     if "decode" in res:
         for name, r in res["decode"].items():
             info.append(measure(f"decode[{name}]", r, "events/s"))
+    if "summaries" in res:
+        sm = res["summaries"]
+        info += [measure("summary_mode_events_per_s", sm["summary"]["events_per_s"], "events/s",
+                         detail="POS changes journaled with summary vouchers (pos-sale-summary.yaml)"),
+                 measure("summary_vs_single_journal_rate", sm["journal_ratio"], "×",
+                         detail="summary mode ÷ one voucher per receipt, same events, same run"),
+                 measure("kingdee_calls_per_10k_events[summary]", sm["summary"]["calls_per_10k_events"], "calls"),
+                 measure("kingdee_calls_per_10k_events[single]", sm["single"]["calls_per_10k_events"], "calls")]
     return out + info
 
 
@@ -236,8 +244,10 @@ _TEXT = {
                "(`bench.sandbox_proc`), so its request handling is not counted as the poster's time; the CPU "
                "columns say where the work went."),
 }
+_TEXT["summaries"] = ("Summary vouchers against one voucher per document", summaries.__doc__ or "")
 _MARKDOWN: dict[str, Callable[[Any], str]] = {"pipeline": pipeline.markdown, "mapping": mapping.markdown,
-                                              "decode": decode.markdown, "poster": poster.markdown}
+                                              "decode": decode.markdown, "poster": poster.markdown,
+                                              "summaries": summaries.markdown}
 
 
 def _docstring_text(doc: str) -> str:
@@ -263,7 +273,7 @@ def document(res: dict[str, Any], ms: list[Measure], meta: dict[str, Any]) -> st
         summary(ms, res),
         "",
     ]
-    for key in ("pipeline", "mapping", "decode", "poster"):
+    for key in ("pipeline", "mapping", "decode", "poster", "summaries"):
         if key in res:
             title, text = _TEXT[key]
             out += [f"## {title}", "", _docstring_text(text), "", _MARKDOWN[key](res[key]), ""]
@@ -308,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     if "poster" in only:
         _say("bench: poster into the sandbox (20 ms per call) …")
         res["poster"] = poster.run()
+    if "summaries" in only:
+        _say("bench: summary vouchers against one voucher per receipt (journal, close, post into the sandbox) …")
+        res["summaries"] = summaries.run()
     ms = measures(res)
     meta = {"command": COMMAND if only == set(SECTIONS) else f"python -m bench.run {' '.join(sorted(only))}",
             "finished_utc": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": _commit(), "host": host(),
