@@ -58,6 +58,7 @@ from connector.console._lag import LogEnds
 from connector.errors import ConfigError, ConnectorError
 from connector.journal import AuditAction, DeadLetterStatus, Journal, Outcome
 from connector.journal.views import (
+    COUNT_CAP,
     JournalViews,
     ProblemKind,
     TraceBy,
@@ -332,7 +333,7 @@ class Console:
             ends = self.log_ends.get({(p.topic, p.partition): p.next_offset for p in status.positions})
             b = board(status, ends, self.books, self.settings.console.thresholds, datetime.now(timezone.utc),
                       reconciliation_flagged=flagged)
-            return self.render(request, principal, "status.html", board=b, books=self.books)
+            return self.render(request, principal, "status.html", board=b, books=self.books, cap=COUNT_CAP)
         return await run_in_threadpool(page)
 
     async def _trace(self, request: Request, principal: Principal) -> Response:

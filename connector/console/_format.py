@@ -52,8 +52,11 @@ def format_money(amount: Decimal, currency: str | None) -> str:
     return f"-{symbol}{text[1:]}" if text.startswith("-") else f"{symbol}{text}"
 
 
-def format_count(n: int | None) -> str:
-    return "—" if n is None else f"{n:,}"
+def format_count(n: int | None, cap: int | None = None) -> str:
+    """``12345`` → ``12,345``; a count that reached ``cap`` (a bounded count) → ``100,000+``."""
+    if n is None:
+        return "—"
+    return f"{cap:,}+" if cap is not None and n >= cap else f"{n:,}"
 
 
 def format_time(at: datetime | None, tz: tzinfo) -> str:

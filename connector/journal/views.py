@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg import sql
@@ -51,6 +52,9 @@ MAX_ROW_EVENTS: Final = 200
 MAX_ROW_VOUCHERS: Final = 100
 #: topics named per source system: those of its latest events
 _RECENT_EVENTS_FOR_TOPICS: Final = 200
+#: backlogs that can grow without bound (waiting vouchers, new dead letters) are counted up to this many: a page
+#: stays fast in an outage, and shows "100,000+"
+COUNT_CAP: Final = 100_000
 _MAX_QUERY: Final = 200
 
 
@@ -429,6 +433,14 @@ class TriageFilter:
                             f"({self.since:%Y-%m-%d %H:%M})")
         if self.bucket not in ("hour", "day"):
             raise ViewError(f"bucket must be hour or day, got {self.bucket!r}")
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ViewError(f"unknown time zone {self.tz!r}") from None
+
+    def origin(self) -> datetime:
+        """Midnight (in ``tz``) of the window's first day: where the buckets start."""
+        return self.since.astimezone(ZoneInfo(self.tz)).replace(hour=0, minute=0, second=0, microsecond=0)
 
     def kinds(self) -> tuple[ProblemKind, ...]:
         return (self.kind,) if self.kind is not None else tuple(ProblemKind)
@@ -476,12 +488,14 @@ def triage_counts_query(schema: str, group: str, f: TriageFilter, kind: ProblemK
     else:
         table, source, reason = "dead_letters", "topic", "stage"
         where, args = _undecodable_where(group, replace(f, status=None), alias=None)
+    # date_bin from the local midnight: arithmetic per row (no time-zone conversion), and bins that are the zone's
+    # hours and days (a day bin is 24 hours: on the day a zone changes its clocks, one hour lands in the next day)
     query = sql.SQL(
-        "SELECT date_trunc({bucket}, created_at AT TIME ZONE %s) AS bucket, coalesce({source}, '') AS source, "
+        "SELECT date_bin(%s::interval, created_at, %s::timestamptz) AS bucket, coalesce({source}, '') AS source, "
         "{reason} AS reason, count(*) AS n FROM {s}.{table} WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    ).format(bucket=sql.Literal(f.bucket), source=sql.Identifier(source), reason=sql.Identifier(reason), s=s,
-             table=sql.Identifier(table), where=where)
-    return query, [f.tz, *args]
+    ).format(source=sql.Identifier(source), reason=sql.Identifier(reason), s=s, table=sql.Identifier(table),
+             where=where)
+    return query, [f"1 {f.bucket}", f.origin(), *args]
 
 
 def problem_events_query(schema: str, group: str, f: TriageFilter, *, limit: int) -> tuple[sql.Composed, list[Any]]:
@@ -871,8 +885,8 @@ class JournalViews:
         sources = tuple(self._source_activity(name, since) for name in self.source_systems())
         return SyncStatus(since=since, sources=sources, books=self._books(since), positions=self.positions(),
                           dead_letters_new=self._count(self.q(
-                              "SELECT count(*) FROM {s}.dead_letters WHERE consumer_group = %s AND status = {new}",
-                              new=DeadLetterStatus.NEW), (self.group,)),
+                              "SELECT count(*) FROM (SELECT 1 FROM {s}.dead_letters WHERE consumer_group = %s "
+                              "AND status = {new} LIMIT %s) AS d", new=DeadLetterStatus.NEW), (self.group, COUNT_CAP)),
                           feedback_unsent=self._count(self.q("SELECT count(*) FROM {s}.outbox WHERE sent_at IS NULL")),
                           feedback_oldest_unsent_at=self._scalar(self.q(
                               "SELECT min(created_at) FROM {s}.outbox WHERE sent_at IS NULL")))
@@ -882,14 +896,18 @@ class JournalViews:
         ``console_event_log_source_time`` (a system of None: the records that could not be decoded)."""
         match = "source_system = %(system)s" if system is not None else "source_system IS NULL"
         args = {"group": self.group, "system": system, "since": since, "recent": _RECENT_EVENTS_FOR_TOPICS}
+        # ORDER BY the whole index backwards: an ordered scan that stops at once (with source_system IS NULL too,
+        # which the planner does not treat as an equality for ordering)
+        newest = ("ORDER BY consumer_group DESC, source_system DESC NULLS FIRST, journaled_at DESC")
         last = self._scalar(self.q(
-            f"SELECT max(journaled_at) FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match}"), args)
+            f"SELECT journaled_at FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match} {newest} LIMIT 1"),
+            args)
         outcomes = {Outcome(o): int(n) for o, n in self.conn.execute(self.q(
             f"SELECT outcome, count(*) FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match} "
             "AND journaled_at >= %(since)s GROUP BY outcome"), args).fetchall()}
         topics = tuple(t for (t,) in self.conn.execute(self.q(
             f"SELECT DISTINCT topic FROM (SELECT topic FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match} "
-            "ORDER BY journaled_at DESC LIMIT %(recent)s) AS r ORDER BY 1"), args).fetchall())
+            f"{newest} LIMIT %(recent)s) AS r ORDER BY 1"), args).fetchall())
         return SourceActivity(system=system, last_event_at=last, outcomes=outcomes, topics=topics)
 
     def source_systems(self) -> list[str | None]:
@@ -921,10 +939,20 @@ class JournalViews:
                 "AND v.source_system = p.source_system AND v.book = p.book AND v.updated_at >= %s) AS n FROM p",
                 posted=VoucherStatus.POSTED), (since,)):
             pairs.setdefault((r.source_system, r.book), {})["posted"] = r.n
+        # (system, book) pairs with waiting vouchers (a loose scan of console_vouchers_unsettled), each one's count
+        # (bounded: COUNT_CAP) and its oldest voucher (the first entry of the same index)
         for o in self.rows(_Oldest, self.q(
-                "SELECT source_system, book, count(*) AS n, min(journaled_at) AS oldest_at, "
-                "(array_agg(key ORDER BY journaled_at))[1] AS oldest_key FROM {s}.vouchers WHERE status IN ({waiting}) "
-                "GROUP BY source_system, book", waiting=UNSETTLED)):
+                "WITH RECURSIVE p AS ("
+                " (SELECT source_system, book FROM {s}.vouchers WHERE status IN ({waiting}) "
+                "ORDER BY source_system, book LIMIT 1)"
+                " UNION ALL SELECT n.source_system, n.book FROM p CROSS JOIN LATERAL (SELECT source_system, book "
+                "FROM {s}.vouchers v WHERE v.status IN ({waiting}) AND (v.source_system, v.book) > "
+                "(p.source_system, p.book) ORDER BY source_system, book LIMIT 1) AS n)"
+                " SELECT p.source_system, p.book, (SELECT count(*) FROM (SELECT 1 FROM {s}.vouchers v "
+                "WHERE v.status IN ({waiting}) AND v.source_system = p.source_system AND v.book = p.book LIMIT %s) AS c) "
+                "AS n, o.journaled_at AS oldest_at, o.key AS oldest_key FROM p CROSS JOIN LATERAL (SELECT key, "
+                "journaled_at FROM {s}.vouchers v WHERE v.status IN ({waiting}) AND v.source_system = p.source_system "
+                "AND v.book = p.book ORDER BY journaled_at LIMIT 1) AS o", waiting=UNSETTLED), (COUNT_CAP,)):
             pairs.setdefault((o.source_system, o.book), {}).update(
                 waiting=o.n, oldest_waiting_at=o.oldest_at, oldest_waiting_key=o.oldest_key)
         for p in self.rows(_Problem, self.q(
@@ -1106,8 +1134,9 @@ class JournalViews:
         out = []
         for kind in f.kinds():
             query, args = triage_counts_query(self.schema, self.group, f, kind)
-            out += [TriageCount(bucket=r.bucket, kind=kind, source=r.source, reason=r.reason, count=r.n)
-                    for r in self.rows(_CountRow, query, args)]
+            zone = ZoneInfo(f.tz)
+            out += [TriageCount(bucket=r.bucket.astimezone(zone).replace(tzinfo=None), kind=kind, source=r.source,
+                                reason=r.reason, count=r.n) for r in self.rows(_CountRow, query, args)]
         return sorted(out, key=lambda c: (c.bucket, c.kind, c.source, c.reason))
 
     def problem_events(self, f: TriageFilter, *, limit: int = 200) -> list[ProblemEvent]:

@@ -380,4 +380,4 @@ def test_the_console_indexes_apply_before_or_after_the_summaries_migration(pg_ds
         assert _migrate.migrate(conn, "kdcdc") == [7]  # 0007 landing later still applies
         names = {n for (n,) in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'kdcdc' "
                                             "AND indexname LIKE 'console_%'").fetchall()}
-    assert len(names) == 10, names
+    assert len(names) == 11, names

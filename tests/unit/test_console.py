@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from psycopg import sql
@@ -16,7 +17,7 @@ from psycopg import sql
 from connector.config import ConsoleThresholds, ConsoleUser, load_settings
 from connector.console._auth import LoginThrottle, Principal, Role, Users, csrf_ok, origin_ok, safe_next
 from connector.console._board import board, crossed
-from connector.console._format import format_age, format_decimal, format_money, minor_units
+from connector.console._format import format_age, format_count, format_decimal, format_money, minor_units
 from connector.console._i18n import LABELS, translate
 from connector.errors import ConfigError
 from connector.journal import DeadLetterStatus, Outcome
@@ -65,6 +66,8 @@ def test_money_refuses_floats_and_non_finite_values() -> None:
     with pytest.raises(ValueError, match="not a finite amount"):
         format_decimal(Decimal("NaN"))
     assert minor_units("jpy") == 0 and minor_units("CNY") == 2 and minor_units("BHD") == 3
+    assert format_count(None) == "—" and format_count(1234) == "1,234" and format_count(99, cap=100) == "99"
+    assert format_count(100, cap=100) == "100+"  # a bounded count that reached its bound
 
 
 @pytest.mark.parametrize(("seconds", "en", "zh"), [
@@ -164,15 +167,16 @@ def test_triage_counts_are_an_index_only_scan_of_the_window() -> None:
     f = TriageFilter(since=NOW - timedelta(days=7), bucket="day", tz="Asia/Shanghai", source="pos", reason="UNMATCHED")
     query, args = triage_counts_query("kdcdc", "g1", f, ProblemKind.REJECTED)
     text = _text(query)
-    assert text.startswith("SELECT date_trunc('day', created_at AT TIME ZONE %s) AS bucket")
+    assert text.startswith("SELECT date_bin(%s::interval, created_at, %s::timestamptz) AS bucket")
     assert 'FROM "kdcdc"."rejections" WHERE "consumer_group" = %s AND "created_at" >= %s' in text
     assert '"source_system" = %s AND "code" = %s GROUP BY 1, 2, 3' in text
-    assert args == ["Asia/Shanghai", "g1", f.since, "pos", "UNMATCHED"]
+    origin = datetime(2026, 11, 25, tzinfo=ZoneInfo("Asia/Shanghai"))  # buckets start at the zone's midnight
+    assert args == ["1 day", origin, "g1", f.since, "pos", "UNMATCHED"] and f.origin() == origin
     assert text.count("%s") == len(args)
     query, args = triage_counts_query("kdcdc", "g1", TriageFilter(since=f.since, status=None), ProblemKind.UNDECODABLE)
     text = _text(query)
     assert '"dead_letters" WHERE "consumer_group" = %s AND "stage" <> \'TASK_PUT\' AND "created_at" >= %s' in text
-    assert text.count("%s") == len(args) == 3
+    assert text.count("%s") == len(args) == 4
 
 
 def test_the_problem_list_unions_both_kinds_newest_first() -> None:
@@ -202,6 +206,8 @@ def test_a_triage_window_must_make_sense() -> None:
         TriageFilter(since=NOW, until=NOW - timedelta(hours=1))
     with pytest.raises(ViewError, match="bucket must be hour or day"):
         TriageFilter(since=NOW, bucket="week")  # type: ignore[arg-type]
+    with pytest.raises(ViewError, match="unknown time zone 'Mars/Olympus'"):
+        TriageFilter(since=NOW, tz="Mars/Olympus")
 
 
 # ----------------------------------------------------------------------------------------------- sign-in

@@ -43,6 +43,8 @@ CREATE INDEX IF NOT EXISTS console_rejections_time
     ON {schema}.rejections (created_at) INCLUDE (consumer_group, source_system, code);
 CREATE INDEX IF NOT EXISTS console_dead_letters_time
     ON {schema}.dead_letters (created_at) INCLUDE (consumer_group, stage, topic, status);
+CREATE INDEX IF NOT EXISTS console_dead_letters_undecodable
+    ON {schema}.dead_letters (created_at) INCLUDE (consumer_group, stage, topic) WHERE stage <> 'TASK_PUT';
 
 -- Reconciliation: the latest run per book and period.
 CREATE INDEX IF NOT EXISTS console_reconciliations_period
