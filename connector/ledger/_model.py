@@ -35,6 +35,10 @@ class Side(enum.StrEnum):
         return 1 if self is Side.DEBIT else -1
 
 
+#: ``side.value`` without the enum property lookup (the digest asks per line)
+_SIDE_TEXT: Final = {Side.DEBIT: "debit", Side.CREDIT: "credit"}
+
+
 class VoucherKind(enum.StrEnum):
     ORIGINAL = "original"  #: posts a business change
     REVERSAL = "reversal"  #: red-ink reversal (红字冲销) of an earlier voucher
@@ -94,13 +98,29 @@ def content_digest(v: Voucher) -> str:
     """A digest of what the voucher books: book, date (as the rule gave it, before any period policy moved
     it), voucher group and the lines (account, side, amounts, currency, rate, dimensions, quantity) — not the
     explanations, not the source position."""
-    lines = sorted((e.account, e.side.value, str(e.amount), str(e.amount_for), e.currency, str(e.rate.normalize()),
-                    tuple(sorted(e.dimensions.items())),
-                    None if e.quantity is None else str(e.quantity.normalize())) for e in v.entries)
+    lines = []
+    for e in v.entries:
+        dims = e.dimensions
+        rate = e.rate
+        cacheable = rate.is_finite() and rate  # equal non-zero numbers normalise alike; zero shows its sign
+        rate_text = _NORMALIZED.get(rate) if cacheable else None
+        if rate_text is None:
+            rate_text = str(rate.normalize())
+            if cacheable and len(_NORMALIZED) < 4096:
+                _NORMALIZED[rate] = rate_text
+        q = e.quantity
+        lines.append((e.account, _SIDE_TEXT[e.side], str(e.amount), str(e.amount_for), e.currency, rate_text,
+                      tuple(dims.items()) if len(dims) < 2 else tuple(sorted(dims.items())),
+                      None if q is None else str(q.normalize())))
+    lines.sort()
     text = repr((v.book, (v.original_date or v.date).isoformat(), v.group, lines))
     if v.summary is not None:  # the summary it goes into is part of what it books (same text as before otherwise)
         text += repr(v.summary.parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: ``str(rate.normalize())`` by rate (a handful of distinct rates; zero, whose sign shows, is never cached)
+_NORMALIZED: Final[dict[Decimal, str]] = {}
 
 
 #: close policies of ``summarize:``: a time of day after the voucher date, a fixed interval, or on command

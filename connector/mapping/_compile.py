@@ -78,17 +78,16 @@ class Rule:
     summary_explanation: Compiled | None = None
     #: (entry, entry.plain) pairs, computed once: what the voucher builder iterates
     entry_plan: tuple[tuple[CompiledEntry, bool], ...] = field(default=(), compare=False, repr=False)
+    #: the rule's id and version (text), and its key columns as a tuple: read for every event
+    id: str = field(default="", compare=False, repr=False)
+    version: str = field(default="", compare=False, repr=False)
+    key_columns: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entry_plan", tuple((e, e.plain) for e in self.entries))
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-    @property
-    def version(self) -> str:
-        return str(self.spec.version)
+        object.__setattr__(self, "id", self.spec.id)
+        object.__setattr__(self, "version", str(self.spec.version))
+        object.__setattr__(self, "key_columns", tuple(self.spec.key_columns))
 
     def matches_table(self, system: str, schema: str | None, table: str | None) -> bool:
         m = self.spec.match

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from connector.errors import MoneyError
 from connector.events import ChangeEvent, Op
-from connector.ledger._checks import Book, LedgerContext, check_voucher
+from connector.ledger._checks import Book, LedgerContext, check_voucher, period_open
 from connector.ledger._model import (
     Entry,
     ReasonCode,
@@ -161,6 +161,19 @@ class _Header(NamedTuple):
     rate: Decimal
 
 
+_OP_TEXT: Final = {op: op.value for op in Op}
+_DEBIT: Final = Side.DEBIT
+#: ``Decimal(1).scaleb(-places)`` for the usual numbers of decimals
+_STEPS: Final = {p: Decimal(1).scaleb(-p) for p in range(0, 7)}
+#: a voucher is built positionally (``_new_tuple``): these are its fields, in order
+assert Voucher._fields == ("key", "book", "date", "group", "explanation", "entries", "source", "rule_id",
+                           "rule_version", "kind", "reverses", "business_date", "data_centre", "attachments",
+                           "review_reasons", "original_date", "opening", "summary")
+assert Entry._fields == ("account", "side", "amount", "explanation", "currency", "rate_type", "rate", "amount_for",
+                         "quantity", "price", "unit", "settle_type", "settle_no", "dimensions")
+_new_tuple: Final = tuple.__new__
+_SCOPE: Final = object()  #: the key of the event's scope among the per-event values
+
 #: Differences of exact source amounts below this are arithmetic noise (38-digit division), not data errors.
 _NOISE: Final = Decimal("1e-9")
 
@@ -182,6 +195,8 @@ class Mapper:
         #: the zone conditions are evaluated in before a rule names its book: the books' one zone, if shared
         self.default_tz = next(iter(zones)) if len(zones) == 1 else DEFAULT_TZ
         self._deadline = 0.0
+        #: (system, schema, table, op) → (the table's rules, those that map the op)
+        self._plans: dict[tuple[str, str | None, str | None, str], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
 
     # ------------------------------------------------------------------ public
     def map(self, event: ChangeEvent, prior: PriorLookup = NO_PRIOR, *, remap: str | None = None,
@@ -212,23 +227,29 @@ class Mapper:
                 return MapResult(skipped="row deleted: nothing in force to correct")
             event = replace(event, op=Op.UPDATE, before=event.after)
         src = event.source
-        rules = self.rules.for_table(src.name, src.schema, src.table)
-        op = event.op.value
-        applicable = [r for r in rules if op in r.spec.match.ops]
+        op = _OP_TEXT[event.op]
+        plan_key = (src.name, src.schema, src.table, op)
+        plan = self._plans.get(plan_key)
+        if plan is None:  # the rules of a table and op, once: every event asks
+            table_rules = self.rules.for_table(src.name, src.schema, src.table)
+            plan = (table_rules, tuple(r for r in table_rules if op in r.spec.match.ops))
+            if len(self._plans) < 10_000:
+                self._plans[plan_key] = plan
+        rules, applicable = plan
         if not applicable:
             return self._not_mapped(event, rules)
         grouped: set[int] = set()
         vouchers, rejections, matched = self._apply_rules(applicable, event, prior, remap, lines, grouped)
         if not rejections and not matched:
             rejections += self._uncovered(event, rules)
-        checked = self._checked(vouchers, rejections)
+        checked = self._checked(vouchers, rejections) if vouchers else vouchers
         if rejections:
             return MapResult(rejections=tuple(rejections))
         if not checked:
             why = ("unchanged: the row's vouchers in force already book this content" if matched
                    else "no accounting effect (conditions not met, or nothing to reverse)")
-            return MapResult(skipped=why, grouped=tuple(sorted(grouped)))
-        return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)))
+            return MapResult(skipped=why, grouped=tuple(sorted(grouped)) if grouped else ())
+        return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)) if grouped else ())
 
     def _not_mapped(self, event: ChangeEvent, rules: Sequence[Rule]) -> MapResult:
         """No rule maps this op of this table: skipped (an ignored table or op) or rejected (no rule at all)."""
@@ -252,16 +273,21 @@ class Mapper:
         rejections: list[Rejection] = []
         matched = False
         self._deadline = time.perf_counter() + self.time_budget_s
+        shared: dict[Any, Any] = {}  # per event: the scope and the source refs, built when first needed
         for rule in applicable:
             source_ref: SourceRef | None = None
             token = BOOK_TZ.set(self.default_tz)
             try:
-                source_ref = self._source_ref(rule, event)
-                if remap is not None:
-                    source_ref = source_ref._replace(position=f"{source_ref.position}#remap:{remap}")
-                made, hit = self._apply(rule, event, source_ref, prior, force_repost=remap is not None,
-                                        lines=lines, used=grouped)
-                vouchers.extend(made)
+                cols = rule.key_columns
+                source_ref = shared.get(cols)
+                if source_ref is None:
+                    source_ref = self._source_ref(rule, event)
+                    if remap is not None:
+                        source_ref = source_ref._replace(position=f"{source_ref.position}#remap:{remap}")
+                    shared[cols] = source_ref
+                made, hit = self._apply(rule, event, source_ref, prior, remap is not None, lines, grouped, shared)
+                if made:
+                    vouchers.extend(made)
                 matched = matched or hit
             except EvalError as e:
                 rejections.append(_rejection(e, rule, source_ref))
@@ -328,7 +354,8 @@ class Mapper:
             raise EvalError("NO_PRIMARY_KEY", "the event has no Kafka key and the rule names no key_columns",
                             "key_columns")
         src = event.source
-        return SourceRef(RowRef(src.name, src.table_id, pk), src.position, event.op.value, src.ts_ms)
+        return _new_tuple(SourceRef, (_new_tuple(RowRef, (src.name, src.table_id, pk)), src.position,
+                                      _OP_TEXT[event.op], src.ts_ms))
 
     def _scope(self, event: ChangeEvent, row: Mapping[str, Any] | None) -> dict[str, Any]:
         before, after = event.before, event.after
@@ -391,23 +418,29 @@ class Mapper:
         return (c.date is not None and event.op is Op.READ and new is not None and new.date < c.date
                 and all(o.opening for o in olds))
 
-    def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup, *,
-               force_repost: bool, lines: Sequence[ChangeEvent] | None, used: set[int]
+    def _apply(self, rule: Rule, event: ChangeEvent, src: SourceRef, prior: PriorLookup, force_repost: bool,
+               lines: Sequence[ChangeEvent] | None, used: set[int], shared: dict[Any, Any]
                ) -> tuple[list[Voucher], bool]:
         """The vouchers this change makes under ``rule``, and whether the row matched the rule."""
         olds = prior.active(src.row, rule.id)
-        if event.op is Op.DELETE:
+        op = event.op
+        if op is Op.DELETE:
             history = self._history(event, None, olds)
             return [self._reversal(o, src, history) for o in olds], True
-        if event.op not in (Op.CREATE, Op.READ, Op.UPDATE):
+        if op is not Op.CREATE and op is not Op.READ and op is not Op.UPDATE:
             return [], False
-        scope = self._scope(event, event.after)
+        scope = shared.get(_SCOPE)
+        if scope is None:
+            scope = shared[_SCOPE] = self._scope(event, event.after)
         new: Voucher | None = None
-        matched = self._matches(rule, scope)
+        matched = scope["row"] is not None and (rule.when is None or truth(rule.when(scope)))
         if matched:
             if rule.spec.lines is not None:
+                scope = dict(scope)  # this rule's lines are its own
                 self._lines(rule, event, scope, lines, used)
             new = self._build(rule, scope, src)
+        elif not olds:
+            return [], False  # nothing to post, nothing in force to reverse
         history = self._history(event, new, olds)
         after = prior.latest(src.row, rule.id) or ""
         if not olds:
@@ -427,7 +460,7 @@ class Mapper:
 
     @staticmethod
     def _keyed(v: Voucher, rule: Rule, role: str, after: str) -> Voucher:
-        return v._replace(key=voucher_key(v.source.row, rule.id, role, content_digest(v), after))
+        return _new_tuple(Voucher, (voucher_key(v.source.row, rule.id, role, content_digest(v), after), *v[1:]))
 
     def _reversal(self, original: Voucher, by: SourceRef, history: bool) -> Voucher:
         """Red-ink reversal, dated with the original (never before it), then moved by the period policy."""
@@ -441,9 +474,9 @@ class Mapper:
         book = self.ledger.books.get(v.book)
         if book is None:
             return v
-        period = _period(v.date)
-        if book.period_open(period):
+        if period_open(book, v.date):
             return v
+        period = _period(v.date)
         what = "reversal" if v.kind is VoucherKind.REVERSAL else "voucher"
         if book.reverse_in == "original_period":
             raise EvalError("CLOSED_PERIOD", f"the {what} falls in period {period} of book {v.book}, which is closed "
@@ -551,38 +584,59 @@ class Mapper:
         entries: list[Entry] = []
         exact_for: list[Decimal] = []  # per entry, signed: debit +, credit −
         exact_local: list[Decimal] = []
-        make = Entry._make  # positional tuple construction: the hot path builds several per event
+        new = _new_tuple  # positional tuple construction: the hot path builds several entries per event
         local_rate = currency == h.local and rate == 1
         skip_zero = spec.skip_zero_lines
-        for ce, plain, es in self._entry_scopes(rule, s):
+        places = self.ledger.places(currency)
+        step = _STEPS.get(places) or Decimal(1).scaleb(-places)
+        money_context = MONEY_CONTEXT
+        plan = rule.entry_plan if spec.lines is None else self._entry_scopes(rule, s)
+        for item in plan:
+            ce, plain = item[0], item[1]
+            es = s if len(item) == 2 else item[2]
             if ce.when is not None and not truth(ce.when(es)):
                 continue
             allow_negative = spec.allow_negative if ce.allow_negative is None else ce.allow_negative
-            sign = 1 if ce.side is Side.DEBIT else -1
             entry: Entry | None
             if plain:  # the voucher's currency and rate, no optional fields
-                amount_for, exact = self._amount(ce.amount(es), currency, ce.paths[0], allow_negative)
+                raw = ce.amount(es)
+                if type(raw) is Decimal and raw.is_finite() and -MAX_MONEY < raw < MAX_MONEY:  # decoded amounts
+                    amount_for = raw.quantize(step, context=money_context)
+                    if amount_for != raw or (amount_for < ZERO and not allow_negative):
+                        amount_for, exact = self._amount(raw, currency, ce.paths[0], allow_negative)  # raises
+                    exact = amount_for
+                else:
+                    amount_for, exact = self._amount(raw, currency, ce.paths[0], allow_negative)
                 if local_rate:
                     amount, x_local = amount_for, exact
                 else:
-                    amount = quantize(MONEY_CONTEXT.multiply(amount_for, rate), local_places)
-                    x_local = MONEY_CONTEXT.multiply(exact, rate)
-                entry = None if skip_zero and amount_for == ZERO else make((
-                    ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500],
-                    currency, rate_type, rate, amount_for, None, None, None, None, None, _dimensions(ce, es)))
+                    amount = quantize(money_context.multiply(amount_for, rate), local_places)
+                    x_local = money_context.multiply(exact, rate)
+                if skip_zero and amount_for == ZERO:
+                    entry = None
+                else:
+                    account = ce.account(es)
+                    text = (ce.explanation(es) if ce.explanation else explanation)[:500]
+                    entry = new(Entry, (account, ce.side, amount, text, currency, rate_type, rate, amount_for, None,
+                                        None, None, None, None, _dimensions(ce, es) if ce.dimensions else {}))
             else:
                 entry, exact, x_local = self._full_entry(ce, es, h, allow_negative, skip_zero)
-            exact_for.append(exact if sign > 0 else -exact)
-            exact_local.append(x_local if sign > 0 else -x_local)
+            if ce.side is _DEBIT:
+                exact_for.append(exact)
+                exact_local.append(x_local)
+            else:
+                exact_for.append(-exact)
+                exact_local.append(-x_local)
             if entry is not None:
                 entries.append(entry)
         entries = self._balance(spec.rounding, entries, exact_for, exact_local, h.local, rate)
-        return Voucher(
-            key="", book=h.book, date=h.day, business_date=h.business_day,
-            group=rule.group(s), explanation=explanation, entries=tuple(entries), source=src, rule_id=rule.id,
-            rule_version=rule.version, data_centre=(rule.data_centre(s) if rule.data_centre else None)
-            or (h.book_cfg.data_centre if h.book_cfg else None), attachments=spec.voucher.attachments,
-            summary=self._summary(rule, s, h) if rule.summary_by else None)
+        group = rule.group(s)
+        data_centre = (rule.data_centre(s) if rule.data_centre else None) \
+            or (h.book_cfg.data_centre if h.book_cfg else None)
+        summary = self._summary(rule, s, h) if rule.summary_by else None
+        return new(Voucher, ("", h.book, h.day, group, explanation, tuple(entries), src, rule.id, rule.version,
+                             VoucherKind.ORIGINAL, None, h.business_day, data_centre, spec.voucher.attachments, (),
+                             None, False, summary))
 
     @staticmethod
     def _summary(rule: Rule, s: Mapping[str, Any], h: _Header) -> SummaryRef:
