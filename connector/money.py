@@ -65,4 +65,12 @@ def to_money(value: object, *, field: str = "", allow_float: bool = False) -> De
 
 def quantize(amount: Decimal, places: int = 2, *, rounding: str = decimal.ROUND_HALF_UP) -> Decimal:
     """Round ``amount`` to ``places`` decimals with an explicit rounding mode (default half-up, as on invoices)."""
-    return amount.quantize(Decimal(1).scaleb(-places), rounding=rounding, context=MONEY_CONTEXT)
+    step = STEPS.get(places)
+    if step is None:
+        step = Decimal(1).scaleb(-places)
+    return _QUANTIZE(amount, step, rounding, MONEY_CONTEXT)  # positional: keywords cost more than the rounding
+
+
+#: ``Decimal(1).scaleb(-places)``, the quantum of ``places`` decimals, for the usual numbers of decimals.
+STEPS: Final = {p: Decimal(1).scaleb(-p) for p in range(0, 7)}
+_QUANTIZE: Final = Decimal.quantize

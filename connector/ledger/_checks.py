@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 import datetime as dt
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, getcontext, setcontext
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
@@ -363,21 +363,34 @@ def check_balance(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     """Debits equal credits in local currency, to the cent — and in the transaction currency too when every
     line is in one currency. Always runs, always last."""
     out: list[Rejection] = []
-    debit = credit = debit_for = credit_for = ZERO
     entries = v.entries
     currency = entries[0].currency if entries else None
-    single = True
-    add = MONEY_CONTEXT.add
-    debit_side = Side.DEBIT
-    for e in entries:
-        if e.side is debit_side:
-            debit = add(debit, e.amount)
-            debit_for = add(debit_for, e.amount_for)
-        else:
-            credit = add(credit, e.amount)
-            credit_for = add(credit_for, e.amount_for)
-        if e.currency != currency:
-            single = False
+    book = ctx.books.get(v.book)
+    places = ctx.places(book.local_currency) if book else 2
+    step = _STEPS.get(places)
+    # The sums and the precision test run in the money context, as the thread's context for the loop: the same
+    # arithmetic as MONEY_CONTEXT.add(…) and .quantize(…, context=MONEY_CONTEXT), without a context argument
+    # per operation.
+    previous = getcontext()
+    setcontext(MONEY_CONTEXT)
+    try:
+        debit = credit = debit_for = credit_for = ZERO
+        single = True
+        debit_side = Side.DEBIT
+        for e in entries:
+            if e.side is debit_side:
+                debit = debit + e.amount
+                debit_for = debit_for + e.amount_for
+            else:
+                credit = credit + e.amount
+                credit_for = credit_for + e.amount_for
+            if e.currency != currency:
+                single = False
+        if step is None:
+            step = Decimal(1).scaleb(-places)
+        imprecise = [(i, e) for i, e in enumerate(entries, 1) if e.amount != e.amount.quantize(step)]
+    finally:
+        setcontext(previous)
     if debit != credit:
         diff = MONEY_CONTEXT.subtract(debit, credit)
         out.append(_rej(v, ReasonCode.UNBALANCED,
@@ -388,17 +401,10 @@ def check_balance(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
         out.append(_rej(v, ReasonCode.UNBALANCED,
                    f"in {currency}: debits {debit_for} ≠ credits {credit_for} (difference {diff}); a voucher in one "
                    "currency must balance in it, not only after conversion", "entries", diff))
-    book = ctx.books.get(v.book)
-    places = ctx.places(book.local_currency) if book else 2
-    step = _STEPS.get(places)
-    if step is None:
-        step = Decimal(1).scaleb(-places)
-    quantize = Decimal.quantize
-    for i, e in enumerate(entries, 1):
-        if e.amount != quantize(e.amount, step, context=MONEY_CONTEXT):
-            out.append(_rej(v, ReasonCode.INVALID_AMOUNT,
-                       f"entry {i}: local amount {e.amount} has more than {places} decimals",
-                       f"entries[{i}].amount", e.amount))
+    for i, e in imprecise:
+        out.append(_rej(v, ReasonCode.INVALID_AMOUNT,
+                   f"entry {i}: local amount {e.amount} has more than {places} decimals",
+                   f"entries[{i}].amount", e.amount))
     return out
 
 

@@ -113,11 +113,31 @@ def content_digest(v: Voucher) -> str:
                       tuple(dims.items()) if len(dims) < 2 else tuple(sorted(dims.items())),
                       None if q is None else str(q.normalize())))
     lines.sort()
-    text = repr((v.book, (v.original_date or v.date).isoformat(), v.group, lines))
+    # repr((book, date, group, lines)), written out: the same text, without repr's per-container overhead.
+    # Amounts, rates and quantities are str() of Decimals, whose repr is the text in single quotes.
+    text = "(%s, '%s', %s, [%s])" % (
+        _text_repr(v.book), (v.original_date or v.date).isoformat(), _text_repr(v.group),
+        ", ".join(["(%s, '%s', '%s', '%s', %s, '%s', %s, %s)" % (
+            _text_repr(a), side, amount, amount_for, _text_repr(cur), rate_text, repr(dims) if dims else "()",
+            "None" if q is None else f"'{q}'") for a, side, amount, amount_for, cur, rate_text, dims, q in lines]))
     if v.summary is not None:  # the summary it goes into is part of what it books (same text as before otherwise)
         text += repr(v.summary.parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+def _text_repr(value: object) -> str:
+    """``repr(value)``, memoised for text (account numbers, currencies, books and groups repeat)."""
+    if type(value) is not str:
+        return repr(value)
+    found = _REPRS.get(value)
+    if found is None:
+        found = repr(value)
+        if len(_REPRS) < 65536:
+            _REPRS[value] = found
+    return found
+
+
+_REPRS: Final[dict[str, str]] = {}
 
 #: ``str(rate.normalize())`` by rate (a handful of distinct rates; zero, whose sign shows, is never cached)
 _NORMALIZED: Final[dict[Decimal, str]] = {}

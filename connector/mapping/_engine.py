@@ -43,7 +43,7 @@ from connector.ledger._state import PriorLookup as PriorLookup
 from connector.mapping._expr import BOOK_TZ, DEFAULT_TZ, MAX_ITEMS, Compiled, EvalError, number, to_date, truth
 from connector.mapping._compile import CompiledEntry, Rule, RuleSet
 from connector.mapping._spec import RoundingSpec
-from connector.money import MAX_MONEY, MONEY_CONTEXT, ZERO, quantize, to_money
+from connector.money import MAX_MONEY, MONEY_CONTEXT, STEPS, ZERO, quantize, to_money
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,8 +163,8 @@ class _Header(NamedTuple):
 
 _OP_TEXT: Final = {op: op.value for op in Op}
 _DEBIT: Final = Side.DEBIT
-#: ``Decimal(1).scaleb(-places)`` for the usual numbers of decimals
-_STEPS: Final = {p: Decimal(1).scaleb(-p) for p in range(0, 7)}
+_STEPS: Final = STEPS
+_QUANTIZE: Final = Decimal.quantize  #: called positionally (value, quantum, None, context): keywords cost more
 #: a voucher is built positionally (``_new_tuple``): these are its fields, in order
 assert Voucher._fields == ("key", "book", "date", "group", "explanation", "entries", "source", "rule_id",
                            "rule_version", "kind", "reverses", "business_date", "data_centre", "attachments",
@@ -543,7 +543,7 @@ class Mapper:
         exact = getattr(raw, "exact", None)
         v = _money(raw, field)
         places = self.ledger.places(currency)
-        q = v.quantize(Decimal(1).scaleb(-places), context=MONEY_CONTEXT)
+        q = _QUANTIZE(v, _STEPS.get(places) or Decimal(1).scaleb(-places), None, MONEY_CONTEXT)
         if q != v:
             raise EvalError("TOO_MANY_DECIMALS", f"{currency} amount {v} has more decimals than {currency}'s {places}; "
                                                  "it is not rounded away — round it in the rule if that is intended",
@@ -601,7 +601,7 @@ class Mapper:
             if plain:  # the voucher's currency and rate, no optional fields
                 raw = ce.amount(es)
                 if type(raw) is Decimal and raw.is_finite() and -MAX_MONEY < raw < MAX_MONEY:  # decoded amounts
-                    amount_for = raw.quantize(step, context=money_context)
+                    amount_for = _QUANTIZE(raw, step, None, money_context)
                     if amount_for != raw or (amount_for < ZERO and not allow_negative):
                         amount_for, exact = self._amount(raw, currency, ce.paths[0], allow_negative)  # raises
                     exact = amount_for
