@@ -26,6 +26,10 @@ up at once finds nothing yet, and sending it again makes a second copy. So:
    looked up) only after ``lease_s + unknown_grace_s``; each take-over is logged and audited.
 4. **Record** each voucher's new status, its audit row and its feedback outbox row in one transaction,
    only for vouchers still held by this claim. A posted reversal also moves the original to REVERSED.
+   Steps 1–4 overlap: the next claim is taken while the previous one's batches are in flight, and the
+   batches that finished meanwhile are recorded together — one transaction, not one per batch. Each claim
+   keeps its own lease; the ordering rules of 1 hold because they are the claim's own conditions on the
+   journal, whatever is still in flight.
 5. **Scan for duplicates** every ``duplicate_scan_every_s`` (and on demand, ``kingdee-cdc scan-duplicates``):
    every voucher of the periods posted since the previous scan carrying a key marker (or key field) is read
    from Kingdee; a key held more than once keeps the copy the journal recorded, and each extra copy that is
@@ -45,7 +49,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -109,7 +113,7 @@ class PosterOptions:
     ==========================  =======  ===========================================================
     ``batch_size``              100      vouchers per BatchSave call
     ``concurrency``             4        BatchSave calls in flight (also bounded by the client's limit)
-    ``claim_limit``             2000     vouchers claimed per round
+    ``claim_limit``             2000     vouchers per claim (the next is taken when half of them are left)
     ``key_field``               none     custom header field holding the key (e.g. ``F_KDCDC_KEY``)
     ``marker``                  true     also write ``[kdcdc:<key>]`` into the first entry's explanation
     ``lease_s``                 300      no call is started for a claim older than this; a POSTING voucher
@@ -250,6 +254,7 @@ class _ClaimRow:
     attempts: int
     source_pk: str
     source_system: str
+    reverses: str | None
     journaled_at: datetime | None
     kafka_offset: int | None
     was: VoucherStatus  #: its status before this claim (POSTING: an unknown outcome or a lease taken over)
@@ -269,21 +274,34 @@ class _ClaimRow:
         return self.was is VoucherStatus.POSTING and self.unknown is None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Claimed:
-    voucher: Voucher
+    """A claimed voucher. Its payload is decoded on first use — on the worker thread that posts it, so the
+    thread holding the journal connection does not spend its time decoding a whole claim."""
+
+    key: str
+    payload: bytes
     attempts: int
     pk: str
     system: str
+    reverses: str | None = None
     journaled_at: datetime | None = None
     #: the original's Kingdee number (reversals) and journal status (OPENING: history never posted)
     original_number: str | None = None
     original_status: VoucherStatus | None = None
+    _voucher: Voucher | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, r: _ClaimRow) -> _Claimed:
-        return cls(voucher_from_json(bytes(r.payload)), r.attempts, r.source_pk, r.source_system, r.journaled_at,
+        return cls(r.key, bytes(r.payload), r.attempts, r.source_pk, r.source_system, r.reverses, r.journaled_at,
                    original_number=r.onum, original_status=r.ostatus)
+
+    @property
+    def voucher(self) -> Voucher:
+        v = self._voucher
+        if v is None:  # (two threads decoding at once would only both do the work)
+            v = self._voucher = voucher_from_json(self.payload)
+        return v
 
     def feedback(self, o: _Outcome, status: FeedbackStatus) -> FeedbackEvent:
         """The feedback event of settling this voucher with ``o``."""
@@ -391,7 +409,7 @@ class _Chunk:
         self.outcomes.append(outcome)
 
     def settle_all(self, status: VoucherStatus | Unsettled, message: str) -> None:
-        self.outcomes += [_Outcome(c.voucher.key, status, messages=(message,)) for c in self.pending]
+        self.outcomes += [_Outcome(c.key, status, messages=(message,)) for c in self.pending]
         self.pending = []
 
 
@@ -467,29 +485,82 @@ class Poster:
         return j.count(j.q("SELECT count(*) FROM {s}.vouchers WHERE status IN ({unsettled})", unsettled=UNSETTLED))
 
     def run_once(self) -> PostStats:
+        """Steps 1–4 until there is nothing left to claim: the next claim is taken while the chunks of the
+        previous ones are still being sent, so ``concurrency`` calls stay in flight, and the chunks that finished
+        meanwhile are recorded together, in one transaction. Ends when a claim finds nothing, when a chunk could
+        send nothing (Kingdee down or refusing: the run loop backs off), after ``ROUND_S``, or when stopping —
+        and always with every claimed voucher sent and recorded (or released)."""
         stats = PostStats()
         self._recheck(stats)
-        deadline = time.monotonic() + self.opts.lease_s  # taken before the claim: never later than the journal's
-        claimed = self._claim(stats)
-        stats.claimed = len(claimed)
-        if not claimed:
-            return stats
-        chunks = [claimed[i:i + self.opts.batch_size] for i in range(0, len(claimed), self.opts.batch_size)]
+        started = time.monotonic()
+        claimed: dict[str, _Claimed] = {}  # what is in flight, for the record step
+        running: set[Future[tuple[list[_Outcome], PostStats]]] = set()
         # Journal access stays on this thread (one connection); worker threads only talk to Kingdee.
-        rejected_originals = self._originals_rejected([c.voucher for c in claimed])
-
-        def post(chunk: list[_Claimed]) -> tuple[list[_Outcome], PostStats]:
-            if self._stop.is_set():  # stopping: a chunk not started yet goes back to JOURNALED at once
-                released = [_Outcome(c.voucher.key, Unsettled.RELEASED) for c in chunk]
-                return released, PostStats(left_pending=len(chunk))
-            return self._post_chunk(chunk, rejected_originals, deadline)
-
-        with ThreadPoolExecutor(max_workers=self.opts.concurrency) as pool:
-            for outcomes, chunk_stats in pool.map(post, chunks):
-                stats.add(chunk_stats)
-                if outcomes:
-                    self._record(outcomes, {c.voucher.key: c for c in claimed})
+        with ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="poster") as pool:
+            try:
+                self._pump(pool, stats, claimed, running, started)
+            except BaseException:
+                # The journal failed (or this thread did): chunks not started are not sent, since their outcome
+                # could not be recorded. They stay POSTING under this claim and are looked up once taken over.
+                for f in running:
+                    f.cancel()
+                raise
         return stats
+
+    def _pump(self, pool: ThreadPoolExecutor, stats: PostStats, claimed: dict[str, _Claimed],
+              running: set[Future[tuple[list[_Outcome], PostStats]]], started: float) -> None:
+        """``run_once``'s loop: claim, hand the chunks to the pool, record what finished (``running``: the chunks
+        handed over and not recorded yet, kept up to date for the caller)."""
+        more = True
+        while True:
+            # Claim again once half of the previous claim's chunks are left: enough to keep every call slot busy
+            # while this thread claims and records.
+            if more and len(running) <= self._refill_at and not self._stop.is_set() \
+                    and time.monotonic() - started < self.ROUND_S:
+                deadline = time.monotonic() + self.opts.lease_s  # before the claim: never later than the journal's
+                batch = self._claim(stats)
+                stats.claimed += len(batch)
+                if not batch:
+                    more = False
+                    continue
+                claimed.update((c.key, c) for c in batch)
+                for i in range(0, len(batch), self.opts.batch_size):
+                    running.add(pool.submit(self._post_or_release, batch[i:i + self.opts.batch_size], deadline))
+                continue
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            running -= done
+            outcomes: list[_Outcome] = []
+            failed: BaseException | None = None
+            for f in done:
+                if (e := f.exception()) is not None:
+                    failed = failed or e
+                    continue
+                chunk_outcomes, chunk_stats = f.result()
+                stats.add(chunk_stats)
+                outcomes += chunk_outcomes
+                if chunk_stats.left_pending:  # nothing more is claimed in this round (the run loop backs off)
+                    more = False
+            if outcomes:
+                self._record(outcomes, claimed)
+                for o in outcomes:
+                    claimed.pop(o.key, None)
+            if failed is not None:  # (what the other chunks did is recorded first)
+                raise failed
+
+    #: a round (``run_once``) stops claiming after this many seconds, so the run loop's periodic work (the
+    #: duplicate scan, re-checks) is not held off by a backlog that never empties
+    ROUND_S: Final = 10.0
+
+    @property
+    def _refill_at(self) -> int:
+        return max(self.opts.concurrency, self.opts.claim_limit // self.opts.batch_size // 2)
+
+    def _post_or_release(self, chunk: list[_Claimed], deadline: float) -> tuple[list[_Outcome], PostStats]:
+        if self._stop.is_set():  # stopping: a chunk not started yet goes back to JOURNALED at once
+            return [_Outcome(c.key, Unsettled.RELEASED) for c in chunk], PostStats(left_pending=len(chunk))
+        return self._post_chunk(chunk, deadline)
 
     # ------------------------------------------------------------------ claim
     _CLAIM: Final = (
@@ -510,8 +581,8 @@ class Poster:
         # look-up), and a second poster must not see an expired grace on a voucher this one is working on
         "UPDATE {s}.vouchers v SET status = {posting}, attempts = v.attempts + 1, posting_since = now(), "
         "posting_owner = %(owner)s, unknown_since = NULL, updated_at = now() FROM c WHERE v.key = c.key "
-        "RETURNING v.key, v.payload, v.attempts, v.source_pk, v.source_system, v.journaled_at, v.kafka_offset, "
-        "c.was, c.was_since, c.was_owner, c.unknown, c.onum, c.ostatus")
+        "RETURNING v.key, v.payload, v.attempts, v.source_pk, v.source_system, v.reverses, v.journaled_at, "
+        "v.kafka_offset, c.was, c.was_since, c.was_owner, c.unknown, c.onum, c.ostatus")
     #: unknown outcomes whose grace has passed, and claims of posters that died or stalled (lease + grace)
     _AGAIN: Final = ("v.status = {posting} AND CASE WHEN v.unknown_since IS NOT NULL "
                      "THEN v.unknown_since < now() - make_interval(secs => %(grace)s) "
@@ -561,20 +632,19 @@ class Poster:
             self.metrics.leases_taken_over(len(taken))
 
     # ------------------------------------------------------------------ post one chunk
-    def _post_chunk(self, chunk: list[_Claimed], originals_rejected: set[str], deadline: float = float("inf")
-                    ) -> tuple[list[_Outcome], PostStats]:
+    def _post_chunk(self, chunk: list[_Claimed], deadline: float = float("inf")) -> tuple[list[_Outcome], PostStats]:
         """Steps 2 and 3 for one chunk: look up what may already be in Kingdee, send the rest."""
         work = _Chunk(list(chunk))
-        for c in [c for c in chunk if c.voucher.reverses in originals_rejected]:
-            work.settle(c, _Outcome(c.voucher.key, VoucherStatus.REJECTED_BY_KINGDEE, messages=(
+        for c in [c for c in chunk if c.reverses and c.original_status is VoucherStatus.REJECTED_BY_KINGDEE]:
+            work.settle(c, _Outcome(c.key, VoucherStatus.REJECTED_BY_KINGDEE, messages=(
                 "the voucher it reverses was rejected by Kingdee: nothing to reverse",)))
             work.stats.rejected += 1
-        work.must_look = {c.voucher.key for c in work.pending if c.attempts > 1}
+        work.must_look = {c.key for c in work.pending if c.attempts > 1}
         for _ in range(self.opts.max_rounds):
             if not work.pending or not self._round(work, deadline):
                 break
         work.stats.left_pending = len(work.pending)
-        work.outcomes += [_Outcome(c.voucher.key, Unsettled.RELEASED) for c in work.pending]
+        work.outcomes += [_Outcome(c.key, Unsettled.RELEASED) for c in work.pending]
         self._auto_submit([o for o in work.outcomes if o.status is VoucherStatus.POSTED and not o.found], chunk)
         return work.outcomes, work.stats
 
@@ -623,17 +693,17 @@ class Poster:
     def _look_up(self, work: _Chunk) -> None:
         """Step 2: vouchers claimed again are looked up by key: found once → POSTED, more than once →
         NEEDS_ATTENTION, not found → sent again."""
-        found = self._lookup([c.voucher.key for c in work.pending if c.voucher.key in work.must_look])
+        found = self._lookup([c.key for c in work.pending if c.key in work.must_look])
         for c in list(work.pending):
-            hits = found.get(c.voucher.key)
+            hits = found.get(c.key)
             if not hits:
                 continue
             if len(hits) == 1:
                 h = hits[0]
-                work.settle(c, _Outcome(c.voucher.key, VoucherStatus.POSTED, h.id, h.number, h.group_no, found=True))
+                work.settle(c, _Outcome(c.key, VoucherStatus.POSTED, h.id, h.number, h.group_no, found=True))
                 work.stats.found_after_timeout += 1
             else:
-                work.settle(c, _Outcome(c.voucher.key, VoucherStatus.NEEDS_ATTENTION, messages=(
+                work.settle(c, _Outcome(c.key, VoucherStatus.NEEDS_ATTENTION, messages=(
                     f"{len(hits)} Kingdee vouchers carry this key: {', '.join(h.number for h in hits)}",)))
                 work.stats.needs_attention += 1
 
@@ -644,12 +714,12 @@ class Poster:
                                          IsAutoSubmitAndAudit="false")
         for c, r in zip(work.pending, results):
             if r.ok:
-                work.outcomes.append(_Outcome(c.voucher.key, VoucherStatus.POSTED, r.id, r.number,
+                work.outcomes.append(_Outcome(c.key, VoucherStatus.POSTED, r.id, r.number,
                                               str(r.return_data.get("FVOUCHERGROUPNO") or "") or None,
                                               recheck=c.attempts > 1))
                 work.stats.posted += 1
             else:
-                work.outcomes.append(_Outcome(c.voucher.key, VoucherStatus.REJECTED_BY_KINGDEE, messages=r.messages))
+                work.outcomes.append(_Outcome(c.key, VoucherStatus.REJECTED_BY_KINGDEE, messages=r.messages))
                 work.stats.rejected += 1
         work.pending = []
 
@@ -660,16 +730,6 @@ class Poster:
             if number:
                 v = name_original(v, number)
         return to_kingdee(v, self.books.get(v.book), key_field=self.opts.key_field, marker=self.opts.marker)
-
-    def _originals_rejected(self, vouchers: Sequence[Voucher]) -> set[str]:
-        refs = [v.reverses for v in vouchers if v.reverses]
-        if not refs:
-            return set()
-        j = self.journal
-        with j.transaction() as conn:
-            rows = conn.execute(j.q("SELECT key FROM {s}.vouchers WHERE key = ANY(%s) AND status = {rejected}",
-                                    rejected=VoucherStatus.REJECTED_BY_KINGDEE), (refs,)).fetchall()
-        return {key for (key,) in rows}
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, list[_Copy]]:
         """Find vouchers in Kingdee by key: key → its copies (distinct FVOUCHERIDs, in the order Kingdee lists them)."""
@@ -702,7 +762,7 @@ class Poster:
         return out
 
     def _auto_submit(self, posted: Sequence[_Outcome], chunk: Sequence[_Claimed]) -> None:
-        by_key = {c.voucher.key: c.voucher for c in chunk}
+        by_key = {c.key: c.voucher for c in chunk}
         for book_no, book in self.books.items():
             if not book.auto_submit:
                 continue
@@ -743,26 +803,52 @@ class Poster:
                 "look_up_after_s": self.opts.unknown_grace_s}) for o in unknown if o.key in marked]
             # One statement each (not executemany: its pipeline mode stalled for seconds at a time under
             # psycopg 3.3 while the worker threads were busy with HTTP)
-            self.journal.insert_audit(audit)
-            self.journal.insert_outbox(outbox)
+            self._insert_audit(audit)
+            self._insert_outbox(outbox)
         self._report_settled(settled, claimed, len(marked))
+
+    # Arrays go as binary parameters (%b) throughout: in text form psycopg quotes and escapes every element of
+    # a text[] with a regular expression, which cost the poster ~45 µs per outbox row (its JSON is full of
+    # quotes) — more than the rest of the record step together.
+    _INSERT_AUDIT: Final = (
+        "INSERT INTO {s}.audit (actor, action, voucher_key, detail) SELECT a, b, c, d::jsonb "
+        "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS r(a, b, c, d)")
+    #: an event id already there is left as it is (as ``Journal.insert_outbox``)
+    _INSERT_OUTBOX: Final = (
+        "INSERT INTO {s}.outbox (event_id, source_system, message_key, status, payload) "
+        "SELECT a, b, c, d, e::jsonb FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+        "AS r(a, b, c, d, e) ON CONFLICT (event_id) DO NOTHING")
+
+    def _insert_audit(self, rows: Sequence[AuditRow]) -> None:
+        if rows:
+            j = self.journal
+            j.conn.execute(j.q(self._INSERT_AUDIT), ([r.actor for r in rows], [str(r.action) for r in rows],
+                                                     [r.voucher_key for r in rows], [r.detail for r in rows]))
+
+    def _insert_outbox(self, events: Sequence[FeedbackEvent]) -> None:
+        if events:
+            j = self.journal
+            rows = [e.to_outbox_row() for e in events]
+            j.conn.execute(j.q(self._INSERT_OUTBOX), ([r.event_id for r in rows], [r.source_system for r in rows],
+                                                      [r.message_key for r in rows], [str(r.status) for r in rows],
+                                                      [r.payload for r in rows]))
 
     #: each UPDATE applies to the vouchers still held by this claim: ``o`` holds (key, attempts, …)
     _SETTLE: Final = (
         "UPDATE {s}.vouchers v SET status = o.status, kingdee_id = o.kid, kingdee_number = o.num, "
         "kingdee_group_no = o.gno, kingdee_messages = o.msg, unknown_since = NULL, "
         "recheck_after = CASE WHEN o.recheck THEN now() + make_interval(secs => %s) END, updated_at = now() "
-        "FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-        "%s::boolean[]) AS o(key, attempts, msg, status, kid, num, gno, recheck) "
+        "FROM unnest(%b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], "
+        "%b::boolean[]) AS o(key, attempts, msg, status, kid, num, gno, recheck) "
         "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
     _UNKNOWN: Final = (
         "UPDATE {s}.vouchers v SET unknown_since = now(), kingdee_messages = o.msg, updated_at = now() "
-        "FROM unnest(%s::text[], %s::int[], %s::text[]) AS o(key, attempts, msg) "
+        "FROM unnest(%b::text[], %b::int[], %b::text[]) AS o(key, attempts, msg) "
         "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
     #: nothing was sent in this claim: JOURNALED again (attempts > 1: looked up first)
     _RELEASE: Final = (
         "UPDATE {s}.vouchers v SET status = {journaled}, updated_at = now() "
-        "FROM unnest(%s::text[], %s::int[]) AS o(key, attempts) "
+        "FROM unnest(%b::text[], %b::int[]) AS o(key, attempts) "
         "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
 
     def _update_claimed(self, outcomes: Sequence[_Outcome], claimed: Mapping[str, _Claimed], statement: str,
@@ -783,7 +869,7 @@ class Poster:
         if originals:
             j = self.journal
             j.conn.execute(j.q("UPDATE {s}.vouchers SET status = {reversed}, updated_at = now() "
-                               "WHERE key = ANY(%s) AND status = {posted}", reversed=VoucherStatus.REVERSED,
+                               "WHERE key = ANY(%b::text[]) AND status = {posted}", reversed=VoucherStatus.REVERSED,
                                posted=VoucherStatus.POSTED), (originals,))
 
     @staticmethod
