@@ -28,15 +28,28 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
+import msgspec
 
 from connector.errors import ConfigError, ConnectorError, InfraError
 from connector.kingdee._auth import login_sign, signed_headers
-from connector.ledger import kingdee_json
 from connector.ops import OUTAGES
 
 FORM_SERVICE: Final = "Kingdee.BOS.WebApi.ServicesStub.DynamicFormService"
 AUTH_SERVICE: Final = "Kingdee.BOS.WebApi.ServicesStub.AuthService"
 SESSION_COOKIE: Final = "kdservice-sessionid"
+
+
+def _enc_hook(o: Any) -> Any:
+    if isinstance(o, Mapping):  # a read-only mapping (an entry's dimensions)
+        return dict(o)
+    raise NotImplementedError(f"not JSON serialisable: {type(o).__name__}")
+
+
+#: Request bodies: every ``Decimal`` as an exact JSON number (its text, never through a float), non-ASCII as
+#: UTF-8 — the bytes ``connector.ledger.kingdee_json`` writes, in one C call instead of ``json.dumps`` plus a
+#: regular expression over the text (a BatchSave of 100 vouchers: ~4 ms → ~0.2 ms of the worker's time)
+encode_body: Final = msgspec.json.Encoder(decimal_format="number", enc_hook=_enc_hook).encode
+_decode: Final = msgspec.json.decode
 
 
 class KingdeeError(ConnectorError):
@@ -199,7 +212,7 @@ class KingdeeClient:
 
     def _post_raw(self, service: str, body: Mapping[str, Any], *, write: bool) -> Any:
         url = self._url(service)
-        payload = kingdee_json(body)
+        payload = encode_body(body)
         self._rate.acquire()
         with self._slots:
             self.calls += 1
@@ -230,13 +243,18 @@ class KingdeeClient:
             raise cls(f"Kingdee HTTP {resp.status_code}: {resp.text[:300]}", operation=service)
         if resp.status_code not in (200, 206):
             raise KingdeeError(f"Kingdee HTTP {resp.status_code}: {resp.text[:300]}", operation=service)
-        text = resp.text
-        if text.startswith("response_error:"):
+        content = resp.content
+        if content.startswith(b"response_error:"):
+            text = resp.text
             raise KingdeeError(text[len("response_error:"):].strip() or "empty error", operation=service)
         try:
-            return json.loads(text)
+            return _decode(content)
+        except ValueError:  # (msgspec.DecodeError is one) not UTF-8 JSON: the answer's own charset, a BOM
+            pass
+        try:
+            return json.loads(resp.text.lstrip("\ufeff"))
         except ValueError:
-            raise KingdeeError(f"Kingdee answered non-JSON: {text[:200]!r}", operation=service) from None
+            raise KingdeeError(f"Kingdee answered non-JSON: {resp.text[:200]!r}", operation=service) from None
 
     def call(self, service: str, body: Mapping[str, Any], *, write: bool = False) -> Any:
         """POST ``body`` to ``service``; re-login once on a lost session; classify failures."""

@@ -4,16 +4,21 @@ window, Kingdee operation answers."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
+from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.config import load_settings
 from connector.errors import ConfigError
 from connector.kingdee import KingdeeClient
+from connector.kingdee._client import encode_body
 from connector.kingdee.poster import OPENING_NUMBER, PosterOptions, name_original, reversal_text
 from connector.sandbox import Faults
-from connector.ledger import Entry, RowRef, Side, SourceRef, Voucher, VoucherKind, to_kingdee
+from connector.ledger import Entry, RowRef, Side, SourceRef, Voucher, VoucherKind, kingdee_json, to_kingdee
 
 
 def _reversal(header: str, lines: tuple[str, ...]) -> Voucher:
@@ -90,3 +95,42 @@ def test_operation_outcome_reads_per_item_results() -> None:
         {"FieldName": "FDocumentStatus", "Message": "凭证记-202611-00002当前状态C不允许Delete", "DIndex": 1}]}}}
     assert KingdeeClient.operation_outcome(answer) == (["100001"], ["凭证记-202611-00002当前状态C不允许Delete"])
     assert KingdeeClient.operation_outcome([]) == ([], [])
+
+
+def _dimensioned() -> Voucher:
+    v = _reversal("冲销 销售 SO-1 \u2028 \"引号\" \\ 反斜杠", ("收款", ""))
+    first = v.entries[0]._replace(dimensions=MappingProxyType({"FLEX6": "C0001"}), quantity=Decimal("1E+2"),
+                                  price=Decimal("0.1000"), rate=Decimal("7.1234567890"))
+    return v._replace(entries=(first, *v.entries[1:]))
+
+
+def test_request_bodies_are_byte_for_byte_the_ledgers_kingdee_json() -> None:
+    """The client writes bodies with msgspec; what Kingdee receives is exactly what ``kingdee_json`` wrote:
+    amounts as exact numbers (their text), non-ASCII as UTF-8, the same separators and escapes."""
+    models = [to_kingdee(v, None, key_field=kf) for v in (_reversal("销售 SO-1", ("a", "b")), _dimensioned())
+              for kf in (None, "F_KDCDC_KEY")]
+    body = {"formid": "GL_VOUCHER", "data": {"Model": models, "NeedReturnFields": ["FBillNo"], "BatchCount": 4,
+                                             "IsDeleteEntry": "true"}}
+    assert encode_body(body) == kingdee_json(body)
+    assert b'"FDEBIT":-10.00' in encode_body(body) and b'"FQty":1E+2' in encode_body(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+def test_any_amount_and_text_encode_as_kingdee_json_does(amount: Decimal, text: str) -> None:
+    body = {"a": amount, "t": text, "l": [amount, None, True, 3]}
+    assert encode_body(body) == kingdee_json(body)
+
+
+def test_the_sandbox_reads_and_stores_what_it_did_with_the_standard_library() -> None:
+    """The sandbox parses with msgspec and copies stored models through it: the same values (amounts as
+    ``Decimal``, stored as their text) as ``json.loads(parse_float=Decimal)`` and ``json.dumps(default=str)``."""
+    from connector.sandbox._server import _parse, _plain
+
+    raw = encode_body({"data": {"Model": [to_kingdee(_dimensioned(), None)], "x": 1.5e300, "big": 10**30}})
+    parsed = _parse(raw)
+    expected = json.loads(raw, parse_float=Decimal)
+    assert parsed == expected and repr(parsed) == repr(expected)
+    model = parsed["data"]["Model"][0]
+    assert _plain(model) == json.loads(json.dumps(model, default=str))
+    assert _parse(b'{"x": NaN}')["x"] != 0  # what msgspec refuses still parses as before
