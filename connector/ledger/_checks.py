@@ -21,7 +21,7 @@ from decimal import Decimal, getcontext, setcontext
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
-from connector.ledger._model import Entry, ReasonCode, Rejection, Side, Voucher, VoucherKind
+from connector.ledger._model import ReasonCode, Rejection, Side, Voucher, VoucherKind
 from connector.money import CENT, MONEY_CONTEXT, ZERO
 
 #: Standard 核算维度 slots of GL_VOUCHER (``FDetailID.FDETAILID__<slot>``) with their friendly names.
@@ -499,7 +499,8 @@ _DEFAULT_CHECKS: Final = CHECKS
 def _default_checks(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     """``CHECKS`` in order, then the balance check — each check's function runs only when a cheap test does not
     already show it would find nothing (the common voucher passes every check), so the rejections are exactly
-    the registry's, in its order. Every test below mirrors the condition under which its check reports."""
+    the registry's, in its order. The tests below mirror the conditions under which the checks report, in one
+    pass over the lines."""
     found: list[Rejection] = []
     entries = v.entries
     if len(entries) < 2:
@@ -508,42 +509,53 @@ def _default_checks(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     if books and v.book not in books:
         found.extend(check_book(v, ctx))
     accounts = ctx.accounts
-    if accounts and not _accounts_clean(entries, accounts):
-        found.extend(check_accounts(v, ctx))
     book = books.get(v.book)
-    if not _currency_clean(entries, ctx, None if book is None else book.local_currency):
+    local = None if book is None else book.local_currency
+    perm = ctx.permissions.get(v.source.row.system)
+    allowed: dict[str, bool] | None = None
+    if perm is None:
+        permitted = not (ctx.default_permission == "deny" and (accounts or books))
+    else:
+        permitted = perm.books is None or v.book in perm.books
+        if permitted:
+            allowed = _allowed(perm)
+    accounts_clean = currency_clean = True
+    for e in entries:
+        account = e.account
+        if accounts_clean and accounts:  # would check_accounts find nothing?
+            acct = accounts.get(account)
+            if acct is None or not acct.leaf or acct.frozen:
+                accounts_clean = False
+            else:
+                if acct.required_dimensions:
+                    dims = e.dimensions
+                    for slot in acct.required_dimensions:
+                        if not (dims.get(slot) or "").strip():
+                            accounts_clean = False
+                            break
+                if acct.currencies is not None and e.currency not in acct.currencies:
+                    accounts_clean = False
+        if currency_clean and not (e.rate == 1 and e.amount == e.amount_for and (local is None or e.currency == local)
+                                   and abs(e.amount) < ctx.max_amount(e.currency)):
+            currency_clean = False  # check_currency looks further at this line
+        if allowed is not None and permitted:
+            ok = allowed.get(account)
+            if ok is None:
+                ok = _allows(perm.accounts, perm.deny_accounts, account)  # type: ignore[union-attr]
+                if len(allowed) < 100_000:
+                    allowed[account] = ok
+            if not ok:
+                permitted = False
+    if not accounts_clean:
+        found.extend(check_accounts(v, ctx))
+    if not currency_clean:
         found.extend(check_currency(v, ctx))
     if not v.opening and book is not None and not period_open(book, v.date):
         found.extend(check_period(v, ctx))
-    if not _permitted(v, ctx):
+    if not permitted:
         found.extend(check_permissions(v, ctx))
     found.extend(check_balance(v, ctx))
     return found
-
-
-def _accounts_clean(entries: tuple[Entry, ...], accounts: Mapping[str, Account]) -> bool:
-    """Would ``check_accounts`` find nothing? (leaf, not frozen, required dimensions given, currency kept)"""
-    for e in entries:
-        acct = accounts.get(e.account)
-        if acct is None or not acct.leaf or acct.frozen:
-            return False
-        if acct.required_dimensions:
-            dims = e.dimensions
-            for slot in acct.required_dimensions:
-                if not (dims.get(slot) or "").strip():
-                    return False
-        if acct.currencies is not None and e.currency not in acct.currencies:
-            return False
-    return True
-
-
-def _currency_clean(entries: tuple[Entry, ...], ctx: LedgerContext, local: str | None) -> bool:
-    """Is every line the plain local-currency line ``check_currency`` passes without looking further?"""
-    for e in entries:
-        if not (e.rate == 1 and e.amount == e.amount_for and (local is None or e.currency == local)
-                and abs(e.amount) < ctx.max_amount(e.currency)):
-            return False
-    return True
 
 
 #: Per book object: (the book, {(year, month): open?}) — books are immutable; a replaced book is a new key.
@@ -569,25 +581,11 @@ def period_open(book: Book, day: date) -> bool:
 _ALLOWED: Final[dict[int, tuple[Permission, dict[str, bool]]]] = {}
 
 
-def _permitted(v: Voucher, ctx: LedgerContext) -> bool:
-    """Would ``check_permissions`` find nothing?"""
-    perm = ctx.permissions.get(v.source.row.system)
-    if perm is None:
-        return not (ctx.default_permission == "deny" and (ctx.accounts or ctx.books))
-    if perm.books is not None and v.book not in perm.books:
-        return False
+def _allowed(perm: Permission) -> dict[str, bool]:
+    """The memo of ``perm.allows_account`` (per permission object: a replaced permission is a new memo)."""
     found = _ALLOWED.get(id(perm))
     if found is None or found[0] is not perm:
         if len(_ALLOWED) > 1000:
             _ALLOWED.clear()
         found = _ALLOWED[id(perm)] = (perm, {})
-    cache = found[1]
-    for e in v.entries:
-        ok = cache.get(e.account)
-        if ok is None:
-            ok = perm.allows_account(e.account)
-            if len(cache) < 100_000:
-                cache[e.account] = ok
-        if not ok:
-            return False
-    return True
+    return found[1]

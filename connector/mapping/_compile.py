@@ -53,6 +53,12 @@ class CompiledEntry:
                 and self.quantity is None and self.price is None and self.unit is None
                 and self.settle_type is None and self.settle_no is None)
 
+    @property
+    def voucher_money(self) -> bool:
+        """In the voucher's currency at its rate, with no local amount of its own (optional fields or per
+        line allowed): built on the fast path too, with the time budget checked as for any other entry."""
+        return self.local_amount is None and self.currency is None and self.rate is None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
@@ -76,15 +82,15 @@ class Rule:
     #: summary voucher's explanation (a template over ``key`` and ``count``)
     summary_by: tuple[tuple[str, Compiled | None], ...] = ()
     summary_explanation: Compiled | None = None
-    #: (entry, entry.plain) pairs, computed once: what the voucher builder iterates
-    entry_plan: tuple[tuple[CompiledEntry, bool], ...] = field(default=(), compare=False, repr=False)
+    #: (entry, entry.plain, entry.voucher_money), computed once: what the voucher builder iterates
+    entry_plan: tuple[tuple[CompiledEntry, bool, bool], ...] = field(default=(), compare=False, repr=False)
     #: the rule's id and version (text), and its key columns as a tuple: read for every event
     id: str = field(default="", compare=False, repr=False)
     version: str = field(default="", compare=False, repr=False)
     key_columns: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "entry_plan", tuple((e, e.plain) for e in self.entries))
+        object.__setattr__(self, "entry_plan", tuple((e, e.plain, e.voucher_money) for e in self.entries))
         object.__setattr__(self, "id", self.spec.id)
         object.__setattr__(self, "version", str(self.spec.version))
         object.__setattr__(self, "key_columns", tuple(self.spec.key_columns))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
@@ -59,6 +59,24 @@ class MapResult:
     @property
     def rejected(self) -> bool:
         return bool(self.rejections)
+
+
+_SET_VOUCHERS: Final[Callable[[Any, Any], None]] = vars(MapResult)["vouchers"].__set__
+_SET_REJECTIONS: Final[Callable[[Any, Any], None]] = vars(MapResult)["rejections"].__set__
+_SET_SKIPPED: Final[Callable[[Any, Any], None]] = vars(MapResult)["skipped"].__set__
+_SET_GROUPED: Final[Callable[[Any, Any], None]] = vars(MapResult)["grouped"].__set__
+
+
+def _result(vouchers: tuple[Voucher, ...], rejections: tuple[Rejection, ...], skipped: str | None,
+            grouped: tuple[int, ...]) -> MapResult:
+    """``MapResult(vouchers=…, rejections=…, skipped=…, grouped=…)``, built through its slots: one per event,
+    and the frozen dataclass's keyword ``__init__`` costs several times as much."""
+    r = object.__new__(MapResult)
+    _SET_VOUCHERS(r, vouchers)
+    _SET_REJECTIONS(r, rejections)
+    _SET_SKIPPED(r, skipped)
+    _SET_GROUPED(r, grouped)
+    return r
 
 
 def _rejection(e: EvalError, rule: Rule, source: SourceRef | None) -> Rejection:
@@ -244,12 +262,12 @@ class Mapper:
             rejections += self._uncovered(event, rules)
         checked = self._checked(vouchers, rejections) if vouchers else vouchers
         if rejections:
-            return MapResult(rejections=tuple(rejections))
+            return _result((), tuple(rejections), None, ())
         if not checked:
             why = ("unchanged: the row's vouchers in force already book this content" if matched
                    else "no accounting effect (conditions not met, or nothing to reverse)")
-            return MapResult(skipped=why, grouped=tuple(sorted(grouped)) if grouped else ())
-        return MapResult(vouchers=tuple(checked), grouped=tuple(sorted(grouped)) if grouped else ())
+            return _result((), (), why, tuple(sorted(grouped)) if grouped else ())
+        return _result(tuple(checked), (), None, tuple(sorted(grouped)) if grouped else ())
 
     def _not_mapped(self, event: ChangeEvent, rules: Sequence[Rule]) -> MapResult:
         """No rule maps this op of this table: skipped (an ignored table or op) or rejected (no rule at all)."""
@@ -573,8 +591,8 @@ class Mapper:
             rate = self._source_rate(rule.rate(s), currency, day, rate_type, book_cfg, "voucher.rate")
         else:
             rate = self.rules.tables.rate(currency, day, rate_type, local)
-        return _Header(book, book_cfg, local, self.ledger.places(local), day, bday, explanation, currency, rate_type,
-                       rate)
+        return _new_tuple(_Header, (book, book_cfg, local, self.ledger.places(local), day, bday, explanation, currency,
+                                    rate_type, rate))
 
     def _build(self, rule: Rule, s: Mapping[str, Any], src: SourceRef) -> Voucher:
         spec = rule.spec
@@ -592,13 +610,15 @@ class Mapper:
         money_context = MONEY_CONTEXT
         plan = rule.entry_plan if spec.lines is None else self._entry_scopes(rule, s)
         for item in plan:
-            ce, plain = item[0], item[1]
-            es = s if len(item) == 2 else item[2]
+            ce, plain, money = item[0], item[1], item[2]
+            es = s if len(item) == 3 else item[3]
             if ce.when is not None and not truth(ce.when(es)):
                 continue
             allow_negative = spec.allow_negative if ce.allow_negative is None else ce.allow_negative
             entry: Entry | None
-            if plain:  # the voucher's currency and rate, no optional fields
+            if money:  # the voucher's currency and rate (the same steps as _full_entry takes for such an entry)
+                if not plain:
+                    self._check_time()
                 raw = ce.amount(es)
                 if type(raw) is Decimal and raw.is_finite() and -MAX_MONEY < raw < MAX_MONEY:  # decoded amounts
                     amount_for = _QUANTIZE(raw, step, None, money_context)
@@ -614,11 +634,20 @@ class Mapper:
                     x_local = money_context.multiply(exact, rate)
                 if skip_zero and amount_for == ZERO:
                     entry = None
-                else:
+                elif plain:
                     account = ce.account(es)
                     text = (ce.explanation(es) if ce.explanation else explanation)[:500]
                     entry = new(Entry, (account, ce.side, amount, text, currency, rate_type, rate, amount_for, None,
                                         None, None, None, None, _dimensions(ce, es) if ce.dimensions else {}))
+                else:
+                    p_qty, p_price = ce.paths[3], ce.paths[4]
+                    entry = new(Entry, (
+                        ce.account(es), ce.side, amount, (ce.explanation(es) if ce.explanation else explanation)[:500],
+                        currency, rate_type, rate, amount_for,
+                        _optional_money(ce.quantity, es, p_qty) if ce.quantity is not None else None,
+                        _optional_money(ce.price, es, p_price) if ce.price is not None else None,
+                        ce.unit(es) if ce.unit else None, ce.settle_type(es) if ce.settle_type else None,
+                        ce.settle_no(es) if ce.settle_no else None, _dimensions(ce, es)))
             else:
                 entry, exact, x_local = self._full_entry(ce, es, h, allow_negative, skip_zero)
             if ce.side is _DEBIT:
@@ -687,16 +716,17 @@ class Mapper:
             ce.settle_type(es) if ce.settle_type else None, ce.settle_no(es) if ce.settle_no else None,
             _dimensions(ce, es))), exact, x_local
 
-    def _entry_scopes(self, rule: Rule, s: Mapping[str, Any]) -> list[tuple[CompiledEntry, bool, Mapping[str, Any]]]:
+    def _entry_scopes(self, rule: Rule, s: Mapping[str, Any]
+                      ) -> list[tuple[CompiledEntry, bool, bool, Mapping[str, Any]]]:
         """Each entry with the scope it is evaluated in: per-line entries once per line, with ``line``."""
         if rule.spec.lines is None:
-            return [(ce, plain, s) for ce, plain in rule.entry_plan]
-        out: list[tuple[CompiledEntry, bool, Mapping[str, Any]]] = []
-        for ce, plain in rule.entry_plan:
+            return [(ce, plain, money, s) for ce, plain, money in rule.entry_plan]
+        out: list[tuple[CompiledEntry, bool, bool, Mapping[str, Any]]] = []
+        for ce, plain, money in rule.entry_plan:
             if ce.for_each_line:
-                out.extend((ce, plain, {**s, "line": row}) for row in s["lines"])
+                out.extend((ce, plain, money, {**s, "line": row}) for row in s["lines"])
             else:
-                out.append((ce, plain, s))
+                out.append((ce, plain, money, s))
         if len(out) > MAX_ITEMS:
             raise EvalError("EXPRESSION_ERROR", f"the voucher would have {len(out):,} lines; at most {MAX_ITEMS:,}")
         return out

@@ -694,7 +694,21 @@ class Compiler:
                                                         f"{src!r}") from None
                 left = right
             return True
-        return compare
+        if len(ops) != 1:
+            return compare
+        ((only, right_only),) = ops
+
+        def compare1(s: Scope) -> bool:  # a == b: one comparison, no loop
+            left = first(s)
+            right = right_only(s)
+            try:
+                if not only(left, right):
+                    return False
+            except TypeError:
+                raise EvalError("EXPRESSION_ERROR", f"cannot compare {_short(left)} with {_short(right)} in "
+                                                    f"{src!r}") from None
+            return True
+        return compare1
 
     def _c_CondExpr(self, node: nodes.CondExpr, src: str) -> Compiled:
         test, yes = self._compile(node.test, src), self._compile(node.expr1, src)
@@ -721,6 +735,32 @@ class Compiler:
                 raise
             except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as e:
                 raise EvalError("EXPRESSION_ERROR", f"{name}(): {_short(str(e), 200)}") from None
+        if kwargs or len(args) > 2:
+            return call
+        # The usual calls — lookup('books', row.company), round_half_up(x) — without building an argument tuple:
+        # the same evaluation order, the same errors.
+        if len(args) == 2:
+            a0, a1 = args
+
+            def call2(s: Scope) -> Any:
+                try:
+                    return fn(a0(s), a1(s))
+                except EvalError:
+                    raise
+                except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as e:
+                    raise EvalError("EXPRESSION_ERROR", f"{name}(): {_short(str(e), 200)}") from None
+            return call2
+        if len(args) == 1:
+            (a0,) = args
+
+            def call1(s: Scope) -> Any:
+                try:
+                    return fn(a0(s))
+                except EvalError:
+                    raise
+                except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as e:
+                    raise EvalError("EXPRESSION_ERROR", f"{name}(): {_short(str(e), 200)}") from None
+            return call1
         return call
 
     def _c_Filter(self, node: nodes.Filter, src: str) -> Compiled:
@@ -752,7 +792,17 @@ class Compiler:
                 raise
             except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as e:
                 raise EvalError("EXPRESSION_ERROR", f"filter {name}: {_short(str(e), 200)}") from None
-        return apply
+        if kwargs or args:
+            return apply
+
+        def apply0(s: Scope) -> Any:  # row.x | upper — the usual filter, without an argument tuple
+            try:
+                return fn(inner(s))
+            except EvalError:
+                raise
+            except (TypeError, ValueError, ArithmeticError, KeyError, IndexError) as e:
+                raise EvalError("EXPRESSION_ERROR", f"filter {name}: {_short(str(e), 200)}") from None
+        return apply0
 
     def _c_Test(self, node: nodes.Test, src: str) -> Compiled:
         inner = self._compile(node.node, src)
