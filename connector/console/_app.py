@@ -16,7 +16,9 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
@@ -135,8 +137,10 @@ class Console:
         self.books: Mapping[str, Book] = books if books is not None else _ledger_books(settings)
         self.log_ends = log_ends if log_ends is not None else LogEnds(
             settings.kafka.librdkafka() if settings.kafka.topics else None)
+        #: triage counts run a query per kind side by side (their own pooled connections)
+        self.workers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="console-query")
         self.pool = ConnectionPool(
-            self.dsn, min_size=1, max_size=4, open=False, name="kingdee-cdc-console",
+            self.dsn, min_size=1, max_size=8, open=False, name="kingdee-cdc-console",
             check=ConnectionPool.check_connection, reconnect_timeout=0,
             kwargs={"autocommit": True, "connect_timeout": 3, "application_name": "kingdee-cdc-console",
                     "options": "-c statement_timeout=5000 -c default_transaction_read_only=on"})
@@ -168,6 +172,7 @@ class Console:
         ], exception_handlers={404: self._not_found})
 
     def close(self) -> None:
+        self.workers.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
     # ------------------------------------------------------------------ plumbing
@@ -391,9 +396,14 @@ class Console:
 
         def page() -> Response:
             name, f = self.triage_filter(params)
-            with self.views() as v:  # one count of the whole window: the choices offered, and (filtered) the charts
-                choices = v.triage_counts(TriageFilter(since=f.since, until=f.until, bucket=f.bucket, tz=f.tz))
+            # one count of the whole window (the choices offered; filtered, the charts), a kind per connection, side
+            # by side with the list of events
+            whole = TriageFilter(since=f.since, until=f.until, bucket=f.bucket, tz=f.tz)
+            counted = [self.workers.submit(self._counts, replace(whole, kind=k)) for k in ProblemKind]
+            with self.views() as v:
                 events = v.problem_events(f, limit=200)
+            choices = sorted((c for job in counted for c in job.result()),
+                             key=lambda c: (c.bucket, c.kind, c.source, c.reason))
             counts = [c for c in choices if f.admits(c)]
             return self.render(request, principal, "triage.html", range_name=name, ranges=list(RANGES), f=f,
                                params=params, chart=_script_json(self.chart(f, counts, params)),
@@ -401,6 +411,10 @@ class Console:
                                sources=sorted({c.source for c in choices}), reasons=_reasons(choices),
                                events=events, statuses=list(DeadLetterStatus), message=None, query=urlencode(params))
         return await run_in_threadpool(page)
+
+    def _counts(self, f: TriageFilter) -> list[TriageCount]:
+        with self.views() as v:
+            return v.triage_counts(f)
 
     async def _triage_events(self, request: Request, principal: Principal) -> Response:
         params = dict(request.query_params)
