@@ -33,6 +33,7 @@ from connector.events._model import (
     Tombstone,
     TransactionInfo,
     TransactionMarker,
+    slot_builder,
 )
 from connector.events._types import (
     ConversionError,
@@ -45,13 +46,15 @@ from connector.events._types import (
 )
 
 MAGIC_BYTE: Final = 0
+#: ``SourceInfo(…)`` and ``ChangeEvent(…)`` with every field given positionally, in declaration order (two per record)
+_new_source: Final = slot_builder(SourceInfo)
+_new_event: Final = slot_builder(ChangeEvent)
 #: JSON values are read by msgspec (docs/decisions/0013): numbers with a fraction or exponent as exact Decimals of
 #: their text, like ``json.loads(raw, parse_float=Decimal)``, several times faster. Where msgspec refuses a
 #: document (NaN, a UTF-8 BOM, UTF-16, lone surrogates, integers it cannot hold, nesting, invalid JSON), the
 #: standard library reads it, so every record decodes — or fails, with the same stage and class — exactly as
 #: with the standard library alone (tests/unit/test_decode_json.py compares the two).
 _FAST_JSON: Final = msgspec.json.Decoder(float_hook=Decimal).decode
-_MISSING: Final = object()
 _OPS: Final = {op.value: op for op in Op}
 _MAX_SCHEMAS: Final = 10_000
 
@@ -156,35 +159,26 @@ def _opt_str(v: Any) -> str | None:
 
 
 def _source(src: Any) -> SourceInfo:
-    if not isinstance(src, Mapping):
+    if type(src) is not dict and not isinstance(src, Mapping):
         raise _Failed("envelope", "'source' block is missing or not an object", "BadSourceBlock")
-    snap = src.get("snapshot")
+    get = src.get
+    snap = get("snapshot")
     snapshot = "false" if snap is None or snap is False else "true" if snap is True else str(snap)
-    return SourceInfo(
-        connector=str(src.get("connector") or ""),
-        name=str(src.get("name") or ""),
-        db=str(src.get("db") or ""),
-        schema=_opt_str(src.get("schema")) or None,
-        table=_opt_str(src.get("table")) or None,
-        version=_opt_str(src.get("version")),
-        ts_ms=_opt_int(src.get("ts_ms")),
-        snapshot=snapshot,
-        lsn=_opt_int(src.get("lsn")),
-        tx_id=_opt_int(src.get("txId")),
-        xmin=_opt_int(src.get("xmin")),
-        sequence=_opt_str(src.get("sequence")),
-        file=_opt_str(src.get("file")),
-        pos=_opt_int(src.get("pos")),
-        row=_opt_int(src.get("row")),
-        gtid=_opt_str(src.get("gtid")),
-        server_id=_opt_int(src.get("server_id")),
-        thread=_opt_int(src.get("thread")),
-        query=_opt_str(src.get("query")),
-    )
+    # Fields a connector does not send are None: no conversion call for them (MySQL's for PostgreSQL and back).
+    file, pos, row, gtid, server_id, thread, query = (get("file"), get("pos"), get("row"), get("gtid"),
+                                                       get("server_id"), get("thread"), get("query"))
+    return _new_source(
+        str(get("connector") or ""), str(get("name") or ""), str(get("db") or ""), _opt_str(get("schema")) or None,
+        _opt_str(get("table")) or None, _opt_str(get("version")), _opt_int(get("ts_ms")), snapshot,
+        _opt_int(get("lsn")), _opt_int(get("txId")), _opt_int(get("xmin")), _opt_str(get("sequence")),
+        None if file is None else str(file), None if pos is None else _opt_int(pos),
+        None if row is None else _opt_int(row), None if gtid is None else str(gtid),
+        None if server_id is None else _opt_int(server_id), None if thread is None else _opt_int(thread),
+        None if query is None else str(query))
 
 
 def _transaction(tx: Any) -> TransactionInfo | None:
-    if not isinstance(tx, Mapping) or tx.get("id") is None:
+    if (type(tx) is not dict and not isinstance(tx, Mapping)) or tx.get("id") is None:
         return None
     return TransactionInfo(
         id=str(tx["id"]),
@@ -231,7 +225,7 @@ def _envelope(
     kafka: KafkaCoordinates | None,
     headers: tuple[tuple[str, bytes | None], ...],
 ) -> ChangeEvent | TransactionMarker:
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise _Failed("envelope", f"expected a Debezium envelope object, got {type(payload).__name__}", "NotAnEnvelope")
     if _is_marker(payload):
         return _marker(payload, kafka)
@@ -250,15 +244,13 @@ def _envelope(
     except ConversionError as e:
         raise _Failed("value", str(e), e.kind) from None
     for name, img in (("before", before), ("after", after)):
-        if img is not None and not isinstance(img, Mapping):
+        if img is not None and type(img) is not dict and not isinstance(img, Mapping):
             raise _Failed("envelope", f"'{name}' must be an object or null, got {type(img).__name__}", "BadRowImage")
     if op in (Op.CREATE, Op.READ, Op.UPDATE) and after is None:
         raise _Failed("envelope", f"op '{op.value}' without an 'after' row image", "BadRowImage")
-    return ChangeEvent(
-        op=op, source=source, before=before, after=after, key=key,
-        ts_ms=_opt_int(payload.get("ts_ms")), transaction=_transaction(payload.get("transaction")),
-        message=_message(payload.get("message")) if op is Op.MESSAGE else None,
-        kafka=kafka, headers=headers, float_fields=frozenset(floats))
+    return _new_event(op, source, before, after, key, _opt_int(payload.get("ts_ms")),
+                      _transaction(payload.get("transaction")),
+                      _message(payload.get("message")) if op is Op.MESSAGE else None, kafka, headers, frozenset(floats))
 
 
 def _row_type(envelope: FieldType) -> FieldType:
@@ -297,7 +289,8 @@ class Decoder:
         self._avro: dict[int, _CompiledAvro] = {}
         self._json_schemas: dict[str, Converter] = {}
         self._json_by_bytes: dict[bytes, Converter | None] = {}
-        self._json_schema_lengths: list[int] = []
+        #: (length, bytes, converter) of the schemas seen, in the order first seen
+        self._json_known: list[tuple[int, bytes, Converter | None]] = []
 
     # ------------------------------------------------------------------ public
     def decode_message(self, msg: Any) -> Decoded:
@@ -381,7 +374,7 @@ class Decoder:
                     rec = compiled.key_conv(rec, [])
                 except ConversionError as e:
                     raise _Failed("key", str(e), "BadKey") from None
-            return rec if isinstance(rec, Mapping) else {"key": rec}
+            return rec if type(rec) is dict or isinstance(rec, Mapping) else {"key": rec}
         try:
             doc = self._json(raw, "key")
         except _Failed:
@@ -396,7 +389,7 @@ class Decoder:
                 except ConversionError as e:
                     raise _Failed("key", str(e), "BadKey") from None
             return payload if isinstance(payload, Mapping) else {"key": payload}
-        return doc if isinstance(doc, Mapping) else {"key": doc}
+        return doc if type(doc) is dict or isinstance(doc, Mapping) else {"key": doc}
 
     def _json(self, raw: bytes, stage: str) -> Any:
         if raw[:1] not in (b"{", b"[", b" ", b"\n", b"\t", b"\r", b'"') and not raw[:1].isdigit():
@@ -457,13 +450,11 @@ class Decoder:
         if not value.startswith(self._SCHEMA_PREFIX) or not value.endswith(b"}"):
             return None
         start = len(self._SCHEMA_PREFIX)
-        for length in self._json_schema_lengths:
+        sep = self._PAYLOAD_SEP
+        for length, schema_bytes, conv in self._json_known:  # compared in place: no slice, no hash of the schema
             end = start + length
-            if value[end:end + len(self._PAYLOAD_SEP)] == self._PAYLOAD_SEP:
-                conv = self._json_by_bytes.get(value[start:end], _MISSING)
-                if conv is not _MISSING:
-                    payload = self._json(value[end + len(self._PAYLOAD_SEP):-1], "value")
-                    return conv, payload  # type: ignore[return-value]
+            if value.startswith(sep, end) and value.startswith(schema_bytes, start):
+                return conv, self._json(value[end + len(sep):-1], "value")
         return None
 
     def _remember_schema_bytes(self, value: bytes, conv: Converter | None) -> None:
@@ -479,9 +470,9 @@ class Decoder:
             return
         byte_end = len(text[:end].encode("utf-8"))  # raw_decode counts characters, slices need bytes
         schema_bytes = value[len(self._SCHEMA_PREFIX):byte_end]
+        if schema_bytes not in self._json_by_bytes:
+            self._json_known.append((len(schema_bytes), schema_bytes, conv))
         self._json_by_bytes[schema_bytes] = conv
-        if len(schema_bytes) not in self._json_schema_lengths:
-            self._json_schema_lengths.append(len(schema_bytes))
 
     def _json_row_converter(self, schema: Any) -> Converter | None:
         if not isinstance(schema, Mapping):

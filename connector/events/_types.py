@@ -9,7 +9,6 @@ converter closure, cached per schema, so the per-record cost is one dict walk.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import decimal
 from collections.abc import Callable, Mapping
@@ -142,8 +141,8 @@ def _bytes_of(value: Any, path: str) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
+        try:  # base64.b64decode(value, validate=True) without its Python layers: the same strict decoding
+            return binascii.a2b_base64(value, strict_mode=True)
         except (binascii.Error, ValueError):
             shown = value if len(value) <= 40 else f"{value[:40]}… ({len(value)} characters)"
             raise ConversionError(f"{path}: not base64: {shown!r}", "NotBase64") from None
@@ -181,7 +180,13 @@ def decimal_from_unscaled(raw: bytes, scale: int, path: str = "value") -> Decima
     if not -MAX_DECIMAL_DIGITS <= scale <= MAX_DECIMAL_DIGITS:
         raise ConversionError(f"{path}: decimal scale {scale} is beyond Kafka Connect's ±{MAX_DECIMAL_DIGITS}",
                               "DecimalOutOfRange")
-    return checked_decimal(Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, context=_EXACT), path)
+    d = _SCALEB(Decimal(int.from_bytes(raw, "big", signed=True)), -scale, _EXACT)
+    if len(raw) <= 15 and scale >= 0:
+        return d  # at most 36 digits (2^119 < 10^36), scale 0…38: within Kafka Connect's limits by construction
+    return checked_decimal(d, path)
+
+
+_SCALEB: Final = Decimal.scaleb  #: called positionally: a keyword context costs more than the scaling
 
 
 def decode_base64_decimal(text: str, scale: int) -> Decimal:
@@ -265,17 +270,21 @@ _LOCAL_EPOCH: Final = datetime(1970, 1, 1)
 #: They become naive datetimes, so a 23:30 entry keeps its date. ``ZonedTimestamp`` and Avro's own
 #: ``timestamp-millis``/``-micros`` are instants and stay aware (UTC); mapping converts instants to the
 #: account book's time zone (docs/decisions/0005).
+_FROM_ORDINAL: Final = date.fromordinal
+_EPOCH_ORDINAL: Final = _EPOCH_DATE.toordinal()
 _INT_SEMANTICS: Final[dict[str, tuple[Callable[[int], Any], type | tuple[type, ...]]]] = {
-    "io.debezium.time.Date": (lambda d: _EPOCH_DATE + timedelta(days=d), date),
-    "org.apache.kafka.connect.data.Date": (lambda d: _EPOCH_DATE + timedelta(days=d), date),
-    "avro.date": (lambda d: _EPOCH_DATE + timedelta(days=d), date),
-    "io.debezium.time.Timestamp": (lambda ms: _LOCAL_EPOCH + timedelta(milliseconds=ms), datetime),
-    "org.apache.kafka.connect.data.Timestamp": (lambda ms: _LOCAL_EPOCH + timedelta(milliseconds=ms), datetime),
-    "avro.timestamp-millis": (lambda ms: _EPOCH + timedelta(milliseconds=ms), datetime),
-    "io.debezium.time.MicroTimestamp": (lambda us: _LOCAL_EPOCH + timedelta(microseconds=us), datetime),
-    "avro.timestamp-micros": (lambda us: _EPOCH + timedelta(microseconds=us), datetime),
+    # date.fromordinal and positional timedeltas: the same values (and the same range errors) as
+    # _EPOCH_DATE + timedelta(days=d) and _LOCAL_EPOCH + timedelta(milliseconds=ms), at less than half the cost
+    "io.debezium.time.Date": (lambda d: _FROM_ORDINAL(_EPOCH_ORDINAL + d), date),
+    "org.apache.kafka.connect.data.Date": (lambda d: _FROM_ORDINAL(_EPOCH_ORDINAL + d), date),
+    "avro.date": (lambda d: _FROM_ORDINAL(_EPOCH_ORDINAL + d), date),
+    "io.debezium.time.Timestamp": (lambda ms: _LOCAL_EPOCH + timedelta(0, 0, 0, ms), datetime),
+    "org.apache.kafka.connect.data.Timestamp": (lambda ms: _LOCAL_EPOCH + timedelta(0, 0, 0, ms), datetime),
+    "avro.timestamp-millis": (lambda ms: _EPOCH + timedelta(0, 0, 0, ms), datetime),
+    "io.debezium.time.MicroTimestamp": (lambda us: _LOCAL_EPOCH + timedelta(0, 0, us), datetime),
+    "avro.timestamp-micros": (lambda us: _EPOCH + timedelta(0, 0, us), datetime),
     # Python datetimes stop at microseconds: nanoseconds are truncated (documented in docs/decisions).
-    "io.debezium.time.NanoTimestamp": (lambda ns: _LOCAL_EPOCH + timedelta(microseconds=ns // 1000), datetime),
+    "io.debezium.time.NanoTimestamp": (lambda ns: _LOCAL_EPOCH + timedelta(0, 0, ns // 1000), datetime),
     "io.debezium.time.Time": (lambda ms: _time_of_day(ms * 1000), time),
     "org.apache.kafka.connect.data.Time": (lambda ms: _time_of_day(ms * 1000), time),
     "avro.time-millis": (lambda ms: _time_of_day(ms * 1000), time),
@@ -334,7 +343,7 @@ def compile_struct(t: FieldType, path: str) -> Converter:
     def conv(v: Any, floats: list[str]) -> Any:
         if v is None:
             return None
-        if not isinstance(v, Mapping):
+        if type(v) is not dict and not isinstance(v, Mapping):
             raise ConversionError(f"{path or 'value'}: expected an object, got {type(v).__name__}")
         out = dict(v)
         for fname, c in convs:
