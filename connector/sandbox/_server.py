@@ -350,17 +350,22 @@ class SandboxState:
 
 
 def _num(ref: Any) -> str | None:
-    if isinstance(ref, Mapping):
+    if type(ref) is dict or isinstance(ref, Mapping):  # (a parsed body holds dicts: no ABC check for them)
         v = ref.get("FNumber") if "FNumber" in ref else ref.get("FNUMBER")
         return None if v is None else str(v)
     return None if ref is None else str(ref)
 
 
+_ZERO: Final = Decimal(0)
+
+
 def _dec(v: Any) -> Decimal:
+    if type(v) is Decimal:  # (parsed amounts already are: no round trip through their text)
+        return v
     try:
-        return Decimal(str(v)) if v not in (None, "") else Decimal(0)
+        return Decimal(str(v)) if v not in (None, "") else _ZERO
     except Exception:
-        return Decimal(0)
+        return _ZERO
 
 
 def _status(ok: bool, *, errors: list[dict[str, Any]] | None = None, success: list[dict[str, Any]] | None = None,
