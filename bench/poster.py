@@ -4,6 +4,12 @@ Baseline in the same run: one voucher per Save call, one call at a time (what a 
 The sandbox runs in a process of its own (``bench.sandbox_proc``): in the benchmark's process its request
 handling — parsing and validating every voucher of each BatchSave — would compete with the poster for the
 interpreter and be measured as the poster's time.
+
+Both sides use the product's client limits (``kingdee.rate_limit_per_s``, ``timeout_s``: the defaults) and run
+in ``rounds`` interleaved rounds (the second in reverse order); each keeps its best round, as the other sections
+do, so a noisy neighbour on a shared host costs a round rather than one side of the ratio.
+
+``python -m bench.poster [--rounds N] [--vouchers N]`` prints the table (and the JSON with ``--json``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import psycopg
 
 from bench.worker import tree_cpu_s
 from harness.devstack import REPO_ROOT, EmbeddedPostgres
+from connector.config import KingdeeSettings
 from connector.journal import Journal
 from connector.kingdee import KingdeeClient, KingdeeCredentials
 from connector.kingdee.poster import Poster, PosterOptions
@@ -74,9 +81,11 @@ def sandbox(latency_ms: float, seed: int = 1) -> Iterator[Sandbox]:
 
 
 def _client(sb: Sandbox, concurrency: int) -> KingdeeClient:
+    defaults = KingdeeSettings.model_validate({})  # the limits a deployment gets unless it sets its own
     return KingdeeClient(KingdeeCredentials(server_url=sb.url, acct_id=sb.data_centre, username="integration",
                                             app_id=sb.app_id, app_secret=sb.app_secret),
-                         max_concurrency=concurrency, rate_limit_per_s=10_000, timeout_s=30)
+                         max_concurrency=concurrency, rate_limit_per_s=defaults.rate_limit_per_s,
+                         timeout_s=defaults.timeout_s)
 
 
 def _commits(dsn: str) -> int:
@@ -114,20 +123,43 @@ def _measure(dsn: str, n: int, *, batch: int, concurrency: int, latency_ms: floa
             "postgres_cpu_s": pg_cpu, "commits": commits}
 
 
-def run(n: int = 10_000) -> dict[str, Any]:
+MODES = ("batched", "naive")
+
+
+def run(n: int = 10_000, rounds: int = 2, naive_n: int = 500) -> dict[str, Any]:
+    """``rounds`` interleaved rounds of both modes; ``batched`` and ``naive`` are each mode's best round."""
+    defaults = KingdeeSettings.model_validate({})
+    spec = {"batched": (n, defaults.batch_size, defaults.max_concurrency), "naive": (naive_n, 1, 1)}
+    done: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d, EmbeddedPostgres(Path(d) / "pg", durable=True) as pg:
         pid = pg.proc.pid if pg.proc else None
-        return {"batched": _measure(pg.dsn(), n, batch=100, concurrency=4, latency_ms=20, pg_pid=pid),
-                "naive": _measure(pg.dsn(), 500, batch=1, concurrency=1, latency_ms=20, pg_pid=pid)}
+        for i in range(rounds):
+            measured = {}
+            for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                vouchers, batch, concurrency = spec[mode]
+                measured[mode] = _measure(pg.dsn(), vouchers, batch=batch, concurrency=concurrency, latency_ms=20,
+                                          pg_pid=pid)
+            done.append(measured)
+    best = {mode: max((r[mode] for r in done), key=lambda x: float(x["per_s"])) for mode in MODES}
+    return {**best, "rounds": done}
 
 
 def markdown(r: dict[str, Any]) -> str:
     b, nv = r["batched"], r["naive"]
+    rounds = r.get("rounds") or [r]
+    defaults = KingdeeSettings.model_validate({})
 
     def us(x: dict[str, Any], key: str) -> str:
         return f"{1e6 * x[key] / x['vouchers']:,.0f}"
 
+    def each(mode: str) -> str:
+        return " / ".join(f"{x[mode]['per_s']:,.0f}" for x in rounds)
+
     return "\n".join([
+        f"Client limits as deployed by default (`rate_limit_per_s` {defaults.rate_limit_per_s:g}, `max_concurrency` "
+        f"{defaults.max_concurrency}, `batch_size` {defaults.batch_size}); best of {len(rounds)} interleaved "
+        f"round(s) per mode — batched {each('batched')}, baseline {each('naive')} vouchers/s.",
+        "",
         "| mode | vouchers | time | vouchers/s | Kingdee calls | journal commits | CPU µs per voucher: poster / "
         "sandbox / PostgreSQL | target |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -139,3 +171,22 @@ def markdown(r: dict[str, Any]) -> str:
         f"{us(nv, 'sandbox_cpu_s')} / {us(nv, 'postgres_cpu_s')} | — |",
         f"| ratio | | | {b['per_s'] / nv['per_s']:.0f}× | | | | ≥ 100× |",
     ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.poster", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--vouchers", type=int, default=10_000)
+    ap.add_argument("--json", action="store_true", help="print the measures as JSON too")
+    args = ap.parse_args(argv)
+    r = run(args.vouchers, rounds=args.rounds)
+    print(markdown(r))
+    if args.json:
+        print(json.dumps(r, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
