@@ -115,11 +115,14 @@ def content_digest(v: Voucher) -> str:
     lines.sort()
     # repr((book, date, group, lines)), written out: the same text, without repr's per-container overhead.
     # Amounts, rates and quantities are str() of Decimals, whose repr is the text in single quotes.
+    reprs = _REPRS
+    texts = []
+    for a, side, amount, amount_for, cur, rate_text, dim_items, qty_text in lines:
+        texts.append("(%s, '%s', '%s', '%s', %s, '%s', %s, %s)" % (
+            reprs.get(a) or _text_repr(a), side, amount, amount_for, reprs.get(cur) or _text_repr(cur), rate_text,
+            repr(dim_items) if dim_items else "()", "None" if qty_text is None else f"'{qty_text}'"))
     text = "(%s, '%s', %s, [%s])" % (
-        _text_repr(v.book), (v.original_date or v.date).isoformat(), _text_repr(v.group),
-        ", ".join(["(%s, '%s', '%s', '%s', %s, '%s', %s, %s)" % (
-            _text_repr(a), side, amount, amount_for, _text_repr(cur), rate_text, repr(dims) if dims else "()",
-            "None" if q is None else f"'{q}'") for a, side, amount, amount_for, cur, rate_text, dims, q in lines]))
+        _text_repr(v.book), (v.original_date or v.date).isoformat(), _text_repr(v.group), ", ".join(texts))
     if v.summary is not None:  # the summary it goes into is part of what it books (same text as before otherwise)
         text += repr(v.summary.parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

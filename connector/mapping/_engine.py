@@ -381,7 +381,7 @@ class Mapper:
             before, after = _exact_floats(before), _exact_floats(after)
             row = after if row is event.after else before
         src = event.source
-        return {"row": row, "before": before, "after": after, "key": event.key or {}, "op": event.op.value,
+        return {"row": row, "before": before, "after": after, "key": event.key or {}, "op": _OP_TEXT[event.op],
                 "source": {"system": src.name, "db": src.db, "schema": src.schema, "table": src.table,
                            "ts_ms": src.ts_ms, "lsn": src.lsn, "tx_id": src.tx_id, "snapshot": src.snapshot},
                 "vars": {}}
@@ -597,13 +597,12 @@ class Mapper:
     def _build(self, rule: Rule, s: Mapping[str, Any], src: SourceRef) -> Voucher:
         spec = rule.spec
         h = self._header(rule, s)
-        currency, rate, rate_type, explanation, local_places = h.currency, h.rate, h.rate_type, h.explanation, \
-            h.local_places
+        _, _, local, local_places, _, _, explanation, currency, rate_type, rate = h
         entries: list[Entry] = []
         exact_for: list[Decimal] = []  # per entry, signed: debit +, credit −
         exact_local: list[Decimal] = []
         new = _new_tuple  # positional tuple construction: the hot path builds several entries per event
-        local_rate = currency == h.local and rate == 1
+        local_rate = currency == local and rate == 1
         skip_zero = spec.skip_zero_lines
         places = self.ledger.places(currency)
         step = _STEPS.get(places) or Decimal(1).scaleb(-places)

@@ -505,19 +505,32 @@ class Compiler:
                     self._check_depth(n, source)
                     pieces.append(self._compile(n, source))
 
-        def render(s: Scope) -> str:
-            out = []
-            size = 0
-            for p in pieces:
-                if type(p) is str:
-                    piece = p
+        # The pieces as (expression, the literal text after it), after the literal text before the first: the same
+        # text, and the bound checked at the same points — a literal alone never exceeds it (a template is at most
+        # MAX_SOURCE characters), so the check after an expression includes the literal that follows it.
+        lead = ""
+        tail: list[tuple[Compiled, str]] = []
+        for p in pieces:
+            if type(p) is str:
+                if tail:
+                    tail[-1] = (tail[-1][0], tail[-1][1] + p)
                 else:
-                    v = p(s)  # type: ignore[operator]
-                    piece = v if type(v) is str else _text(v)
-                size += len(piece)
+                    lead += p
+            else:
+                tail.append((p, ""))  # type: ignore[arg-type]
+        lead_size = len(lead)
+
+        def render(s: Scope) -> str:
+            out = [lead]
+            size = lead_size
+            for fn, literal in tail:
+                v = fn(s)
+                piece = v if type(v) is str else _text(v)
+                size += len(piece) + len(literal)
                 if size > MAX_TEXT:
                     raise EvalError("EXPRESSION_ERROR", f"the template builds more than {MAX_TEXT:,} characters")
                 out.append(piece)
+                out.append(literal)
             return "".join(out)
         return render
 
