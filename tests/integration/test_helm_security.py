@@ -62,4 +62,4 @@ def test_probes_wait_for_a_failing_check_and_the_pod_outlives_the_shutdown_grace
     spec = _render("--set", "secrets.existingSecret=vault-cdc")["Deployment"]["spec"]["template"]["spec"]
     container = spec["containers"][0]
     assert container["readinessProbe"]["timeoutSeconds"] >= 3 and container["livenessProbe"]["timeoutSeconds"] >= 3
-    assert spec["terminationGracePeriodSeconds"] > ServiceSettings().shutdown_grace_s
+    assert spec["terminationGracePeriodSeconds"] > ServiceSettings.model_fields["shutdown_grace_s"].default

@@ -183,12 +183,14 @@ def test_a_hundred_thousand_receipts_become_exactly_the_expected_summary_and_adj
         src.delete(i)
     phase1 = src.flush()
 
-    def alive(proc: subprocess.Popen[bytes]) -> None:
+    def alive(proc: subprocess.Popen[bytes]) -> bool:
+        """False while it runs (so ``alive(p) or …`` waits for the condition); fails the test once it stopped."""
         assert proc.poll() is None, f"kingdee-cdc stopped ({proc.returncode}): {log.read_text()[-2000:]}"
+        return False
 
     def outcomes() -> int:
-        return int(rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0]) if rows(
-            pg_dsn, "SELECT to_regclass('kdcdc.event_log') IS NOT NULL")[0][0] else 0
+        return int(rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0]) if rows(
+            pg_dsn, "SELECT to_regclass('kdcdc.event_records') IS NOT NULL")[0][0] else 0
 
     kills: list[int] = []
     for _ in range(3):  # crashes while the day is being journaled
