@@ -332,13 +332,21 @@ class KingdeeHop:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CarrierHop:
-    """A voucher that carries this one into Kingdee in its place: a summary voucher (decision 0007). The journal
-    has none yet; ``JournalViews._carriers`` is where they will be read, and the trace page already shows them."""
+    """A voucher that carries this one into Kingdee in its place: the summary voucher (decision 0007) of the summary
+    the voucher contributed to, once that summary closed (``JournalViews._carriers``)."""
 
     key: str
     status: VoucherStatus
     kingdee_number: str | None
     at: datetime | None
+
+
+class _CarrierRow(NamedTuple):
+    contribution: str
+    key: str
+    status: str
+    kingdee_number: str | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1117,8 +1125,19 @@ class JournalViews:
         return tuple(out)
 
     def _carriers(self, keys: Sequence[str]) -> dict[str, tuple[CarrierHop, ...]]:
-        """The summary vouchers carrying each of ``keys`` (decision 0007; none until the journal records them)."""
-        return {}
+        """The summary voucher carrying each of ``keys`` (decision 0007): a contribution's summary, once it closed,
+        with the summary voucher's status, Kingdee number and when it was settled."""
+        if not keys:
+            return {}
+        out: dict[str, tuple[CarrierHop, ...]] = {}
+        for c in self.rows(_CarrierRow, self.q(
+                "SELECT v.key AS contribution, sv.key, sv.status, sv.kingdee_number, sv.updated_at "
+                "FROM {s}.vouchers v JOIN {s}.summaries s ON s.id = v.summary_id "
+                "JOIN {s}.vouchers sv ON sv.key = s.voucher_key WHERE v.key = ANY(%s)"), (list(keys),)):
+            out[c.contribution] = (CarrierHop(key=c.key, status=VoucherStatus(c.status),
+                                              kingdee_number=c.kingdee_number,
+                                              at=c.updated_at if c.status != VoucherStatus.JOURNALED else None),)
+        return out
 
     def _feedback(self, event_ids: Sequence[str]) -> list[FeedbackHop]:
         if not event_ids:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from connector.events import ChangeEvent, KafkaCoordinates
 from connector.journal import Closed, EventRecord, Journal, Outcome, SummaryState, list_summaries
+from connector.journal.views import JournalViews, SourceRow
 from connector.kingdee.poster import Poster, PosterOptions
 from connector.ledger import RowRef, Voucher, canonical_pk, voucher_from_json
 from connector.mapping import Mapper, load_rules
@@ -409,3 +410,19 @@ def test_metrics_show_open_held_and_overdue_summaries(make_world: Callable[..., 
         assert gauges()[("kingdee_cdc_summaries_overdue", ())] == 2
     finally:
         backlog.close()
+
+
+def test_the_console_trace_shows_the_summary_voucher_carrying_a_row(world: World, sandbox: RunningSandbox) -> None:
+    world.write(1)
+    world.write(2)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        views = JournalViews(conn, group="summaries")
+        row = SourceRow(system="pos", table="posdb.public.sales_order", pk=canonical_pk({"id": 1}))
+        (before,) = views.row_trace(row).vouchers
+        assert before.carried_by == ()  # its summary is still open
+        world.close_all()
+        world.post(sandbox)
+        (after,) = views.row_trace(row).vouchers
+    number = rows(world.dsn, "SELECT kingdee_number FROM kdcdc.vouchers WHERE kind = 'summary'")[0][0]
+    assert [(c.status, c.kingdee_number) for c in after.carried_by] == [("POSTED", number)]
+    assert after.carried_by[0].at is not None
