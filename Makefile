@@ -16,7 +16,7 @@ HELM   := $(TOOLS)/helm
 COMPOSECHECK := $(TOOLS)/composecheck
 HELM_VERSION := v3.16.4
 
-.PHONY: setup tools browser console-screenshots test unit integration typecheck demo bench bench-profile dev-up dev-down clean
+.PHONY: setup tools browser console-screenshots test unit integration typecheck demo bench bench-console bench-profile dev-up dev-down clean
 
 setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(APICURIO)
 
@@ -89,6 +89,10 @@ demo: setup
 # Every benchmark in one run (≈ 5–15 min) → docs/benchmarks.md and docs/benchmarks.json.
 bench: setup $(CONNECT_JARS) $(JDBC_SINK)
 	$(PY) -m bench.run
+
+# The operator console's page times on a 10-million-event journal (fills it in SQL: ~10 minutes) → docs/.
+bench-console: setup
+	$(PY) -m bench.console --json docs/benchmarks-console.json --markdown docs/benchmarks-console.md
 
 # A py-spy profile of the pipeline process during a sustained run → docs/profiles/ (py-spy from PyPI, once).
 bench-profile: setup

@@ -274,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=20, help="timed requests per page")
     ap.add_argument("--dsn", help="PostgreSQL whose user may create databases (default: an embedded server)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--markdown", type=Path, help="also write them as a document here (docs/benchmarks-console.md)")
     ap.add_argument("--reuse", action="store_true", help="with --dsn: time the pages of a journal an earlier run "
                                                           "filled with the same --events (no fill)")
     a = ap.parse_args(argv)
@@ -305,7 +306,30 @@ def _run(dsn: str, a: argparse.Namespace) -> int:
     print(f"\n{'every page under 200 ms (p95)' if not slow else 'over 200 ms: ' + ', '.join(slow)}")
     if a.json:
         a.json.write_text(json.dumps({"events": a.events, "fill_s": fill_times, "pages": results}, indent=2))
+    if a.markdown:
+        a.markdown.write_text(document(a.events, a.repeat, results, fill_times, slow))
     return 1 if slow else 0
+
+
+def document(events: int, repeat: int, results: Sequence[dict[str, Any]], fill_times: dict[str, float],
+             slow: Sequence[str]) -> str:
+    """docs/benchmarks-console.md: how the journal was made, the page times, the verdict."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    how = (__doc__ or "").split("\n\n", 1)[1].split("\nRun:")[0].strip().replace("``", "`")
+    fill = " + ".join(f"{v:.0f} s ({k})" for k, v in fill_times.items())
+    return "\n".join([
+        "# Benchmarks: the operator console", "",
+        f"Produced by `make bench-console` (`python -m bench.console`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; load average at the end "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}. Kept apart from `make bench` (docs/benchmarks.md): "
+        "filling the journal alone takes minutes.", "",
+        f"A journal of **{events:,} events**; each page requested over HTTP {repeat} times after 3 warm-up requests.", "",
+        how, "", table(results), "",
+        "Every page under 200 ms (p95)." if not slow else f"Over 200 ms (p95): {', '.join(slow)}.",
+        "" if not fill else f"Filling the journal took {fill}.", ""])
 
 
 if __name__ == "__main__":

@@ -277,6 +277,8 @@ def document(res: dict[str, Any], ms: list[Measure], meta: dict[str, Any]) -> st
         if key in res:
             title, text = _TEXT[key]
             out += [f"## {title}", "", _docstring_text(text), "", _MARKDOWN[key](res[key]), ""]
+    out += ["## Console", "", "The operator console's page times on a journal of 10 million events are measured apart "
+            "(`make bench-console`, about 10 minutes): docs/benchmarks-console.md.", ""]
     return "\n".join(out)
 
 
