@@ -31,6 +31,7 @@ key                                    default          meaning
 ``mapping.rules_dir``                  ``rules``        directory of YAML mapping rules
 ``feedback.topic_prefix``              ``kingdee-cdc.feedback``  feedback topics: ``<prefix>.<source system>``
 ``feedback.format``                    ``json``         or ``avro`` (through the schema registry)
+``feedback.journaled``                 ``[]``           source systems told JOURNALED per new voucher (``*``: all)
 ``mapping.chart_source``               ``file``         chart of accounts from ledger.yaml, or ``kingdee`` (BD_Account)
 ``errors.tolerance``                   ``all``          ``all``: dead-letter and continue; ``none``: stop
 ``transactions.group``                 true             map a header with its lines of one source transaction
@@ -264,6 +265,9 @@ class FeedbackSettings(_Section):
     topic_prefix: str = Field("kingdee-cdc.feedback", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
     #: ``avro`` needs schema_registry.url (schema schemas/feedback.event.avsc, subject <topic>-value)
     format: Literal["json", "avro"] = "json"
+    #: source systems told JOURNALED for each new voucher (``["*"]``: every system). Opt-in (decision 0011):
+    #: POSTED, REJECTED, REJECTED_BY_KINGDEE, REVERSED and DEAD_LETTERED are always sent.
+    journaled: list[str] = Field(default_factory=list)
 
 
 class MetricsSettings(_Section):

@@ -122,6 +122,11 @@ def _rewind(journal: Journal, topic: str, partition: int, offset: int, *, actor:
     conn = journal.conn
     args = (journal.group, topic, partition, offset)
     cleared: dict[str, int] = {}
+    # a range of skipped records (decision 0012) that straddles the new position keeps the records before it
+    conn.execute(journal.q(
+        "UPDATE {s}.event_log SET last_offset = CASE WHEN %(o)s - 1 > kafka_offset THEN %(o)s - 1 END "
+        "WHERE consumer_group = %(g)s AND topic = %(t)s AND kafka_partition = %(p)s AND kafka_offset < %(o)s "
+        "AND last_offset >= %(o)s"), {"g": journal.group, "t": topic, "p": partition, "o": offset})
     for table in _PER_RECORD:
         cur = conn.execute(sql.SQL("DELETE FROM {s}.{t} WHERE consumer_group = %s AND topic = %s AND "
                                    "kafka_partition = %s AND kafka_offset >= %s").format(

@@ -69,7 +69,8 @@ def journal_dsn(settings: Settings) -> str:
 
 
 def build_journal(settings: Settings) -> Journal:
-    return Journal(journal_dsn(settings), schema=settings.journal.schema_name, group=settings.kafka.group_id)
+    return Journal(journal_dsn(settings), schema=settings.journal.schema_name, group=settings.kafka.group_id,
+                   journaled_feedback=settings.feedback.journaled)
 
 
 def build_pipeline(settings: Settings, *, metrics: PipelineMetrics | None = None) -> Pipeline:

@@ -373,7 +373,7 @@ class _Progress(NamedTuple):
 def _progress(dsn: str, group: str) -> _Progress:
     from connector.journal import IN_KINGDEE, UNSETTLED, Outcome, SummaryState, VoucherStatus
 
-    journaled, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = %s) FROM kdcdc.event_log "
+    journaled, rejected = _q(dsn, "SELECT count(*), count(*) FILTER (WHERE outcome = %s) FROM kdcdc.event_records "
                                   "WHERE consumer_group = %s", Outcome.REJECTED, group)[0]
     stat: dict[str, int] = dict(_q(dsn, "SELECT status, count(*) FROM kdcdc.vouchers GROUP BY 1"))
     unsent = _q(dsn, "SELECT count(*) FROM kdcdc.outbox WHERE sent_at IS NULL")[0][0]
@@ -483,7 +483,7 @@ def _summary(dsn: str, group: str, total: int, elapsed: float, client: KingdeeCl
     feedback, and a voucher to look at; True when everything is journaled and settled and the books tie."""
     from connector.journal import UNSETTLED
 
-    outcomes = dict(_q(dsn, "SELECT outcome, count(*) FROM kdcdc.event_log WHERE consumer_group = %s GROUP BY 1",
+    outcomes = dict(_q(dsn, "SELECT outcome, count(*) FROM kdcdc.event_records WHERE consumer_group = %s GROUP BY 1",
                        group))
     done = sum(outcomes.values())
     print(f"\n== summary: {done:,}/{total:,} change events journaled in {elapsed:.1f}s "

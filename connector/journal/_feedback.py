@@ -8,16 +8,26 @@ with one difference kept for existing consumers: the schema's ``note`` is the pa
 
 from __future__ import annotations
 
-import json
-from typing import Final, NamedTuple
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+import msgspec
 
 from connector.events import KafkaCoordinates
 from connector.journal._status import FeedbackStatus
 from connector.ledger import Rejection, Voucher, VoucherKind
 
 
-#: JSON text of journal payloads (non-ASCII kept as is: explanations and reasons are often Chinese)
-to_json: Final = json.JSONEncoder(ensure_ascii=False).encode
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def _to_json(obj: Any) -> str:
+    return _ENCODER.encode(obj).decode()
+
+
+#: JSON text of journal payloads (outbox, audit detail): compact, non-ASCII kept as is (explanations and reasons
+#: are often Chinese); msgspec (decision 0009), several times faster than the standard library's encoder
+to_json: Final[Callable[[Any], str]] = _to_json
 
 
 class FeedbackSource(NamedTuple):

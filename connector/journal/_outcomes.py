@@ -1,15 +1,19 @@
 """A batch's outcomes as journal rows — pure: records in, rows for each table out (the journal COPYs them).
 
-Besides its vouchers, each consumed record adds one event-log row (its outcome), and by outcome: rejection
-rows, a dead-letter row, an audit row and a feedback event. The column names of each row type are the
-table's, so the COPY statements are written from them.
+Besides its vouchers, each consumed record adds one event-log row (its outcome) — except that a run of
+skipped records without a change event (tombstones, transaction markers) of one partition shares one row, a
+range (decision 0012) — and by outcome: rejection rows, a dead-letter row, an audit row and a feedback event
+(rejected and dead-lettered records), and a JOURNALED feedback event per new voucher for the source systems
+that asked for it (decision 0011). New vouchers and duplicates get no audit row of their own: the batch's
+audit row counts them and each voucher row names its batch (decision 0010). The column names of each row
+type are the table's, so the COPY statements are written from them.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -70,6 +74,7 @@ class EventLogRow(NamedTuple):
     topic: str
     kafka_partition: int
     kafka_offset: int
+    last_offset: int | None  #: a range of skipped records: its last offset (``None``: one record)
     outcome: Outcome
     source_system: str | None
     source_table: str | None
@@ -122,22 +127,31 @@ def final_outcome(rec: EventRecord, keys: Sequence[str], inserted: Collection[st
     return rec.outcome
 
 
+def _nobody(system: str) -> bool:
+    return False
+
+
 @dataclass(slots=True)
 class OutcomeRows:
     """The rows a batch's records add besides their vouchers, table by table."""
 
     group: str
+    #: which source systems are told JOURNALED for each new voucher
+    journaled: Callable[[str], bool] = _nobody
     event_log: list[EventLogRow] = field(default_factory=list)
     rejections: list[RejectionRow] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     outbox: list[FeedbackEvent] = field(default_factory=list)
     audit: list[AuditRow] = field(default_factory=list)
+    #: (topic, partition) → index in ``event_log`` of the range a next skipped record may extend
+    _open_range: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, records: Sequence[EventRecord], inserted: Collection[str], *, group: str,
-           result: BatchResult) -> OutcomeRows:
-        """Rows for ``records`` (``inserted``: the voucher keys this batch journaled); counts into ``result``."""
-        rows = cls(group)
+           result: BatchResult, journaled: Callable[[str], bool] = _nobody) -> OutcomeRows:
+        """Rows for ``records`` (``inserted``: the voucher keys this batch journals); counts into ``result``.
+        ``journaled``: whether a source system is told JOURNALED for each new voucher."""
+        rows = cls(group, journaled)
         for rec in records:
             keys = voucher_keys(rec)
             outcome = final_outcome(rec, keys, inserted)
@@ -146,30 +160,45 @@ class OutcomeRows:
         return rows
 
     def add(self, rec: EventRecord, outcome: Outcome, keys: list[str], inserted: Collection[str]) -> None:
-        source = _source(rec)
         k, ev = rec.kafka, rec.event
+        tp = (k.topic, k.partition)
+        if outcome is Outcome.SKIPPED and ev is None:
+            self._skip(rec)
+            return
+        self._open_range.pop(tp, None)
+        source = _source(rec)
         self.event_log.append(EventLogRow(
-            self.group, k.topic, k.partition, k.offset, outcome, ev.source.name if ev is not None else None,
+            self.group, k.topic, k.partition, k.offset, None, outcome, ev.source.name if ev is not None else None,
             source.table, source.pk, source.position, source.op, keys, rec.detail, k.timestamp_ms))
         if outcome is Outcome.VOUCHERED:
             self._vouchered(rec, source, inserted)
-        elif outcome is Outcome.DUPLICATE:
-            self.audit.append(AuditRow.of(ACTOR, AuditAction.DUPLICATE_SKIPPED, keys[0],
-                                          {"keys": keys, **_coords(k)}))
         elif outcome is Outcome.REJECTED:
             self._rejected(rec, source)
         elif outcome is Outcome.DEAD_LETTERED:
             self._dead_lettered(rec, source)
 
+    def _skip(self, rec: EventRecord) -> None:
+        """A skipped record without a change event: extends the partition's range when the record before it
+        in the batch was one too, else opens a range."""
+        k = rec.kafka
+        tp = (k.topic, k.partition)
+        at = self._open_range.get(tp)
+        if at is not None:
+            row = self.event_log[at]
+            detail = row.detail if rec.detail in (row.detail or "").split(", ") else f"{row.detail}, {rec.detail}"
+            self.event_log[at] = row._replace(last_offset=k.offset, detail=detail)
+            return
+        self._open_range[tp] = len(self.event_log)
+        self.event_log.append(EventLogRow(self.group, k.topic, k.partition, k.offset, None, Outcome.SKIPPED, None,
+                                          None, None, None, None, [], rec.detail, k.timestamp_ms))
+
     def _vouchered(self, rec: EventRecord, source: FeedbackSource, inserted: Collection[str]) -> None:
-        coords = _coords(rec.kafka)
+        if not self.journaled(source.system):
+            return
         for v in rec.vouchers:
-            if v.key not in inserted:
-                continue
-            self.audit.append(AuditRow.of(ACTOR, AuditAction.JOURNALED, v.key, {
-                "rule": v.rule_id, "kind": v.kind.value, "reverses": v.reverses, **coords}))
-            self.outbox.append(FeedbackEvent.for_voucher(FeedbackStatus.JOURNALED, v, source=source,
-                                                         kafka=rec.kafka))
+            if v.key in inserted:
+                self.outbox.append(FeedbackEvent.for_voucher(FeedbackStatus.JOURNALED, v, source=source,
+                                                             kafka=rec.kafka))
 
     def _rejected(self, rec: EventRecord, source: FeedbackSource) -> None:
         k = rec.kafka

@@ -92,8 +92,12 @@ OPEN_COPIES: Final = (CopyState.FOUND, CopyState.NEEDS_HUMAN)
 class AuditAction(enum.StrEnum):
     """``audit.action``: what happened, by whom is the row's ``actor``."""
 
+    #: a batch of the pipeline: its offsets and outcomes; the vouchers it journaled name it (``batch_id``)
+    BATCH_JOURNALED = "BATCH_JOURNALED"
+    #: a voucher journaled outside the consumed stream (``replay --repost-changed``); before 0009 also the
+    #: pipeline's, one row per voucher
     JOURNALED = "JOURNALED"
-    DUPLICATE_SKIPPED = "DUPLICATE_SKIPPED"
+    DUPLICATE_SKIPPED = "DUPLICATE_SKIPPED"  #: before 0009: a redelivered change (now counted in its batch's row)
     REJECTED = "REJECTED"
     DEAD_LETTERED = "DEAD_LETTERED"
     # the poster: a settled voucher's new status, and what it did on the way

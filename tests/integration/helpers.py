@@ -112,13 +112,29 @@ def produce(bootstrap: str, topic: str, n: int, *, wire: str = "json", registry:
 
 
 def make_pipeline(bootstrap: str, dsn: str, topics: list[str], *, group: str | None = None, registry: Any = None,
-                  dlq: str = "", tolerance: str = "all", batch_size: int = 500, rules: Path = RULES) -> Pipeline:
-    journal = Journal(dsn, group=group or f"g-{uuid.uuid4().hex[:8]}")
+                  dlq: str = "", tolerance: str = "all", batch_size: int = 500, rules: Path = RULES,
+                  journaled_feedback: tuple[str, ...] = ()) -> Pipeline:
+    journal = Journal(dsn, group=group or f"g-{uuid.uuid4().hex[:8]}", journaled_feedback=journaled_feedback)
     processor = Processor(Decoder(RegistrySchemas(registry) if registry is not None else None),
                           Mapper(load_rules(rules)))
     return Pipeline(consumer_conf={"bootstrap.servers": bootstrap, "group.id": journal.group, "log_level": "3"},
                     topics=topics, journal=journal, processor=processor,
                     options=PipelineOptions(dead_letter_topic=dlq, tolerance=tolerance, batch_size=batch_size))
+
+
+def tamper_lines(dsn: str, key: str, edit: Callable[[list[list[Any]]], None]) -> None:
+    """Change voucher ``key``'s lines behind the triggers' back (what reconciliation must notice): its entries
+    live in its payload (migration 0009), so the payload is edited with the vouchers' triggers off."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT payload FROM kdcdc.vouchers WHERE key = %s", (key,)).fetchone()
+        assert found is not None, key
+        doc = json.loads(bytes(found[0]))
+        edit(doc["entries"])
+        with conn.transaction():
+            conn.execute("ALTER TABLE kdcdc.vouchers DISABLE TRIGGER USER")
+            conn.execute("UPDATE kdcdc.vouchers SET payload = %s WHERE key = %s",
+                         (json.dumps(doc, ensure_ascii=False).encode(), key))
+            conn.execute("ALTER TABLE kdcdc.vouchers ENABLE TRIGGER USER")
 
 
 def rows(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:

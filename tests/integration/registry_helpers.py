@@ -114,7 +114,7 @@ def journal_content(dsn: str, group: str) -> dict[str, Any]:
                               "FROM kdcdc.vouchers ORDER BY key"),
         "entries": rows(dsn, "SELECT voucher_key, seq, account, side, amount, currency, rate, amount_for, "
                              "dimensions::text, explanation FROM kdcdc.entries ORDER BY voucher_key, seq"),
-        "outcomes": rows(dsn, "SELECT source_system, source_table, op, outcome, count(*) FROM kdcdc.event_log "
+        "outcomes": rows(dsn, "SELECT source_system, source_table, op, outcome, count(*) FROM kdcdc.event_records "
                               "WHERE consumer_group = %s GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", group),
         "rejections": rows(dsn, "SELECT source_system, source_pk, code FROM kdcdc.rejections ORDER BY 1, 2, 3"),
     }

@@ -105,7 +105,7 @@ def test_business_changes_become_posted_vouchers_and_feedback(
     make_pipeline(kafka_bootstrap, pg_dsn, topics, group=group).run(max_idle_s=3)
 
     # Exactly one outcome per Kafka record, offsets at the log end.
-    outcomes = rows(pg_dsn, "SELECT topic, count(*), count(DISTINCT kafka_offset) FROM kdcdc.event_log "
+    outcomes = rows(pg_dsn, "SELECT topic, count(*), count(DISTINCT kafka_offset) FROM kdcdc.event_records "
                             "WHERE consumer_group = %s GROUP BY topic", group)
     assert {t: (n, d) for t, n, d in outcomes} == {t: (n, n) for t, n in produced.items()}
     offsets = dict(rows(pg_dsn, "SELECT topic, next_offset FROM kdcdc.offsets WHERE consumer_group = %s", group))
@@ -113,13 +113,13 @@ def test_business_changes_become_posted_vouchers_and_feedback(
     unbalanced = rows(pg_dsn, "SELECT voucher_key FROM kdcdc.entries GROUP BY voucher_key HAVING "
                               "sum(amount) FILTER (WHERE side = 'debit') <> sum(amount) FILTER (WHERE side = 'credit')")
     assert unbalanced == []
-    ops = rows(pg_dsn, "SELECT op, outcome, count(*) FROM kdcdc.event_log WHERE consumer_group = %s AND "
+    ops = rows(pg_dsn, "SELECT op, outcome, count(*) FROM kdcdc.event_records WHERE consumer_group = %s AND "
                        "topic = 'pos.public.sales_order' GROUP BY 1, 2 ORDER BY 1, 2", group)
     assert ("r", "VOUCHERED", 3) in ops and ("d", "VOUCHERED", 1) in ops
     assert ("u", "VOUCHERED", 2) in ops and ("u", "SKIPPED", 1) in ops  # the no-op update posts nothing
     assert ("c", "REJECTED", 1) in ops  # the credit sale without a customer
     # The order lines have no rule of their own: recorded as skipped, nothing lost.
-    lines = rows(pg_dsn, "SELECT DISTINCT outcome FROM kdcdc.event_log WHERE topic = 'pos.public.sales_order_line'")
+    lines = rows(pg_dsn, "SELECT DISTINCT outcome FROM kdcdc.event_records WHERE topic = 'pos.public.sales_order_line'")
     assert lines == [("SKIPPED",)]
 
     sb: RunningSandbox = start_sandbox(seed=3)

@@ -108,7 +108,8 @@ def start() -> Iterator[Start]:
 
 def _verify(dsn: str, group: str, topic: str, partitions: int, total: int, bootstrap: str,
             expected: set[str], expected_entries: int, expected_dead: int) -> dict[str, Any]:
-    q = "SELECT kafka_partition, count(*), min(kafka_offset), max(kafka_offset) FROM kdcdc.event_log " \
+    # event_records: one row per record (a range of skipped records is one event_log row: decision 0012)
+    q = "SELECT kafka_partition, count(*), min(kafka_offset), max(kafka_offset) FROM kdcdc.event_records " \
         "WHERE consumer_group = %s GROUP BY 1"
     per_part = {r[0]: r[1:] for r in rows(dsn, q, group)}
     ends = {p: n for (_, p), n in log_end(bootstrap, [topic]).items()}
@@ -124,9 +125,17 @@ def _verify(dsn: str, group: str, topic: str, partitions: int, total: int, boots
     assert keys == expected, f"{len(keys - expected)} unexpected, {len(expected - keys)} missing vouchers"
     (entries,) = rows(dsn, "SELECT count(*) FROM kdcdc.entries")[0]
     assert entries == expected_entries
-    (audited,) = rows(dsn, "SELECT count(DISTINCT voucher_key) FROM kdcdc.audit WHERE action = 'JOURNALED'")[0]
-    (audit_rows,) = rows(dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'JOURNALED'")[0]
-    assert audited == audit_rows == len(expected)
+    # The audit trail (decision 0010): each voucher names the audit row of the batch that journaled it, and that
+    # row's offsets hold the voucher's record; the committed batches count exactly the vouchers there are.
+    (orphans,) = rows(dsn, "SELECT count(*) FROM kdcdc.vouchers v LEFT JOIN kdcdc.audit a ON a.id = v.batch_id "
+                           "AND a.action = 'BATCH_JOURNALED' AND a.detail->>'group' = %s AND v.kafka_offset >= "
+                           "(a.detail->'offsets'->(v.topic || '[' || v.kafka_partition || ']')->>0)::bigint "
+                           "AND v.kafka_offset < (a.detail->'offsets'->(v.topic || '[' || v.kafka_partition || ']')"
+                           "->>1)::bigint WHERE a.id IS NULL", group)[0]
+    assert orphans == 0, f"{orphans} vouchers without the audit row of their batch"
+    (audit_rows, counted) = rows(dsn, "SELECT count(*), sum((detail->>'vouchers')::int) FROM kdcdc.audit "
+                                      "WHERE action = 'BATCH_JOURNALED' AND detail->>'group' = %s", group)[0]
+    assert counted == len(expected)
     (unbalanced,) = rows(dsn, "SELECT count(*) FROM (SELECT voucher_key FROM kdcdc.entries GROUP BY 1 HAVING "
                               "sum(CASE side WHEN 'debit' THEN amount ELSE -amount END) <> 0) x")[0]
     assert unbalanced == 0
@@ -134,7 +143,7 @@ def _verify(dsn: str, group: str, topic: str, partitions: int, total: int, boots
     assert dead == expected_dead, f"{dead} dead letters, expected {expected_dead} (the poison records)"
     assert logged == total
     return {"records": logged, "vouchers": len(keys), "entries": entries, "dead_letters": dead,
-            "audit_journaled": audit_rows, "partitions": dict(sorted(ends.items()))}
+            "audit_batches": audit_rows, "partitions": dict(sorted(ends.items()))}
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
@@ -161,7 +170,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        progress.append(rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] if _has_journal(pg_dsn) else 0)
+        progress.append(rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0] if _has_journal(pg_dsn) else 0)
     proc = start(cfg, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     report = _verify(pg_dsn, group, topic, partitions, total, kafka_bootstrap, expected, expected_entries,
@@ -174,12 +183,21 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
 
 def _wait_for_outcomes(dsn: str, at_least: int, timeout: float = 60.0) -> None:
-    wait_for(lambda: _has_journal(dsn) and rows(dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] >= at_least,
+    wait_for(lambda: _has_journal(dsn) and rows(dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0] >= at_least,
              timeout, f"{at_least} outcomes in the journal")
 
 
 def _has_journal(dsn: str) -> bool:
-    return bool(rows(dsn, "SELECT to_regclass('kdcdc.event_log') IS NOT NULL")[0][0])
+    return bool(rows(dsn, "SELECT to_regclass('kdcdc.event_records') IS NOT NULL")[0][0])
+
+
+def _journaled_by(dsn: str, group: str) -> dict[str, set[str]]:
+    """Which partitions each instance (host:pid) journaled batches of, from the batches' audit rows."""
+    out: dict[str, set[str]] = {}
+    for owner, part in rows(dsn, "SELECT DISTINCT detail->>'owner', jsonb_object_keys(detail->'offsets') "
+                                 "FROM kdcdc.audit WHERE action = 'BATCH_JOURNALED' AND detail->>'group' = %s", group):
+        out.setdefault(owner, set()).add(part)
+    return out
 
 
 def test_two_instances_with_one_killed_and_restarted(
@@ -194,12 +212,23 @@ def test_two_instances_with_one_killed_and_restarted(
     cfg_b = _config(tmp_path, kafka_bootstrap, pg_dsn, topic, group, "b")
     a = start(cfg_a, tmp_path / "a.log", idle=12)
     b = start(cfg_b, tmp_path / "b.log", idle=12)
+    everything = {(topic, p) for p in range(partitions)}
+
+    def split() -> bool:  # the group shares the partitions out: each instance reads its own, none twice
+        state, members = group_assignment(kafka_bootstrap, group)
+        shares = [members.get(f"{group}-a", set()), members.get(f"{group}-b", set())]
+        return state == "STABLE" and all(shares) and not shares[0] & shares[1] and shares[0] | shares[1] == everything
+    wait_for(split, 60, "the group to split the partitions between a and b",
+             observe=lambda: group_assignment(kafka_bootstrap, group))
+    shares = group_assignment(kafka_bootstrap, group)[1]
+    # both journal their own partitions side by side (each batch's audit row names its instance and offsets)
+    wait_for(lambda: _has_journal(pg_dsn) and len(_journaled_by(pg_dsn, group)) == 2, 60,
+             "batches journaled by both instances", observe=lambda: _journaled_by(pg_dsn, group))
     _wait_for_outcomes(pg_dsn, total // 10)
     b.send_signal(signal.SIGKILL)  # b dies holding partitions: a takes them over after the session timeout
     b.wait()
-    mid = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] if _has_journal(pg_dsn) else 0
+    mid = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0] if _has_journal(pg_dsn) else 0
     # After session.timeout.ms the broker drops b and the group rebalances all partitions onto a.
-    everything = {(topic, p) for p in range(partitions)}
 
     def a_owns_everything() -> bool:
         assert a.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
@@ -214,4 +243,5 @@ def test_two_instances_with_one_killed_and_restarted(
     assert 0 < mid < total, f"the kill did not land mid-stream ({mid} of {total})"
     owners = rows(pg_dsn, "SELECT count(DISTINCT owner) FROM kdcdc.offsets WHERE consumer_group = %s", group)[0][0]
     with capsys.disabled():
-        print(f"\n[rebalance] killed one of two instances at {mid} outcomes; final owners {owners}; checked {report}")
+        print(f"\n[rebalance] partitions split {({m: sorted(p for _, p in tps) for m, tps in shares.items()})}; killed "
+              f"one of two instances at {mid} outcomes; final owners {owners}; checked {report}")

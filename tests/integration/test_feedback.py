@@ -27,7 +27,10 @@ def test_every_change_gets_its_status_in_key_order_despite_a_relay_crash(
     topic = topic_factory("fb", partitions=2)
     produce(kafka_bootstrap, topic, 1000, seed=12)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group).run(max_idle_s=3)
+    # JOURNALED is opt-in per source system (decision 0011): pos asks for it, the others are told the rest
+    make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group, journaled_feedback=("pos",)).run(max_idle_s=3)
+    journaled = {s for (s,) in rows(pg_dsn, "SELECT DISTINCT source_system FROM kdcdc.outbox WHERE status = 'JOURNALED'")}
+    assert journaled == {"pos"}, journaled
     sb = start_sandbox(seed=2)
     try:
         journal = Journal(pg_dsn, group=group)
@@ -77,7 +80,7 @@ def test_every_change_gets_its_status_in_key_order_despite_a_relay_crash(
             states = [order[e["status"]] for e in events if e.get("voucher_key") == voucher and e["status"] in order]
             assert states == sorted(states), f"{key}: {states}"
     # Each change: a POSTED status for each of its vouchers, or a REJECTED with reasons.
-    outcomes = rows(pg_dsn, "SELECT outcome, count(*) FROM kdcdc.event_log GROUP BY 1")
+    outcomes = rows(pg_dsn, "SELECT outcome, count(*) FROM kdcdc.event_records GROUP BY 1")
     posted = sum(1 for evs in seen.values() for e in evs if e["status"] == "POSTED")
     rejected = [e for evs in seen.values() for e in evs if e["status"] == "REJECTED"]
     assert posted == rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0]

@@ -70,7 +70,7 @@ def test_a_row_read_again_posts_nothing_across_restarts_snapshots_and_replays(
     make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group).run(max_idle_s=2)
     assert vouchers(pg_dsn) == [('{"id":1}', "original", "JOURNALED"), ('{"id":2}', "original", "JOURNALED"),
                                 ('{"id":2}', "reversal", "JOURNALED"), ('{"id":2}', "original", "JOURNALED")]
-    log = rows(pg_dsn, "SELECT kafka_offset, outcome, detail FROM kdcdc.event_log WHERE consumer_group = %s "
+    log = rows(pg_dsn, "SELECT kafka_offset, outcome, detail FROM kdcdc.event_records WHERE consumer_group = %s "
                        "ORDER BY kafka_offset", group)
     assert [o for _, o, _ in log] == ["VOUCHERED", "VOUCHERED", "SKIPPED", "VOUCHERED", "SKIPPED"]
     assert "unchanged" in log[2][2] and "unchanged" in log[4][2]

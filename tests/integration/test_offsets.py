@@ -27,11 +27,11 @@ def test_show_set_and_replay_without_duplicates(kafka_bootstrap: str, topic_fact
     moved = set_offsets(journal, conf, topic, "earliest")
     assert moved == {0: 0, 1: 0} and all(o.lag == o.high for o in show(journal, conf, topic))
     assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'OFFSETS_SET'")[0][0] == 1
-    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s", group)[0][0] == 0
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE consumer_group = %s", group)[0][0] == 0
     stats = make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group).run(max_idle_s=2)
     assert stats.records == produced.count and stats.vouchers == 0  # everything re-read, nothing posted twice
     assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0] == vouchers
-    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s", group)[0][0] \
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE consumer_group = %s", group)[0][0] \
         == produced.count  # one outcome per record again
     assert stats.dead_lettered + stats.rejected >= produced.poison
     with pytest.raises(OffsetsError, match="outside the log"):

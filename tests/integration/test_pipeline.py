@@ -23,7 +23,7 @@ def test_poison_records_are_dead_lettered_with_connect_headers_and_the_line_neve
     pipe = make_pipeline(kafka_bootstrap, pg_dsn, [topic], registry=registry, dlq=dlq)
     stats = pipe.run(max_idle_s=3)
     assert stats.records == produced.count
-    outcomes = dict(rows(pg_dsn, "SELECT outcome, count(*) FROM kdcdc.event_log GROUP BY 1"))
+    outcomes = dict(rows(pg_dsn, "SELECT outcome, count(*) FROM kdcdc.event_records GROUP BY 1"))
     assert sum(outcomes.values()) == produced.count
     # Every poison record is a dead letter or a rejection; the sample stream itself only has the odd
     # credit sale without a customer (MISSING_DIMENSION), which is a genuine rejection.
@@ -61,9 +61,11 @@ def test_replaying_the_same_changes_from_another_topic_creates_nothing_new(
     stats = make_pipeline(kafka_bootstrap, pg_dsn, [replay], group=group + "-replay").run(max_idle_s=3)
     assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0] == before > 1500
     assert stats.vouchers == 0 and stats.duplicates > 1500
-    dup = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s AND outcome = 'DUPLICATE'",
+    dup = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE consumer_group = %s AND outcome = 'DUPLICATE'",
                group + "-replay")[0][0]
-    audited = rows(pg_dsn, "SELECT count(*) FROM kdcdc.audit WHERE action = 'DUPLICATE_SKIPPED'")[0][0]
+    # each batch's audit row counts its duplicates (decision 0010: no audit row per redelivered record)
+    audited = rows(pg_dsn, "SELECT sum((detail->'outcomes'->>'DUPLICATE')::int) FROM kdcdc.audit "
+                           "WHERE action = 'BATCH_JOURNALED' AND detail->>'group' = %s", group + "-replay")[0][0]
     assert dup == audited > 1000
 
 
@@ -76,7 +78,7 @@ def test_strict_mode_stops_the_partition_at_the_first_poison_record(
     first_poison = 400  # produce() writes a poison record right after the 400th event
     (stored,) = rows(pg_dsn, "SELECT next_offset FROM kdcdc.offsets")[0]
     assert stored == first_poison and pipe.stats.stopped_at == {(topic, 0): first_poison}
-    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0] == first_poison
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0] == first_poison
     assert produced.count > stored
 
 
@@ -158,12 +160,12 @@ def test_a_fenced_batch_is_dropped_and_the_partition_resumes_from_the_journal(
     stats = pipe.run(max_idle_s=2)
     assert jumped and stats.fenced >= 1
     got = rows(pg_dsn, "SELECT count(*), count(DISTINCT kafka_offset), min(kafka_offset), max(kafka_offset) "
-                       "FROM kdcdc.event_log WHERE consumer_group = %s", pipe.journal.group)[0]
+                       "FROM kdcdc.event_records WHERE consumer_group = %s", pipe.journal.group)[0]
     assert got == (produced.count, produced.count, 0, produced.count - 1)  # no gap, no double outcome
     assert rows(pg_dsn, "SELECT next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
                 pipe.journal.group) == [(produced.count,)]
     # what this instance journaled never overlaps what "the other" did
-    mine = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s AND kafka_offset "
+    mine = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE consumer_group = %s AND kafka_offset "
                         "BETWEEN %s AND %s AND outcome <> 'SKIPPED'", pipe.journal.group, jumped[0], jumped[0] + 149)
     assert mine == [(0,)]
 
@@ -205,7 +207,7 @@ def test_a_fenced_batch_with_several_partitions_rereads_all_of_them(
     pipe.consumer.close()
     pipe.journal.close()
     got = rows(pg_dsn, "SELECT kafka_partition, count(*), count(DISTINCT kafka_offset), min(kafka_offset) "
-                       "FROM kdcdc.event_log WHERE consumer_group = %s GROUP BY 1 ORDER BY 1", pipe.journal.group)
+                       "FROM kdcdc.event_records WHERE consumer_group = %s GROUP BY 1 ORDER BY 1", pipe.journal.group)
     offsets = dict(rows(pg_dsn, "SELECT kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s",
                         pipe.journal.group))
     for part, n, distinct, lo in got:

@@ -16,7 +16,7 @@ from connector.sandbox import start_sandbox
 from connector.mapping import load_rules
 from connector.ops import JournalBacklog
 from connector.reconcile import reconcile, record, source_totals
-from tests.integration.helpers import RULES, client_for, journal_vouchers, rows
+from tests.integration.helpers import RULES, client_for, journal_vouchers, rows, tamper_lines
 
 
 def test_reconcile_finds_deleted_and_altered_vouchers(pg_dsn: str) -> None:
@@ -40,11 +40,7 @@ def test_reconcile_finds_deleted_and_altered_vouchers(pg_dsn: str) -> None:
             other = rows(pg_dsn, "SELECT e.voucher_key, e.account, e.side FROM kdcdc.entries e JOIN kdcdc.vouchers v ON "
                                  "v.key = e.voucher_key WHERE v.book = '001' AND v.status = 'POSTED' AND v.key <> %s "
                                  "AND e.seq = 1 ORDER BY v.key LIMIT 1", key)[0]
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                conn.execute("ALTER TABLE kdcdc.entries DISABLE TRIGGER entries_append_only")
-                conn.execute("UPDATE kdcdc.entries SET amount = amount + 1 WHERE voucher_key = %s AND seq = 1",
-                             (other[0],))
-                conn.execute("ALTER TABLE kdcdc.entries ENABLE TRIGGER entries_append_only")
+            tamper_lines(pg_dsn, other[0], lambda lines: lines[0].__setitem__(2, str(Decimal(lines[0][2]) + 1)))
             report = reconcile(journal, client, book="001", period="2026-11")
         assert report.missing_in_kingdee == [key]
         assert report.amount_mismatch == [other[0]]
@@ -76,11 +72,7 @@ def test_reconcile_by_dimension_against_source_totals_with_report_and_metric(
                         "ON v.key = e.voucher_key WHERE v.book = '001' AND v.status = 'POSTED' AND "
                         "e.dimensions ? 'FLEX5' ORDER BY v.key, e.seq LIMIT 1")[0]
             moved = "D02" if dims["FLEX5"] != "D02" else "D03"
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                conn.execute("ALTER TABLE kdcdc.entries DISABLE TRIGGER entries_append_only")
-                conn.execute("UPDATE kdcdc.entries SET dimensions = jsonb_set(dimensions, '{FLEX5}', to_jsonb(%s::text)) "
-                             "WHERE voucher_key = %s AND seq = %s", (moved, key, seq))
-                conn.execute("ALTER TABLE kdcdc.entries ENABLE TRIGGER entries_append_only")
+            tamper_lines(pg_dsn, key, lambda lines: lines[seq - 1][13].__setitem__("FLEX5", moved))
             per_account = reconcile(journal, client, book="001", period="2026-11")
             assert not per_account.flagged
             # ... but by dimension the two department lines of that account are flagged, and the voucher named.

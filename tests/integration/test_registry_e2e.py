@@ -73,7 +73,7 @@ def _routed_counts(biz: BusinessDatabases, prefix: str) -> dict[str, int]:
 
 
 def _one_outcome_per_record(dsn: str, group: str, produced: dict[str, int]) -> None:
-    outcomes = rows(dsn, "SELECT topic, count(*), count(DISTINCT kafka_offset) FROM kdcdc.event_log "
+    outcomes = rows(dsn, "SELECT topic, count(*), count(DISTINCT kafka_offset) FROM kdcdc.event_records "
                          "WHERE consumer_group = %s GROUP BY topic", group)
     assert {t: (n, d) for t, n, d in outcomes} == {t: (n, n) for t, n in produced.items()}
     offsets = dict(rows(dsn, "SELECT topic, next_offset FROM kdcdc.offsets WHERE consumer_group = %s", group))
@@ -206,7 +206,7 @@ def test_schema_evolution_under_load(
         produced = record_counts(kafka_bootstrap, topics)
         assert produced == expected
         _one_outcome_per_record(pg_dsn, "evo", produced)
-        assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE outcome = 'DEAD_LETTERED'") == [(0,)]
+        assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE outcome = 'DEAD_LETTERED'") == [(0,)]
 
         # A new registry version for each evolved table; each record names the version it was written with.
         versions = {t: len(client.get_versions(f"{prefix}.{t}-value")) for t in biz.expected_records}
@@ -239,7 +239,7 @@ def test_schema_evolution_under_load(
 
     # The rules kept working across the versions: exact amounts, the wide one included, the implausible one held.
     assert debits_by_currency(pg_dsn) == biz.source_debits()
-    noted_out = rows(pg_dsn, "SELECT DISTINCT outcome FROM kdcdc.event_log WHERE consumer_group = 'evo' AND "
+    noted_out = rows(pg_dsn, "SELECT DISTINCT outcome FROM kdcdc.event_records WHERE consumer_group = 'evo' AND "
                              "source_system = 'pos' AND source_table LIKE '%%.sales_order' AND op = 'c' AND "
                              "source_pk = ANY(%s)", [f'{{"id":{r}}}' for r in noted])
     assert noted_out == [("VOUCHERED",)]
@@ -249,7 +249,7 @@ def test_schema_evolution_under_load(
     held = rows(pg_dsn, "SELECT code, message FROM kdcdc.rejections WHERE source_system = 'payroll' AND "
                         "source_pk = %s", f'{{"id":{implausible}}}')
     assert held and {c for c, _ in held} == {"AMOUNT_OUT_OF_RANGE"}, held
-    outcomes = dict(rows(pg_dsn, "SELECT outcome, count(*) FROM kdcdc.event_log WHERE consumer_group = 'evo' "
+    outcomes = dict(rows(pg_dsn, "SELECT outcome, count(*) FROM kdcdc.event_records WHERE consumer_group = 'evo' "
                                  "GROUP BY 1"))
     with capsys.disabled():
         print(f"\n  schema evolution: {sum(produced.values())} records, outcomes {outcomes}; value schema versions "

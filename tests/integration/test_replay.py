@@ -27,13 +27,13 @@ def test_replaying_a_processed_stream_creates_zero_vouchers(kafka_bootstrap: str
     produced = produce(kafka_bootstrap, again, 600, seed=31)  # the same changes, re-published
     group = f"g-{uuid.uuid4().hex[:6]}"
     make_pipeline(kafka_bootstrap, pg_dsn, [live], group=group).run(max_idle_s=2)
-    vouchered = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE outcome = 'VOUCHERED'")[0][0]
+    vouchered = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE outcome = 'VOUCHERED'")[0][0]
     vouchers = rows(pg_dsn, "SELECT count(*) FROM kdcdc.vouchers")[0][0]
     journal = Journal(pg_dsn, group=f"{group}-replay")
     preview = dry_run(journal=journal, processor=Processor(Decoder(), Mapper(load_rules(RULES))),
                       kafka_conf={"bootstrap.servers": kafka_bootstrap, "log_level": "3"}, topic=again)
     assert preview.records == produced.count and preview.new == 0 and preview.already_present == vouchered
-    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE consumer_group = %s", f"{group}-replay")[0][0] == 0
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE consumer_group = %s", f"{group}-replay")[0][0] == 0
     summary = replay(journal=journal, processor=Processor(Decoder(), Mapper(load_rules(RULES))),
                      kafka_conf={"bootstrap.servers": kafka_bootstrap, "log_level": "3"}, topic=again,
                      progress=False)

@@ -110,7 +110,7 @@ def test_one_process_service_metrics_and_no_secret_in_logs(
         assert _sum(s, "kingdee_cdc_feedback_events_sent_total", system=system) == n
     dead = rows(pg_dsn, "SELECT count(*) FROM kdcdc.dead_letters WHERE stage <> 'TASK_PUT'")[0][0]
     assert _sum(s, "kingdee_cdc_dead_letters_total") == dead > 0
-    rejected = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log WHERE outcome = 'REJECTED'")[0][0]
+    rejected = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records WHERE outcome = 'REJECTED'")[0][0]
     assert _sum(s, "kingdee_cdc_rejections_total") == rejected
     assert s[("kingdee_cdc_journal_up", ())] == 1
 

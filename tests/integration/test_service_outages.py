@@ -205,7 +205,7 @@ def test_a_postgresql_outage_is_waited_out_quietly_and_the_service_recovers(
     wait_for(recovered, 90, "the service to recover and journal the records produced during the outage",
              ignore=(httpx.HTTPError,), interval_s=0.3, observe=lambda: _lines(log)[-5:])
     assert any("journal available again after" in x for x in _lines(log)[before:])
-    journaled = rows(own_postgres.dsn(), "SELECT count(*) FROM kdcdc.event_log WHERE topic = %s", topic)[0][0]
+    journaled = rows(own_postgres.dsn(), "SELECT count(*) FROM kdcdc.event_records WHERE topic = %s", topic)[0][0]
     assert journaled == first.count + second.count  # nothing lost, nothing twice
 
     rc, took = _sigterm(proc, 10)

@@ -32,7 +32,7 @@ from connector.ops import JournalBacklog
 from connector.reconcile import reconcile
 from connector.sandbox import RunningSandbox
 from connector.summaries import SummaryCloser, drilldown, find_summary
-from tests.integration.helpers import CLI, client_for, rows
+from tests.integration.helpers import CLI, client_for, rows, tamper_lines
 from tests.unit.helpers import ABAB, closing, event, order_row, rules_with, sale, stream_op, summarizing_pos_rule
 
 
@@ -386,9 +386,8 @@ def test_reconciliation_ties_summaries_to_their_rows_and_to_kingdee(world: World
         assert any(a.kingdee for a in report.accounts)
         # a line slipped into one contribution after its summary froze: the summary no longer adds up
         key = rows(world.dsn, "SELECT key FROM kdcdc.vouchers WHERE status = 'SUMMARIZED' LIMIT 1")[0][0]
-        with psycopg.connect(world.dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO kdcdc.entries (voucher_key, seq, account, side, amount, currency, rate, amount_for)"
-                         " VALUES (%s, 99, '1001', 'debit', 1.00, 'CNY', 1, 1.00)", (key,))
+        tamper_lines(world.dsn, key, lambda lines: lines.append(
+            ["1001", "debit", "1.00", "", "CNY", "HLTX01_SYS", "1", "1.00", None, None, None, None, None, None]))
         report = reconcile(world.journal, client, book=book, period="2026-11")
     assert report.is_flagged and len(report.summary_mismatch) == 1, report.summary_mismatch
     assert "1001 debit CNY contributions" in report.summary_mismatch[0]

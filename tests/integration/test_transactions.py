@@ -183,7 +183,7 @@ def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is
         # Once the pipeline has read every record, nothing else can be journaled: whatever it did not journal
         # it holds (kingdee_cdc_transaction_held_records), waiting for order 1's lines, which are not in Kafka.
         def read_everything() -> bool:
-            journaled = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_log")[0][0]
+            journaled = rows(pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0]
             held = first.metrics.registry.get_sample_value("kingdee_cdc_transaction_held_records") or 0
             return bool(journaled + held == src.produced)
         wait_for(read_everything, 60, f"the pipeline to read all {src.produced} records (journaled or held)")
@@ -191,7 +191,7 @@ def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is
         first.stop()
         runner.join(30)
     assert first.stats.records == 1  # (closing dropped the 7 held records: they belong to the next reader)
-    assert rows(pg_dsn, "SELECT topic, kafka_offset, outcome FROM kdcdc.event_log") == [(tx_topic, 0, "SKIPPED")]
+    assert rows(pg_dsn, "SELECT topic, kafka_offset, outcome FROM kdcdc.event_records") == [(tx_topic, 0, "SKIPPED")]
     assert not rows(pg_dsn, "SELECT 1 FROM kdcdc.vouchers")
     stored = dict(((t, p), o) for t, p, o in rows(
         pg_dsn, "SELECT topic, kafka_partition, next_offset FROM kdcdc.offsets WHERE consumer_group = %s", group))
@@ -221,7 +221,7 @@ def test_an_order_and_its_lines_become_one_voucher_held_until_the_transaction_is
 
     # Exactly one outcome per record, offsets at the log end.
     log = rows(pg_dsn, "SELECT topic, kafka_partition, kafka_offset, outcome, source_pk, voucher_keys "
-                       "FROM kdcdc.event_log WHERE consumer_group = %s", group)
+                       "FROM kdcdc.event_records WHERE consumer_group = %s", group)
     assert len(log) == src.produced == len({(t, p, o) for t, p, o, *_ in log})
     end = log_end(kafka_bootstrap, topics)
     assert dict(((t, p), o) for t, p, o in rows(
@@ -285,7 +285,7 @@ def test_real_debezium_orders_with_lines_become_one_voucher_each(
     stats = pipe.run(max_idle_s=4)
     assert stats.transactions_ungrouped == 0
     end = log_end(kafka_bootstrap, topics)
-    log = rows(pg_dsn, "SELECT topic, outcome, source_pk, voucher_keys FROM kdcdc.event_log WHERE consumer_group = %s",
+    log = rows(pg_dsn, "SELECT topic, outcome, source_pk, voucher_keys FROM kdcdc.event_records WHERE consumer_group = %s",
                group)
     assert len(log) == sum(end.values())
     assert not rows(pg_dsn, "SELECT code, message FROM kdcdc.rejections")
@@ -327,7 +327,7 @@ def test_lines_before_their_header_on_one_partition_are_still_grouped(
     pipe = make_pipeline(kafka_bootstrap, pg_dsn, [one, tx_topic], rules=_rules(tmp_path, system))
     pipe.run(max_idle_s=3)
     log = dict(((o, pk_), (outcome, keys)) for o, pk_, outcome, keys in rows(
-        pg_dsn, "SELECT kafka_offset, source_pk, outcome, voucher_keys FROM kdcdc.event_log WHERE topic = %s", one))
+        pg_dsn, "SELECT kafka_offset, source_pk, outcome, voucher_keys FROM kdcdc.event_records WHERE topic = %s", one))
     assert [log[(o, p_)][0] for o, p_ in sorted(log)] == ["GROUPED", "VOUCHERED", "GROUPED", "VOUCHERED"]
     assert log[(0, pk(31))][1] == log[(1, pk(3))][1] and log[(2, pk(41))][1] == log[(3, pk(4))][1]
     assert not rows(pg_dsn, "SELECT 1 FROM kdcdc.rejections")
