@@ -112,3 +112,92 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {topic} | {r['fastavro_per_s']:,.0f} | {r['fresh_per_s']:,.0f} | {r['ratio']:.2f}× | "
                      f"{r['reread_per_s']:,.0f} | {r['ratio_reread']:.2f}× | {r['vouchers']:,} / {r['rejected']:,} |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- profile (python -m bench.mapping --profile)
+#: Where map + check spends its time, by part of the work: the first pattern a sample's leaf frame matches.
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("content digest and voucher key", ("content_digest", "voucher_key", "_text_repr", "Mapper._keyed")),
+    ("accounting checks", ("connector/ledger/_checks.py", "Mapper._checked")),
+    ("rule expressions and templates", ("connector/mapping/_expr.py", "connector/mapping/_compile.py")),
+    ("building the voucher (header, entries, balance)",
+     ("Mapper._build", "Mapper._header", "Mapper._full_entry", "Mapper._amount", "Mapper._balance", "_money",
+      "_dimensions", "Mapper._currency", "Mapper._source_rate", "Mapper._entry_scopes", "Mapper._check_time")),
+    ("per event and rule: rules, scope, source ref, row state, result",
+     ("connector/mapping/_engine.py", "connector/ledger/", "connector/events/")),
+    ("Python (decimal, builtins, other)", ("",)),
+)
+
+
+def loop(topic: str, seconds: float, n: int = 3000) -> None:
+    """Map the scenario's events (fresh rows) again and again for ``seconds``: what ``--profile`` samples."""
+    t = next(x for x in samples.TABLES if x.topic == topic)
+    mapper = Mapper(load_rules(REPO_ROOT / "rules"))
+    _, events = _events(t, n)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        ledger = InMemoryLedger()
+        for ev in events:
+            mapper.map(ev, ledger)
+
+
+def _part(frame: str) -> str:
+    for name, patterns in PARTS:
+        if any(p in frame for p in patterns):
+            return name
+    return PARTS[-1][0]
+
+
+def profile(seconds: float = 10.0, rate: int = 1000) -> str:
+    """py-spy (installed by ``make bench-profile``) over ``loop`` per scenario: a table of where map + check spends
+    its time (markdown)."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from collections import Counter
+    from pathlib import Path
+
+    frame_re = re.compile(r":\d+\)$")
+    lines = ["| scenario | " + " | ".join(name for name, _ in PARTS) + " | samples |",
+             "|---|" + "---:|" * (len(PARTS) + 1)]
+    tops: dict[str, Counter[str]] = {}
+    for t in samples.TABLES:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "raw.txt"
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            subprocess.run([spy, "record", "-r", str(rate), "-f", "raw", "-o", str(raw),
+                            "--", sys.executable, "-m", "bench.mapping", "--loop", t.topic, str(seconds)],
+                           check=True, capture_output=True, cwd=REPO_ROOT)
+            parts: Counter[str] = Counter()
+            top: Counter[str] = Counter()
+            for line in raw.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                frames = [frame_re.sub(")", f) for f in stack.split(";")]
+                if not any(f.startswith("Mapper.map ") for f in frames):
+                    continue
+                parts[_part(frames[-1])] += int(count)
+                top[frames[-1]] += int(count)
+        total = sum(parts.values()) or 1
+        lines.append(f"| {t.topic} | " + " | ".join(f"{parts[name] / total:.0%}" for name, _ in PARTS)
+                     + f" | {total:,} |")
+        tops[t.topic] = top
+    out = ["\n".join(lines), ""]
+    for topic, top in tops.items():
+        total = sum(top.values()) or 1
+        out += [f"**{topic}**, top functions by self time:", "", "| function (file) | share |", "|---|---:|"]
+        out += [f"| {f} | {n / total:.1%} |" for f, n in top.most_common(12)]
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--loop"]:
+        loop(sys.argv[2], float(sys.argv[3]))
+    elif sys.argv[1:2] == ["--profile"]:
+        print(profile(float(sys.argv[2]) if len(sys.argv) > 2 else 10.0))
+    else:
+        print(markdown(run()))
