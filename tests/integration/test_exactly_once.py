@@ -21,9 +21,9 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from harness import samples
 from connector.events import ChangeEvent, Decoder
 from connector.mapping import InMemoryLedger, Mapper, load_rules
+from harness import samples
 from tests.integration.helpers import CLI, group_assignment, log_end, rows, wait_for
 
 RULES = Path(__file__).resolve().parent / "rules_string_decimals"
@@ -160,11 +160,19 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     kills = 0
     progress: list[int] = []
     while sum(0 < p < total for p in progress) < 10 and kills < 40:
+        before = progress[-1] if progress else 0
         proc = start(cfg, log)
-        # Not a wait for anything: the kill lands at a random moment (the test's randomness, seeded above) —
-        # during start-up, the group join, a batch or its commit. Start-up + join take ~1 s, so most kills land
-        # while records are being journaled; the loop goes on until 10 kills landed mid-stream.
-        time.sleep(rng.uniform(0.9, 2.0))
+        if rng.random() < 0.2:
+            # A kill during start-up or the group join: at a random moment of the first second.
+            time.sleep(rng.uniform(0.05, 1.0))
+        else:
+            # A kill while records are being journaled: once this instance has committed a batch (observed in
+            # the journal), at a random moment of the next quarter second — inside a batch, its commit or the
+            # next poll. The delay is the test's randomness (seeded above), not a wait for anything.
+            wait_for(lambda proc=proc, before=before: proc.poll() is not None or (_has_journal(pg_dsn) and rows(
+                pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0] > before), 120,
+                "the restarted instance to journal a batch")
+            time.sleep(rng.uniform(0.0, 0.25))
         if proc.poll() is not None:
             break  # finished everything before we could kill it
         proc.send_signal(signal.SIGKILL)
