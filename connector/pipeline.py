@@ -12,6 +12,7 @@ partition is paused at the first one and an error is logged, with everything bef
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -103,6 +104,34 @@ _TRANSIENT: Final = (psycopg.OperationalError, psycopg.errors.SerializationFailu
                      psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation, InfraError)
 #: transient failures that are not an outage (two writers met): logged at each retry
 _CONFLICTS: Final = (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation)
+
+
+#: the cyclic garbage collector's first threshold while the batch loop runs (CPython's default is 700)
+GC_YOUNG_THRESHOLD: Final = 50_000
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the batch loop's back (once per process, before the loop).
+
+    A batch holds ~100,000 young container objects (events, rows, vouchers) until it is journaled, nearly all
+    freed by reference counting when it ends; with CPython's default thresholds the collector ran ~1,300 times
+    during a 30,000-event run and walked the whole heap (rules, compiled expressions, the batch) in each of its
+    ~10 full collections: 0.7 s of a 5.6 s run. ``gc.freeze()`` moves what start-up built (modules, rules,
+    clients) out of every future collection, and a young threshold of ``GC_YOUNG_THRESHOLD`` allocations lets a
+    batch come and go between collections. Cycles are still collected, only less often (what is garbage at
+    the freeze is collected first, so nothing unreachable is kept for good)."""
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    if young < GC_YOUNG_THRESHOLD:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+_gc_tuned = False
 
 
 class Stopped(ConnectorError):
@@ -428,6 +457,7 @@ class Pipeline:
         except Stopped:
             self.journal.close()
             return self.stats
+        tune_gc()
         self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
         idle_since = time.monotonic()

@@ -433,6 +433,12 @@ class Poster:
         self.opts = options
         self._stop = threading.Event()
         self._next_scan = time.monotonic() + options.duplicate_scan_every_s
+        #: calls to Kingdee in flight (``concurrency``): a worker builds its batch's models before taking one, and
+        #: one worker more than there are slots keeps every slot busy while the next batch is being built
+        self._calls = threading.BoundedSemaphore(options.concurrency)
+        #: the record step's own connection (step 4 runs beside the claims: see run_once)
+        self._record_journal: Journal | None = None
+        self._in_run = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -444,6 +450,14 @@ class Poster:
         the process's outages, which log the first failure at once and then one line per interval. A round in which
         nothing could be sent backs off the same way. Every ``duplicate_scan_every_s`` the loop also scans Kingdee
         for keys held more than once."""
+        self._in_run = True
+        try:
+            return self._run(idle_sleep_s, exit_when_idle)
+        finally:
+            self._in_run = False
+            self._close_record_journal()
+
+    def _run(self, idle_sleep_s: float, exit_when_idle: bool) -> PostStats:
         total = PostStats()
         migrated = False
         backoff = idle_sleep_s
@@ -462,6 +476,7 @@ class Poster:
             except _OUTAGE as e:
                 OUTAGES.failed("kingdee" if isinstance(e, KingdeeError) else "journal", str(e))
                 self.journal.reset()
+                self._close_record_journal()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -487,35 +502,58 @@ class Poster:
     def run_once(self) -> PostStats:
         """Steps 1–4 until there is nothing left to claim: the next claim is taken while the chunks of the
         previous ones are still being sent, so ``concurrency`` calls stay in flight, and the chunks that finished
-        meanwhile are recorded together, in one transaction. Ends when a claim finds nothing, when a chunk could
-        send nothing (Kingdee down or refusing: the run loop backs off), after ``ROUND_S``, or when stopping —
-        and always with every claimed voucher sent and recorded (or released)."""
+        meanwhile are recorded together, in one transaction, by a recorder thread with a journal connection of its
+        own — claims and records run side by side. Ends when a claim finds nothing, when a chunk could send
+        nothing (Kingdee down or refusing: the run loop backs off), after ``ROUND_S``, or when stopping — and
+        always with every claimed voucher sent and recorded (or released)."""
         stats = PostStats()
         self._recheck(stats)
         started = time.monotonic()
         claimed: dict[str, _Claimed] = {}  # what is in flight, for the record step
         running: set[Future[tuple[list[_Outcome], PostStats]]] = set()
-        # Journal access stays on this thread (one connection); worker threads only talk to Kingdee.
-        with ThreadPoolExecutor(max_workers=self.opts.concurrency, thread_name_prefix="poster") as pool:
-            try:
-                self._pump(pool, stats, claimed, running, started)
-            except BaseException:
-                # The journal failed (or this thread did): chunks not started are not sent, since their outcome
-                # could not be recorded. They stay POSTING under this claim and are looked up once taken over.
-                for f in running:
-                    f.cancel()
-                raise
+        # Claims stay on this thread (self.journal), records on the recorder's (its own connection); worker
+        # threads only talk to Kingdee.
+        try:
+            with ThreadPoolExecutor(max_workers=self.opts.concurrency + 1, thread_name_prefix="poster") as pool, \
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="poster-record") as recorder:
+                try:
+                    self._pump(pool, recorder, stats, claimed, running, started)
+                except BaseException:
+                    # The journal failed (or a thread did): chunks not started are not sent, since their outcome
+                    # could not be recorded. They stay POSTING under this claim and are looked up once taken over.
+                    for f in running:
+                        f.cancel()
+                    raise
+        finally:
+            if not self._in_run:  # called on its own: nothing keeps the recorder's connection
+                self._close_record_journal()
         return stats
 
-    def _pump(self, pool: ThreadPoolExecutor, stats: PostStats, claimed: dict[str, _Claimed],
-              running: set[Future[tuple[list[_Outcome], PostStats]]], started: float) -> None:
-        """``run_once``'s loop: claim, hand the chunks to the pool, record what finished (``running``: the chunks
-        handed over and not recorded yet, kept up to date for the caller)."""
+    def _pump(self, pool: ThreadPoolExecutor, recorder: ThreadPoolExecutor, stats: PostStats,
+              claimed: dict[str, _Claimed], running: set[Future[tuple[list[_Outcome], PostStats]]],
+              started: float) -> None:
+        """``run_once``'s loop: claim, hand the chunks to the pool, hand what finished to the recorder (all of it
+        at once whenever it is free) — ``running``: the chunks handed over and not finished yet, kept up to date
+        for the caller."""
         more = True
+        finished: list[_Outcome] = []  # not handed to the recorder yet
+        recording: Future[None] | None = None
+        failed: BaseException | None = None
         while True:
+            if recording is not None and recording.done():
+                recording.result()  # (the recorder's failure is raised here)
+                recording = None
+            if finished and recording is None:
+                recording = recorder.submit(self._record_finished, finished, claimed)
+                finished = []
+            if failed is not None and not running:
+                # A worker failed: what the other chunks did is recorded first, then its failure is raised.
+                if recording is not None:
+                    recording.result()
+                raise failed
             # Claim again once half of the previous claim's chunks are left: enough to keep every call slot busy
-            # while this thread claims and records.
-            if more and len(running) <= self._refill_at and not self._stop.is_set() \
+            # while this thread claims.
+            if more and failed is None and len(running) <= self._refill_at and not self._stop.is_set() \
                     and time.monotonic() - started < self.ROUND_S:
                 deadline = time.monotonic() + self.opts.lease_s  # before the claim: never later than the journal's
                 batch = self._claim(stats)
@@ -527,27 +565,44 @@ class Poster:
                 for i in range(0, len(batch), self.opts.batch_size):
                     running.add(pool.submit(self._post_or_release, batch[i:i + self.opts.batch_size], deadline))
                 continue
-            if not running:
+            watched: set[Future[Any]] = set(running)
+            if recording is not None:
+                watched.add(recording)
+            if not watched:
+                if finished:
+                    continue
                 return
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            running -= done
-            outcomes: list[_Outcome] = []
-            failed: BaseException | None = None
+            done, _ = wait(watched, return_when=FIRST_COMPLETED)
             for f in done:
+                if f is recording:
+                    continue
+                running.discard(f)
                 if (e := f.exception()) is not None:
                     failed = failed or e
                     continue
                 chunk_outcomes, chunk_stats = f.result()
                 stats.add(chunk_stats)
-                outcomes += chunk_outcomes
+                finished += chunk_outcomes
                 if chunk_stats.left_pending:  # nothing more is claimed in this round (the run loop backs off)
                     more = False
-            if outcomes:
-                self._record(outcomes, claimed)
-                for o in outcomes:
-                    claimed.pop(o.key, None)
-            if failed is not None:  # (what the other chunks did is recorded first)
-                raise failed
+
+    def _record_finished(self, outcomes: list[_Outcome], claimed: dict[str, _Claimed]) -> None:
+        """The recorder thread's step: record, then forget what was recorded."""
+        self._record(outcomes, claimed)
+        for o in outcomes:
+            claimed.pop(o.key, None)
+
+    def _recording(self) -> Journal:
+        """The record step's journal: a connection of its own, beside the claims'."""
+        if self._record_journal is None:
+            j = self.journal
+            self._record_journal = Journal(j.dsn, schema=j.schema, group=j.group, owner=j.owner)
+        return self._record_journal
+
+    def _close_record_journal(self) -> None:
+        if self._record_journal is not None:
+            self._record_journal.close()
+            self._record_journal = None
 
     #: a round (``run_once``) stops claiming after this many seconds, so the run loop's periodic work (the
     #: duplicate scan, re-checks) is not held off by a backlog that never empties
@@ -654,17 +709,20 @@ class Poster:
         sending = False
         try:
             if work.must_look:
-                self._look_up(work)
+                with self._calls:
+                    self._look_up(work)
                 work.must_look = set()
             if not work.pending:
                 return False
-            if time.monotonic() >= deadline:
-                # Past the lease, another poster may take these over: starting a call now could race it.
-                log.warning("the claim's lease (%.0fs) ran out before %d vouchers were sent; releasing them",
-                            self.opts.lease_s, len(work.pending))
-                return False
-            sending = True
-            self._send(work)
+            models = [self._model(c) for c in work.pending]  # built before taking a call slot
+            with self._calls:
+                if time.monotonic() >= deadline:
+                    # Past the lease, another poster may take these over: starting a call now could race it.
+                    log.warning("the claim's lease (%.0fs) ran out before %d vouchers were sent; releasing them",
+                                self.opts.lease_s, len(work.pending))
+                    return False
+                sending = True
+                self._send(work, models)
         except KingdeeAmbiguous as e:
             # Kingdee may still be working on it and commit later: looking now could find nothing yet.
             work.stats.ambiguous_calls += 1
@@ -707,9 +765,9 @@ class Poster:
                     f"{len(hits)} Kingdee vouchers carry this key: {', '.join(h.number for h in hits)}",)))
                 work.stats.needs_attention += 1
 
-    def _send(self, work: _Chunk) -> None:
-        """Step 3: BatchSave the pending vouchers; per-item results in order."""
-        results = self.client.batch_save(FORM, [self._model(c) for c in work.pending],
+    def _send(self, work: _Chunk, models: Sequence[Mapping[str, Any]]) -> None:
+        """Step 3: BatchSave the pending vouchers (``models``: theirs, in order); per-item results in order."""
+        results = self.client.batch_save(FORM, models,
                                          NeedReturnFields=["FBillNo", "FVOUCHERGROUPNO"], IsDeleteEntry="true",
                                          IsAutoSubmitAndAudit="false")
         for c, r in zip(work.pending, results):
@@ -785,26 +843,27 @@ class Poster:
         settled = [o for o in outcomes if o.status in _SETTLED]
         unknown = [o for o in outcomes if o.status is Unsettled.UNKNOWN]
         released = [o for o in outcomes if o.status is Unsettled.RELEASED]
-        with self.journal.transaction():
-            applied = self._update_claimed(settled, claimed, self._SETTLE, self.opts.unknown_grace_s,
+        j = self._recording()
+        with j.transaction():
+            applied = self._update_claimed(j, settled, claimed, self._SETTLE, self.opts.unknown_grace_s,
                                            ["; ".join(o.messages) or None for o in settled],
                                            [o.status.value for o in settled], [o.kingdee_id for o in settled],
                                            [o.number for o in settled], [o.group_no for o in settled],
                                            [o.recheck for o in settled])
-            marked = self._update_claimed(unknown, claimed, self._UNKNOWN, None,
+            marked = self._update_claimed(j, unknown, claimed, self._UNKNOWN, None,
                                           ["; ".join(o.messages) for o in unknown])
-            self._update_claimed(released, claimed, self._RELEASE, None)
+            self._update_claimed(j, released, claimed, self._RELEASE, None)
             settled = [o for o in settled if o.key in applied]
-            self._mark_reversed(settled, claimed)
+            self._mark_reversed(j, settled, claimed)
             audit, outbox = self._settled_rows(settled, claimed)
-            outbox += self._summary_feedback(settled, claimed)
+            outbox += self._summary_feedback(j, settled, claimed)
             audit += [AuditRow.of(ACTOR, AuditAction.OUTCOME_UNKNOWN, o.key, {
                 "messages": list(o.messages), "attempts": claimed[o.key].attempts,
                 "look_up_after_s": self.opts.unknown_grace_s}) for o in unknown if o.key in marked]
             # One statement each (not executemany: its pipeline mode stalled for seconds at a time under
             # psycopg 3.3 while the worker threads were busy with HTTP)
-            self._insert_audit(audit)
-            self._insert_outbox(outbox)
+            self._insert_audit(j, audit)
+            self._insert_outbox(j, outbox)
         self._report_settled(settled, claimed, len(marked))
 
     # Arrays go as binary parameters (%b) throughout: in text form psycopg quotes and escapes every element of
@@ -819,15 +878,13 @@ class Poster:
         "SELECT a, b, c, d, e::jsonb FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) "
         "AS r(a, b, c, d, e) ON CONFLICT (event_id) DO NOTHING")
 
-    def _insert_audit(self, rows: Sequence[AuditRow]) -> None:
+    def _insert_audit(self, j: Journal, rows: Sequence[AuditRow]) -> None:
         if rows:
-            j = self.journal
             j.conn.execute(j.q(self._INSERT_AUDIT), ([r.actor for r in rows], [str(r.action) for r in rows],
                                                      [r.voucher_key for r in rows], [r.detail for r in rows]))
 
-    def _insert_outbox(self, events: Sequence[FeedbackEvent]) -> None:
+    def _insert_outbox(self, j: Journal, events: Sequence[FeedbackEvent]) -> None:
         if events:
-            j = self.journal
             rows = [e.to_outbox_row() for e in events]
             j.conn.execute(j.q(self._INSERT_OUTBOX), ([r.event_id for r in rows], [r.source_system for r in rows],
                                                       [r.message_key for r in rows], [str(r.status) for r in rows],
@@ -851,23 +908,23 @@ class Poster:
         "FROM unnest(%b::text[], %b::int[]) AS o(key, attempts) "
         "WHERE v.key = o.key AND v.status = {posting} AND v.attempts = o.attempts RETURNING v.key")
 
-    def _update_claimed(self, outcomes: Sequence[_Outcome], claimed: Mapping[str, _Claimed], statement: str,
+    @staticmethod
+    def _update_claimed(j: Journal, outcomes: Sequence[_Outcome], claimed: Mapping[str, _Claimed], statement: str,
                         lead: float | None, *columns: Sequence[object]) -> set[str]:
         """Run ``statement`` for ``outcomes`` (``lead``: a first parameter, then keys, attempts and ``columns``);
         the keys it changed."""
         if not outcomes:
             return set()
-        j = self.journal
         params = [[o.key for o in outcomes], [claimed[o.key].attempts for o in outcomes], *columns]
         query = j.q(statement, posting=VoucherStatus.POSTING, journaled=VoucherStatus.JOURNALED)
         rows = j.conn.execute(query, ([lead] if lead is not None else []) + params).fetchall()
         return {key for (key,) in rows}
 
-    def _mark_reversed(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]) -> None:
+    @staticmethod
+    def _mark_reversed(j: Journal, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]) -> None:
         originals = [claimed[o.key].voucher.reverses for o in settled if o.status is VoucherStatus.POSTED
                      and claimed[o.key].voucher.kind is VoucherKind.REVERSAL]
         if originals:
-            j = self.journal
             j.conn.execute(j.q("UPDATE {s}.vouchers SET status = {reversed}, updated_at = now() "
                                "WHERE key = ANY(%b::text[]) AND status = {posted}", reversed=VoucherStatus.REVERSED,
                                posted=VoucherStatus.POSTED), (originals,))
@@ -892,12 +949,13 @@ class Poster:
                 outbox.append(event.reversed_original())
         return audit, outbox
 
-    def _summary_feedback(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]) -> list[FeedbackEvent]:
+    @staticmethod
+    def _summary_feedback(j: Journal, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed]
+                          ) -> list[FeedbackEvent]:
         """A settled summary voucher: every source row it carries is told (POSTED naming the summary voucher's
         Kingdee number, or REJECTED_BY_KINGDEE), and its contributions learn that number (a later reversal of
         one of them names it, the drill-down shows it)."""
         out: list[FeedbackEvent] = []
-        j = self.journal
         for o in settled:
             v = claimed[o.key].voucher
             if v.kind is not VoucherKind.SUMMARY or o.status is VoucherStatus.NEEDS_ATTENTION:
