@@ -207,6 +207,9 @@ class DuplicateScan:
     deleted: list[tuple[str, str, str]] = field(default_factory=list)  #: (key, id, number) deleted now
     flagged: list[tuple[str, str, str, str]] = field(default_factory=list)  #: (key, id, number, reason) new
     in_flight: list[str] = field(default_factory=list)  #: keys still being posted (settled by the look-up)
+    #: NEEDS_ATTENTION keys Kingdee now holds once (a person removed the other copies): handed back to the
+    #: poster, which looks them up and settles them (POSTED with that copy)
+    handed_back: list[str] = field(default_factory=list)
     open_copies: int = 0  #: copies waiting for a human (or a deletion) after this scan
     skipped: str | None = None  #: why no scan ran (another poster scanning, scanned recently)
     error: str | None = None
@@ -1032,7 +1035,9 @@ class Poster:
             "WHERE (kingdee_id IS NOT NULL OR status = {needs_attention}) "
             "AND (%(book)s::text IS NULL OR book = %(book)s) "
             "AND (%(period)s::text IS NULL OR to_char(voucher_date, 'YYYY-MM') = %(period)s) "
-            "AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s) ORDER BY 1, 2",
+            # a voucher waiting for a person is in every scan: the scan notices when the extra copies are gone
+            "AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s OR status = {needs_attention}) "
+            "ORDER BY 1, 2",
             needs_attention=VoucherStatus.NEEDS_ATTENTION), {"book": book, "period": period, "since": since}
         ).fetchall()
         return [(str(b), str(p)) for b, p in rows]
@@ -1110,6 +1115,37 @@ class Poster:
         if dups:
             self._settle_copies(dups, {k: (book, period) for k in dups}, scan)
         self._confirm_gone(book, period, [(k, vid) for k, c in dups.items() for vid in (x.id for x in c)])
+        self._hand_back(book, period, {k: next(iter(c.values())) for k, c in copies.items() if len(c) == 1}, scan)
+
+    def _hand_back(self, book: str, period: str, single: Mapping[str, _Copy], scan: DuplicateScan) -> None:
+        """NEEDS_ATTENTION vouchers of the period whose key Kingdee now holds once (``single``: key → that copy):
+        a person removed the extra copies. Each goes back to POSTING with its grace already passed, so the
+        poster's next claim looks it up by key and settles it as any look-up does — POSTED with the copy found
+        (feedback, a summary voucher's rows and reversals waiting for it follow), NEEDS_ATTENTION again if a copy
+        was added meanwhile, sent if none is left. Vouchers whose copies are all gone stay NEEDS_ATTENTION: only
+        a person knows whether removing them all was meant."""
+        j = self.journal
+        waiting = {str(k) for (k,) in j.conn.execute(j.q(
+            "SELECT key FROM {s}.vouchers WHERE status = {needs_attention} AND book = %s "
+            "AND to_char(voucher_date, 'YYYY-MM') = %s", needs_attention=VoucherStatus.NEEDS_ATTENTION),
+            (book, period)).fetchall()}
+        keys = sorted(waiting & set(single))
+        if not keys:
+            return
+        with j.transaction() as conn:
+            back = [str(k) for (k,) in conn.execute(j.q(
+                "UPDATE {s}.vouchers SET status = {posting}, posting_since = now(), posting_owner = %s, "
+                "unknown_since = now() - make_interval(secs => %s + 1), attempts = greatest(attempts, 1), "
+                "updated_at = now() WHERE key = ANY(%s) AND status = {needs_attention} RETURNING key",
+                posting=VoucherStatus.POSTING, needs_attention=VoucherStatus.NEEDS_ATTENTION),
+                (j.owner, self.opts.unknown_grace_s, keys)).fetchall()]
+            j.insert_audit([AuditRow.of(ACTOR, AuditAction.DUPLICATE_RESOLVED, k, {
+                "kingdee_id": single[k].id, "number": single[k].number, "one_copy_left": True,
+                "then": "looked up by key and settled by the poster"}) for k in back])
+        scan.handed_back += back
+        log.warning("%d vouchers that needed attention are held once in Kingdee now (%s %s: %s%s); the poster "
+                    "looks them up and settles them", len(back), book, period, ", ".join(back[:5]),
+                    " …" if len(back) > 5 else "")
 
     def _copies_in(self, book: str, period: str) -> dict[str, dict[str, _Copy]]:
         """Every Kingdee voucher of the period carrying a key marker (or key field): key → id → copy."""

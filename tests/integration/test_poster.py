@@ -13,7 +13,7 @@ import pytest
 from connector.events import KafkaCoordinates
 from connector.journal import EventRecord, Journal, Outcome
 from connector.kingdee import KingdeeClient
-from connector.kingdee.poster import Poster, PosterOptions
+from connector.kingdee.poster import FORM, Poster, PosterOptions
 from connector.sandbox import DEFAULT_CONFIG, RunningSandbox, SandboxConfig, start_sandbox
 from connector.mapping import load_rules
 from tests.integration.helpers import RULES, client_for, journal_vouchers, keys_in_sandbox, rows
@@ -233,6 +233,51 @@ def test_duplicate_in_kingdee_is_flagged_not_deleted(pg_dsn: str, sandbox: Runni
     status, msg = rows(pg_dsn, "SELECT status, kingdee_messages FROM kdcdc.vouchers WHERE key = %s", key)[0]
     assert status == "NEEDS_ATTENTION" and "2 Kingdee vouchers carry this key" in msg
     assert len(sandbox.server.state.vouchers) == before + 19  # the other vouchers were posted, none deleted
+
+
+def test_a_voucher_needing_attention_settles_once_a_person_removes_the_extra_copy(
+        pg_dsn: str, sandbox: RunningSandbox) -> None:
+    journal = Journal(pg_dsn, group="attention")
+    journal_vouchers(journal, 12, seed=19)
+    key, payload = rows(pg_dsn, "SELECT key, payload FROM kdcdc.vouchers WHERE kind = 'original' ORDER BY key "
+                                "LIMIT 1")[0]
+    from connector.ledger import to_kingdee, voucher_from_json
+
+    books = load_rules(RULES).ledger.books
+    with client_for(sandbox) as client:
+        model = to_kingdee(voucher_from_json(bytes(payload)), books["001"])
+        assert client.save("GL_VOUCHER", model).ok and client.save("GL_VOUCHER", model).ok
+        with journal.transaction() as conn:
+            conn.execute("UPDATE kdcdc.vouchers SET attempts = 1 WHERE key = %s", (key,))
+        poster = Poster(journal, client, books=books, options=PosterOptions(duplicate_scan_every_s=0))
+        poster.run(exit_when_idle=True)
+        assert rows(pg_dsn, "SELECT status FROM kdcdc.vouchers WHERE key = %s", key) == [("NEEDS_ATTENTION",)]
+        # Both copies still there: the scan flags them and the voucher keeps waiting for a person.
+        first = poster.scan_duplicates()
+        assert key in first.duplicated and first.handed_back == []
+        assert rows(pg_dsn, "SELECT status FROM kdcdc.vouchers WHERE key = %s", key) == [("NEEDS_ATTENTION",)]
+        # A person deletes one of the two copies in Kingdee; the periodic scan (the period is scanned although
+        # nothing in it changed lately) hands the voucher back, and the poster settles it with the copy left.
+        kept, extra = keys_in_sandbox(sandbox)[key]
+        client.delete(FORM, ids=[str(extra)])
+        with journal.transaction() as conn:
+            conn.execute("UPDATE kdcdc.vouchers SET updated_at = now() - interval '1 day' WHERE key = %s", (key,))
+            conn.execute("UPDATE kdcdc.duplicate_scans SET started_at = now() - interval '1 hour'")
+        in_kingdee = len(sandbox.server.state.vouchers)
+        second = poster.scan_duplicates(periodic=True)
+        assert second.handed_back == [key] and key not in second.duplicated
+        poster.run(exit_when_idle=True)
+        journal.close()
+    assert len(sandbox.server.state.vouchers) == in_kingdee  # looked up, not sent again
+    assert rows(pg_dsn, "SELECT status, kingdee_id FROM kdcdc.vouchers WHERE key = %s", key) == [("POSTED", str(kept))]
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.outbox WHERE status = 'POSTED' AND payload->>'voucher_key' = %s",
+                key) == [(1,)]
+    # The audit trail: both flagged copies no longer need a person, then the voucher is handed back with the
+    # copy left.
+    resolved = [d for a, d in rows(pg_dsn, "SELECT action, detail FROM kdcdc.audit WHERE voucher_key = %s "
+                                           "ORDER BY id", key) if a == "DUPLICATE_RESOLVED"]
+    assert sorted(d["kingdee_id"] for d in resolved[:-1]) == sorted([str(kept), str(extra)])
+    assert resolved[-1]["one_copy_left"] and resolved[-1]["kingdee_id"] == str(kept)
 
 
 def test_admin_endpoint_sets_faults(sandbox: RunningSandbox) -> None:
