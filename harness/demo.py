@@ -408,10 +408,9 @@ def _watch(stack: _Stack, traffic: _Traffic, workers: _Workers, group: str) -> t
                                 f"{p.rejected_by_kingdee:,}")
             drained = traffic.done.is_set() and in_kafka >= expected and p.journaled >= in_kafka
             if drained and p.open_summaries:
-                bar.clear()
                 closed = _close_the_day(workers.closer)
-                print(f"closed the day: {closed} summaries added up and journaled for the poster (what "
-                      "`kingdee-cdc run` does at 02:00 the next day; `kingdee-cdc summaries close` by hand)", flush=True)
+                bar.write(f"closed the day: {closed} summaries added up and journaled for the poster (what "
+                          "`kingdee-cdc run` does at 02:00 the next day; `kingdee-cdc summaries close` by hand)")
                 continue
             if drained and p.waiting == 0 and p.unsent == 0:
                 total = in_kafka
@@ -445,11 +444,16 @@ def _report(stack: _Stack, rules: RuleSet, group: str, total: int, elapsed: floa
         print(f"\nmetrics: this run served Prometheus metrics at http://127.0.0.1:{stack.ops.port}/metrics "
               "(`kingdee-cdc run` serves them on metrics.port, default 9108); the Grafana dashboard and alert "
               "rules are in deploy/grafana/ and deploy/prometheus/ (docs/operations.md).")
-    print("\nfeedback the POS system receives (kingdee-cdc.feedback.pos, first 4 — "
+    print("\nfeedback the POS system receives (kingdee-cdc.feedback.pos, the first of each status — "
           "`kingdee-cdc feedback tail --source pos`):")
-    tail(stack.bootstrap, "kingdee-cdc.feedback.pos", limit=4, timeout_s=5, printer=lambda e: print(
-        f"  {e['status']:<12} {e['source'].get('table')} pk={e['source'].get('pk')} "
-        f"{(e.get('kingdee') or {}).get('number') or ''}"))
+    first: dict[str, dict[str, Any]] = {}
+
+    def keep_first(e: dict[str, Any]) -> None:
+        first.setdefault(e["status"], e)
+    tail(stack.bootstrap, "kingdee-cdc.feedback.pos", timeout_s=3, printer=keep_first)
+    for e in first.values():
+        print(f"  {e['status']:<12} {e['source'].get('table')} pk={e['source'].get('pk')} "
+              f"{(e.get('kingdee') or {}).get('number') or ''}")
     return ok and source_ok
 
 
