@@ -727,6 +727,7 @@ class _EventRow(NamedTuple):
     detail: str | None
     kafka_ts_ms: int | None
     journaled_at: datetime
+    last_offset: int | None = None  #: a range of skipped records (decision 0012): its last offset
 
 
 class _VoucherRow(NamedTuple):
@@ -911,8 +912,10 @@ class JournalViews:
             f"SELECT journaled_at FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match} {newest} LIMIT 1"),
             args)
         outcomes = {Outcome(o): int(n) for o, n in self.conn.execute(self.q(
-            f"SELECT outcome, count(*) FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match} "
-            "AND journaled_at >= %(since)s GROUP BY outcome"), args).fetchall()}
+            # records, not rows: a row of skipped tombstones or markers is a range (decision 0012)
+            f"SELECT outcome, sum(coalesce(last_offset, kafka_offset) - kafka_offset + 1) FROM {{s}}.event_log "
+            f"WHERE consumer_group = %(group)s AND {match} AND journaled_at >= %(since)s GROUP BY outcome"),
+            args).fetchall()}
         topics = tuple(t for (t,) in self.conn.execute(self.q(
             f"SELECT DISTINCT topic FROM (SELECT topic FROM {{s}}.event_log WHERE consumer_group = %(group)s AND {match} "
             f"{newest} LIMIT %(recent)s) AS r ORDER BY 1"), args).fetchall())
@@ -1000,14 +1003,18 @@ class JournalViews:
 
         if query.kafka is not None:
             k = query.kafka
+            # per group, the row at or before the offset, if it is that record or a range holding it (decision 0012)
             events = self.rows(_EventRow, self.q(
-                f"SELECT {_EVENT_COLS} FROM {{s}}.event_log WHERE consumer_group IN (SELECT DISTINCT consumer_group "
-                "FROM {s}.offsets) AND topic = %s AND kafka_partition = %s AND kafka_offset = %s"),
-                (k.topic, k.partition, k.offset))
+                f"SELECT e.* FROM (SELECT DISTINCT consumer_group FROM {{s}}.offsets) AS g CROSS JOIN LATERAL "
+                f"(SELECT {_EVENT_COLS}, last_offset FROM {{s}}.event_log l WHERE l.consumer_group = g.consumer_group "
+                "AND topic = %(t)s AND kafka_partition = %(p)s AND kafka_offset <= %(o)s ORDER BY kafka_offset DESC "
+                "LIMIT 1) AS e WHERE coalesce(e.last_offset, e.kafka_offset) >= %(o)s"),
+                {"t": k.topic, "p": k.partition, "o": k.offset})
             found(TraceBy.KAFKA, (_RowKey(e.source_system, e.source_table, e.source_pk) for e in events
                                   if e.source_system and e.source_table and e.source_pk))
             records = [e for e in events if not (e.source_system and e.source_table and e.source_pk)]
-            matches += [TraceMatch(TraceBy.KAFKA, f"{e.topic}[{e.kafka_partition}]@{e.kafka_offset}") for e in records]
+            matches += [TraceMatch(TraceBy.KAFKA, f"{e.topic}[{e.kafka_partition}]@{e.kafka_offset}"
+                                   + (f"–{e.last_offset}" if e.last_offset is not None else "")) for e in records]
         if query.voucher_key is not None:
             key = query.voucher_key
             if len(key) == 32:

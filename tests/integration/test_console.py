@@ -320,7 +320,7 @@ def test_status_and_reconciliation_pages(service: Service, browser: Browser) -> 
                                                "WHERE source_system IS NOT NULL")}
     for system in systems:
         expect(table.locator("tr.system-row th", has_text=system)).to_have_count(1)
-    expect(table).to_contain_text("undecodable records")
+    expect(table).to_contain_text("records without a change event")
     (rejected,), = rows(service.dsn, "SELECT count(*) FROM kdcdc.event_log WHERE outcome = 'REJECTED' "
                                      "AND source_system = 'pos'")
     pos = table.locator("tr.system-row", has=page.locator("th", has_text="pos"))

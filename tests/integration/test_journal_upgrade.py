@@ -220,6 +220,18 @@ def test_skipped_records_without_a_change_event_are_ranges_that_count_once_each(
                    (0, 7, 9, False, "Tombstone"), (1, 0, 2, False, "Tombstone")]
     assert rows(pg_dsn, "SELECT kafka_partition, count(*), count(DISTINCT kafka_offset) FROM kdcdc.event_records "
                         "GROUP BY 1 ORDER BY 1") == [(0, 10, 10), (1, 3, 3)]
+    # the console counts records, not rows, and a trace by Kafka position finds a record inside a range
+    from datetime import datetime, timedelta, timezone
+
+    from connector.journal.views import JournalViews, parse_trace_query
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        views = JournalViews(conn, group=journal.group)
+        status = views.sync_status(since=datetime.now(timezone.utc) - timedelta(hours=1))
+        assert {a.system: a.events for a in status.sources} == {None: 12, ev.source.name: 1}
+        found = views.trace(parse_trace_query("t[0]@8"))
+        assert [m.what for m in found.matches] == ["t[0]@7–9"]
+        assert views.trace(parse_trace_query("t[0]@10")).matches == ()
     # a second outcome for a record inside a range is refused by the offsets fence, as for single rows
     from connector.journal import Fenced
 
