@@ -16,7 +16,7 @@ HELM   := $(TOOLS)/helm
 COMPOSECHECK := $(TOOLS)/composecheck
 HELM_VERSION := v3.16.4
 
-.PHONY: setup tools browser console-screenshots test unit integration typecheck demo bench bench-console bench-profile dev-up dev-down clean
+.PHONY: setup tools browser console-screenshots test unit integration typecheck demo bench bench-console bench-scale bench-profile dev-up dev-down clean
 
 setup: $(STAMP) $(JARS) $(CONNECT_JARS) $(APICURIO)
 
@@ -93,6 +93,11 @@ bench: setup $(CONNECT_JARS) $(JDBC_SINK)
 # The operator console's page times on a 10-million-event journal (fills it in SQL: ~10 minutes) → docs/.
 bench-console: setup
 	$(PY) -m bench.console --json docs/benchmarks-console.json --markdown docs/benchmarks-console.md
+
+# Throughput against partitions and instances (one instance on 1, 3 and 6 partitions, two on 6; ≈ 4 minutes)
+# → docs/benchmarks-scale.md and docs/benchmarks-scale.json.
+bench-scale: setup
+	$(PY) -m bench.scale --json docs/benchmarks-scale.json --markdown docs/benchmarks-scale.md
 
 # A py-spy profile of the pipeline process during a sustained run → docs/profiles/ (py-spy from PyPI, once).
 bench-profile: setup
