@@ -94,7 +94,7 @@ bench: setup $(CONNECT_JARS) $(JDBC_SINK)
 bench-console: setup
 	$(PY) -m bench.console --json docs/benchmarks-console.json --markdown docs/benchmarks-console.md
 
-# Throughput against partitions and instances (one instance on 1, 3 and 6 partitions, two on 6; ≈ 4 minutes)
+# Throughput against partitions and instances (one instance on 1, 3 and 6 partitions, two on 6; ≈ 3 minutes)
 # → docs/benchmarks-scale.md and docs/benchmarks-scale.json.
 bench-scale: setup
 	$(PY) -m bench.scale --json docs/benchmarks-scale.json --markdown docs/benchmarks-scale.md

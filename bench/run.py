@@ -280,7 +280,7 @@ def document(res: dict[str, Any], ms: list[Measure], meta: dict[str, Any]) -> st
     out += ["## Console", "", "The operator console's page times on a journal of 10 million events are measured apart "
             "(`make bench-console`, about 10 minutes): docs/benchmarks-console.md.", ""]
     out += ["## Partitions and instances", "", "Throughput against partitions and instances (one instance on 1, 3 and "
-            "6 partitions, two instances in one consumer group on 6) is measured apart (`make bench-scale`, about 4 "
+            "6 partitions, two instances in one consumer group on 6) is measured apart (`make bench-scale`, about 3 "
             "minutes): docs/benchmarks-scale.md.", ""]
     return "\n".join(out)
 

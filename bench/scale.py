@@ -11,9 +11,11 @@ invoice's changes stay in order in one partition). Four configurations, each int
   holds (offsets in the journal, in the batch's transaction).
 
 Each instance is the pipeline of ``bench.worker`` (shipped rules, batches of up to 2,000, no dead-letter topic) in a
-process of its own, started here with the consumer group the configuration names; the instances of a
-configuration build their pipelines first and are then released together, so both join the group at the same
-moment. The rate is taken from the start of the first batch of any instance to the end of the last batch of any;
+process of its own, started here with the consumer group the configuration names. The instances of a configuration
+join the group with the partitions they are given paused, and are released together once the group has settled
+(every partition assigned, each instance some): the two-instance rate is that of two instances sharing the work,
+not of one instance alone while the group rebalances (with the cooperative protocol that takes two rounds, seconds).
+They stop once the journal holds every record of the topic. The rate is taken from the start of the first batch of any instance to the end of the last batch of any;
 the CPU per event is the instances' processes' CPU (summed) and PostgreSQL's (every process of the server) over
 that span, divided by the events. After each run the journal is checked: one outcome per record in every partition
 (offsets 0 … end − 1, each once), the journal's offsets at the log end, and exactly the vouchers that mapping the
