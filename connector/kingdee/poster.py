@@ -207,8 +207,8 @@ class DuplicateScan:
     deleted: list[tuple[str, str, str]] = field(default_factory=list)  #: (key, id, number) deleted now
     flagged: list[tuple[str, str, str, str]] = field(default_factory=list)  #: (key, id, number, reason) new
     in_flight: list[str] = field(default_factory=list)  #: keys still being posted (settled by the look-up)
-    #: NEEDS_ATTENTION keys Kingdee now holds once (a person removed the other copies): handed back to the
-    #: poster, which looks them up and settles them (POSTED with that copy)
+    #: NEEDS_ATTENTION keys Kingdee now holds once (a person removed the other copies): recorded POSTED with
+    #: the copy left
     handed_back: list[str] = field(default_factory=list)
     open_copies: int = 0  #: copies waiting for a human (or a deletion) after this scan
     skipped: str | None = None  #: why no scan ran (another poster scanning, scanned recently)
@@ -550,9 +550,12 @@ class Poster:
                 recording = recorder.submit(self._record_finished, finished, claimed)
                 finished = []
             if failed is not None and not running:
-                # A worker failed: what the other chunks did is recorded first, then its failure is raised.
+                # A worker failed: what the other chunks did is recorded first — all of it, also what finished
+                # while the recorder was busy — then its failure is raised.
                 if recording is not None:
                     recording.result()
+                if finished:
+                    recorder.submit(self._record_finished, finished, claimed).result()
                 raise failed
             # Claim again once half of the previous claim's chunks are left: enough to keep every call slot busy
             # while this thread claims.
@@ -1119,11 +1122,11 @@ class Poster:
 
     def _hand_back(self, book: str, period: str, single: Mapping[str, _Copy], scan: DuplicateScan) -> None:
         """NEEDS_ATTENTION vouchers of the period whose key Kingdee now holds once (``single``: key → that copy):
-        a person removed the extra copies. Each goes back to POSTING with its grace already passed, so the
-        poster's next claim looks it up by key and settles it as any look-up does — POSTED with the copy found
-        (feedback, a summary voucher's rows and reversals waiting for it follow), NEEDS_ATTENTION again if a copy
-        was added meanwhile, sent if none is left. Vouchers whose copies are all gone stay NEEDS_ATTENTION: only
-        a person knows whether removing them all was meant."""
+        a person removed the extra copies. Each is looked up by key once more (its group number too) and, found
+        exactly once, claimed and recorded POSTED with that copy through the poster's own record step — feedback,
+        a summary voucher's rows and reversals waiting for it follow. Nothing is ever sent from here: a voucher
+        whose copies are all gone by the look-up (or were all deleted) stays NEEDS_ATTENTION, since only a person
+        knows whether removing them all was meant."""
         j = self.journal
         waiting = {str(k) for (k,) in j.conn.execute(j.q(
             "SELECT key FROM {s}.vouchers WHERE status = {needs_attention} AND book = %s "
@@ -1132,20 +1135,33 @@ class Poster:
         keys = sorted(waiting & set(single))
         if not keys:
             return
-        with j.transaction() as conn:
-            back = [str(k) for (k,) in conn.execute(j.q(
-                "UPDATE {s}.vouchers SET status = {posting}, posting_since = now(), posting_owner = %s, "
-                "unknown_since = now() - make_interval(secs => %s + 1), attempts = greatest(attempts, 1), "
-                "updated_at = now() WHERE key = ANY(%s) AND status = {needs_attention} RETURNING key",
-                posting=VoucherStatus.POSTING, needs_attention=VoucherStatus.NEEDS_ATTENTION),
-                (j.owner, self.opts.unknown_grace_s, keys)).fetchall()]
-            j.insert_audit([AuditRow.of(ACTOR, AuditAction.DUPLICATE_RESOLVED, k, {
-                "kingdee_id": single[k].id, "number": single[k].number, "one_copy_left": True,
-                "then": "looked up by key and settled by the poster"}) for k in back])
-        scan.handed_back += back
-        log.warning("%d vouchers that needed attention are held once in Kingdee now (%s %s: %s%s); the poster "
-                    "looks them up and settles them", len(back), book, period, ", ".join(back[:5]),
-                    " …" if len(back) > 5 else "")
+        found = {k: c[0] for k, c in self._lookup(keys).items() if len(c) == 1}
+        keys = [k for k in keys if k in found]
+        if not keys:
+            return
+        query = j.q(self._CLAIM.replace("{cond}", "v.key = ANY(%(keys)s) AND v.status = {needs_attention}"),
+                    settled_original=SETTLED_ORIGINAL, reversal=VoucherKind.REVERSAL, unsettled=UNSETTLED,
+                    posting=VoucherStatus.POSTING, journaled=VoucherStatus.JOURNALED,
+                    summarized=VoucherStatus.SUMMARIZED, needs_attention=VoucherStatus.NEEDS_ATTENTION)
+        with j.transaction():
+            taken = j.rows(_ClaimRow, query, {"grace": self.opts.unknown_grace_s, "lease": self.opts.lease_s,
+                                              "owner": j.owner, "limit": len(keys), "keys": keys})
+            j.insert_audit([AuditRow.of(ACTOR, AuditAction.DUPLICATE_RESOLVED, r.key, {
+                "kingdee_id": found[r.key].id, "number": found[r.key].number, "one_copy_left": True})
+                for r in taken])
+        if not taken:
+            return
+        claimed = {r.key: _Claimed.of(r) for r in taken}
+        try:
+            self._record([_Outcome(k, VoucherStatus.POSTED, found[k].id, found[k].number, found[k].group_no,
+                                   found=True) for k in claimed], claimed)
+        finally:
+            if not self._in_run:  # scan-duplicates on its own: nothing keeps the recorder's connection
+                self._close_record_journal()
+        scan.handed_back += list(claimed)
+        log.warning("%d vouchers that needed attention are held once in Kingdee now (%s %s): recorded POSTED "
+                    "with the copy left: %s%s", len(claimed), book, period,
+                    ", ".join(f"{k} {found[k].number}" for k in list(claimed)[:5]), " …" if len(claimed) > 5 else "")
 
     def _copies_in(self, book: str, period: str) -> dict[str, dict[str, _Copy]]:
         """Every Kingdee voucher of the period carrying a key marker (or key field): key → id → copy."""

@@ -239,41 +239,50 @@ def test_a_voucher_needing_attention_settles_once_a_person_removes_the_extra_cop
         pg_dsn: str, sandbox: RunningSandbox) -> None:
     journal = Journal(pg_dsn, group="attention")
     journal_vouchers(journal, 12, seed=19)
-    key, payload = rows(pg_dsn, "SELECT key, payload FROM kdcdc.vouchers WHERE kind = 'original' ORDER BY key "
-                                "LIMIT 1")[0]
+    picked = rows(pg_dsn, "SELECT key, payload FROM kdcdc.vouchers WHERE kind = 'original' AND book = '001' "
+                          "ORDER BY key LIMIT 2")
+    (key, _), (gone, _) = picked
     from connector.ledger import to_kingdee, voucher_from_json
 
     books = load_rules(RULES).ledger.books
     with client_for(sandbox) as client:
-        model = to_kingdee(voucher_from_json(bytes(payload)), books["001"])
-        assert client.save("GL_VOUCHER", model).ok and client.save("GL_VOUCHER", model).ok
+        for k, payload in picked:  # each entered twice by hand before the poster's first attempt
+            model = to_kingdee(voucher_from_json(bytes(payload)), books["001"])
+            assert client.save("GL_VOUCHER", model).ok and client.save("GL_VOUCHER", model).ok
         with journal.transaction() as conn:
-            conn.execute("UPDATE kdcdc.vouchers SET attempts = 1 WHERE key = %s", (key,))
+            conn.execute("UPDATE kdcdc.vouchers SET attempts = 1 WHERE key = ANY(%s)", ([key, gone],))
         poster = Poster(journal, client, books=books, options=PosterOptions(duplicate_scan_every_s=0))
         poster.run(exit_when_idle=True)
-        assert rows(pg_dsn, "SELECT status FROM kdcdc.vouchers WHERE key = %s", key) == [("NEEDS_ATTENTION",)]
-        # Both copies still there: the scan flags them and the voucher keeps waiting for a person.
+
+        def status(k: str) -> list[tuple[str, str | None]]:
+            return rows(pg_dsn, "SELECT status, kingdee_id FROM kdcdc.vouchers WHERE key = %s", k)
+        assert status(key) == status(gone) == [("NEEDS_ATTENTION", None)]
+        # Both copies still there: the scan flags them and the vouchers keep waiting for a person.
         first = poster.scan_duplicates()
-        assert key in first.duplicated and first.handed_back == []
-        assert rows(pg_dsn, "SELECT status FROM kdcdc.vouchers WHERE key = %s", key) == [("NEEDS_ATTENTION",)]
-        # A person deletes one of the two copies in Kingdee; the periodic scan (the period is scanned although
-        # nothing in it changed lately) hands the voucher back, and the poster settles it with the copy left.
+        assert {key, gone} <= set(first.duplicated) and first.handed_back == []
+        assert status(key) == status(gone) == [("NEEDS_ATTENTION", None)]
+        # A person deletes one of the two copies of `key`, and both copies of `gone`. The periodic scan reads
+        # the period although nothing in it changed lately, and records `key` POSTED with the copy left.
         kept, extra = keys_in_sandbox(sandbox)[key]
-        client.delete(FORM, ids=[str(extra)])
+        client.delete(FORM, ids=[str(extra), *(str(i) for i in keys_in_sandbox(sandbox)[gone])])
         with journal.transaction() as conn:
-            conn.execute("UPDATE kdcdc.vouchers SET updated_at = now() - interval '1 day' WHERE key = %s", (key,))
+            conn.execute("UPDATE kdcdc.vouchers SET updated_at = now() - interval '1 day' WHERE key = ANY(%s)",
+                         ([key, gone],))
             conn.execute("UPDATE kdcdc.duplicate_scans SET started_at = now() - interval '1 hour'")
         in_kingdee = len(sandbox.server.state.vouchers)
         second = poster.scan_duplicates(periodic=True)
-        assert second.handed_back == [key] and key not in second.duplicated
+        assert second.handed_back == [key] and not {key, gone} & set(second.duplicated)
+        assert status(key) == [("POSTED", str(kept))]
+        # The poster sends neither: `key` is settled, and `gone` waits for a person (deleting every copy may
+        # have been meant).
         poster.run(exit_when_idle=True)
         journal.close()
-    assert len(sandbox.server.state.vouchers) == in_kingdee  # looked up, not sent again
-    assert rows(pg_dsn, "SELECT status, kingdee_id FROM kdcdc.vouchers WHERE key = %s", key) == [("POSTED", str(kept))]
-    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.outbox WHERE status = 'POSTED' AND payload->>'voucher_key' = %s",
-                key) == [(1,)]
-    # The audit trail: both flagged copies no longer need a person, then the voucher is handed back with the
-    # copy left.
+    assert len(sandbox.server.state.vouchers) == in_kingdee
+    assert status(key) == [("POSTED", str(kept))] and status(gone) == [("NEEDS_ATTENTION", None)]
+    assert rows(pg_dsn, "SELECT payload->>'voucher_key' FROM kdcdc.outbox WHERE status = 'POSTED' AND "
+                        "payload->>'voucher_key' = ANY(%s)", [key, gone]) == [(key,)]
+    # The audit trail: both flagged copies no longer need a person, then the voucher is settled with the copy
+    # left.
     resolved = [d for a, d in rows(pg_dsn, "SELECT action, detail FROM kdcdc.audit WHERE voucher_key = %s "
                                            "ORDER BY id", key) if a == "DUPLICATE_RESOLVED"]
     assert sorted(d["kingdee_id"] for d in resolved[:-1]) == sorted([str(kept), str(extra)])
