@@ -169,9 +169,10 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
             # A kill while records are being journaled: once this instance has committed a batch (observed in
             # the journal), at a random moment of the next quarter second — inside a batch, its commit or the
             # next poll. The delay is the test's randomness (seeded above), not a wait for anything.
-            wait_for(lambda proc=proc, before=before: proc.poll() is not None or (_has_journal(pg_dsn) and rows(
-                pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0] > before), 120,
-                "the restarted instance to journal a batch")
+            def journaled_or_done(proc: subprocess.Popen[bytes] = proc, before: int = before) -> bool:
+                return proc.poll() is not None or (_has_journal(pg_dsn) and int(rows(
+                    pg_dsn, "SELECT count(*) FROM kdcdc.event_records")[0][0]) > before)
+            wait_for(journaled_or_done, 120, "the restarted instance to journal a batch")
             time.sleep(rng.uniform(0.0, 0.25))
         if proc.poll() is not None:
             break  # finished everything before we could kill it
