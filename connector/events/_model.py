@@ -215,6 +215,11 @@ class DecodeFailure:
     headers: tuple[tuple[str, bytes | None], ...] = ()
     error_class: str = "DecodeError"
 
+    def __post_init__(self) -> None:
+        # The reason may quote the record; it is stored as PostgreSQL text, which refuses NUL characters.
+        if "\x00" in self.reason:
+            object.__setattr__(self, "reason", self.reason.replace("\x00", "\\u0000"))
+
     def __str__(self) -> str:
         where = str(self.kafka) if self.kafka else "<no coordinates>"
         return f"{where}: {self.stage}: {self.reason}"

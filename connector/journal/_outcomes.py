@@ -14,14 +14,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from connector.events import ChangeEvent, DecodeFailure, KafkaCoordinates
 from connector.journal._audit import AuditRow
 from connector.journal._feedback import FeedbackEvent, FeedbackReason, FeedbackSource
 from connector.journal._status import REJECTED_STAGE, AuditAction, FeedbackStatus, Outcome
-from connector.ledger import Rejection, Voucher, canonical_pk
+from connector.ledger import Rejection, Voucher, canonical_pk, storable
 
 ACTOR = "pipeline"
 
@@ -162,6 +162,8 @@ class OutcomeRows:
     def add(self, rec: EventRecord, outcome: Outcome, keys: list[str], inserted: Collection[str]) -> None:
         k, ev = rec.kafka, rec.event
         tp = (k.topic, k.partition)
+        if rec.detail is not None and "\x00" in rec.detail:  # PostgreSQL text refuses NUL (it may quote the source)
+            rec = replace(rec, detail=storable(rec.detail))
         if outcome is Outcome.SKIPPED and ev is None:
             self._skip(rec)
             return

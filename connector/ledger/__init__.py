@@ -12,6 +12,7 @@ from connector.ledger._model import (
     VoucherKind,
     REVERSAL_PREFIX,
     canonical_pk,
+    storable,
     content_digest,
     reversal_key,
     reverse,
@@ -53,5 +54,5 @@ __all__ = ["CHECKS", "REVIEWS", "Account", "AmountHistory", "Book", "Cutover", "
            "check_voucher", "dimension_slot", "key_marker", "kingdee_json", "render_entry", "to_kingdee",
            "voucher_from_avro", "voucher_from_json", "voucher_summary", "voucher_to_avro", "voucher_to_json",
            "Entry", "ReasonCode", "Rejection", "RowRef", "Side", "SourceRef", "SummaryRef", "Voucher", "VoucherKind",
-           "REVERSAL_PREFIX", "canonical_pk", "content_digest", "reversal_key", "reverse", "summary_group", "summary_parts", "summary_voucher_key", "voucher_key",
+           "REVERSAL_PREFIX", "canonical_pk", "storable", "content_digest", "reversal_key", "reverse", "summary_group", "summary_parts", "summary_voucher_key", "voucher_key",
            "REASONS", "STAGES", "Explanation", "explain", "reasons_markdown", "Carried", "add_up", "carried", "NO_PRIOR", "BatchState", "InMemoryLedger", "Mapped", "PriorLookup", "SourceChange"]

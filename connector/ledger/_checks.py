@@ -13,7 +13,7 @@ import functools
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 import datetime as dt
 from datetime import date
@@ -21,7 +21,7 @@ from decimal import Decimal, getcontext, setcontext
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
-from connector.ledger._model import ReasonCode, Rejection, Side, Voucher, VoucherKind
+from connector.ledger._model import ReasonCode, Rejection, Side, Voucher, VoucherKind, storable
 from connector.money import CENT, MONEY_CONTEXT, ZERO
 
 #: Standard 核算维度 slots of GL_VOUCHER (``FDetailID.FDETAILID__<slot>``) with their friendly names.
@@ -251,6 +251,55 @@ def check_entries_present(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     return out
 
 
+#: the friendly name of a 核算维度 slot (``FLEX6`` → ``customer``), as rules write it
+_SLOT_NAMES: Final = {slot: name for name, slot in DIMENSION_SLOTS.items()}
+
+
+def _texts(v: Voucher) -> Iterator[tuple[str, str | None]]:
+    """Every text of a voucher that is stored and sent to Kingdee, with its field path."""
+    yield "explanation", v.explanation
+    yield "group", v.group
+    yield "book", v.book
+    yield "data_centre", v.data_centre
+    for i, e in enumerate(v.entries):
+        yield f"entries[{i}].account", e.account
+        yield f"entries[{i}].explanation", e.explanation
+        yield f"entries[{i}].unit", e.unit
+        yield f"entries[{i}].settle_type", e.settle_type
+        yield f"entries[{i}].settle_no", e.settle_no
+        for slot, value in e.dimensions.items():
+            yield f"entries[{i}].dimensions.{_SLOT_NAMES.get(slot, slot)}", value
+
+
+def check_text(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
+    """Texts Kingdee and the journal can store: no NUL character (MySQL text may hold one; PostgreSQL text and
+    jsonb refuse it, and the batch carrying it could not be journaled)."""
+    out: list[Rejection] = []
+    for where, text in _texts(v):
+        if text is not None and "\x00" in text:
+            shown = storable(text)
+            out.append(_rej(v, ReasonCode.INVALID_TEXT,
+                       f"{where} holds a NUL character (shown as \\u0000), which neither Kingdee nor the journal can "
+                       f"store: {shown[:80]}{'…' if len(shown) > 80 else ''}", where, shown))
+    return out
+
+
+def _has_nul(v: Voucher) -> bool:
+    """Would ``check_text`` report? (The usual voucher: a handful of ``in`` tests.)"""
+    if "\x00" in v.explanation or "\x00" in v.group or "\x00" in v.book or (v.data_centre and "\x00" in v.data_centre):
+        return True
+    for e in v.entries:
+        if "\x00" in e.account or "\x00" in e.explanation:
+            return True
+        if e.unit is not None or e.settle_type is not None or e.settle_no is not None:
+            if any(t is not None and "\x00" in t for t in (e.unit, e.settle_type, e.settle_no)):
+                return True
+        for value in e.dimensions.values():
+            if "\x00" in value:
+                return True
+    return False
+
+
 def check_book(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     out: list[Rejection] = []
     if ctx.books and v.book not in ctx.books:
@@ -415,6 +464,7 @@ _STEPS: Final = {p: Decimal(1).scaleb(-p) for p in range(0, 7)}
 #: Ordered registry of rejecting checks (name, function). ``check_balance`` is not in it: it always runs last.
 CHECKS: Final[tuple[tuple[str, Check], ...]] = (
     ("entries_present", check_entries_present),
+    ("text", check_text),
     ("book", check_book),
     ("accounts", check_accounts),
     ("currency", check_currency),
@@ -505,6 +555,8 @@ def _default_checks(v: Voucher, ctx: LedgerContext) -> list[Rejection]:
     entries = v.entries
     if len(entries) < 2:
         found.extend(check_entries_present(v, ctx))
+    if _has_nul(v):
+        found.extend(check_text(v, ctx))
     books = ctx.books
     if books and v.book not in books:
         found.extend(check_book(v, ctx))

@@ -66,6 +66,15 @@ class SourceRef(NamedTuple):
     ts_ms: int | None = None  #: source database commit time
 
 
+#: how a NUL character is shown in stored text (as JSON writes it): PostgreSQL text and jsonb refuse NUL
+NUL_SHOWN_AS: Final = "\\u0000"
+
+
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: a NUL character (which MySQL text may hold) shown as ``\\u0000``."""
+    return text.replace("\x00", NUL_SHOWN_AS) if "\x00" in text else text
+
+
 def canonical_pk(values: Mapping[str, Any]) -> str:
     """Stable text for primary-key values (sorted keys, no whitespace, decimals and dates as text)."""
     if len(values) == 1:  # the usual single integer id, without the JSON encoder (same output)
@@ -352,6 +361,7 @@ class ReasonCode(enum.StrEnum):
     NEGATIVE_AMOUNT = "NEGATIVE_AMOUNT"  #: a negative amount on a rule that does not allow it
     AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"  #: an implausibly large amount, held for review
     UNMATCHED = "UNMATCHED"  #: a row of a table whose every row must post matched no rule
+    INVALID_TEXT = "INVALID_TEXT"  #: a voucher text with a character Kingdee and the journal cannot store (NUL)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -365,6 +375,14 @@ class Rejection:
     value: str | None = None  #: the offending value, as text
     source: SourceRef | None = None
     voucher_key: str | None = None  #: key of the voucher that failed the checks, if one was built
+
+    def __post_init__(self) -> None:
+        # Message and value often quote source data, and they are stored and sent (PostgreSQL text and jsonb,
+        # the feedback topic): a NUL character there would make the whole batch fail to journal.
+        for name in ("message", "field", "value"):
+            text = getattr(self, name)
+            if text is not None and "\x00" in text:
+                object.__setattr__(self, name, storable(text))
 
     def __str__(self) -> str:
         where = f" [{self.rule}{'/' + self.field if self.field else ''}]" if self.rule else ""

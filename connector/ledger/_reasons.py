@@ -36,6 +36,10 @@ REASONS: Final[dict[ReasonCode, Explanation]] = {
                                    "correct the row, or set `allow_negative:` if negatives are legitimate"),
     R.AMOUNT_OUT_OF_RANGE: Explanation("an implausibly large amount (more than `max_amount_digits` digits)",
                                        "check the row with its owner; raise `max_amount_digits` if it is real"),
+    R.INVALID_TEXT: Explanation(
+        "a text of the voucher (explanation, dimension, account, group) holds a NUL character, which neither "
+        "Kingdee nor the journal can store (shown as `\\u0000`)",
+        "remove the character in the source system (MySQL text can hold it), then requeue"),
     R.INVALID_DATE: Explanation("the voucher date is not a date", "fix the date in the source row"),
     R.EMPTY_VOUCHER: Explanation("fewer than two lines after zero lines were left out",
                                  "nothing to book: check the amounts, or the rule's `when:` conditions"),

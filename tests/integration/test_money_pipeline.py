@@ -107,3 +107,39 @@ def test_a_cutover_records_history_as_opening_state_that_later_changes_reverse(
         ('{"id":1}', "original", "JOURNALED", "2026-11-01", "POS SO1 销售收入"),
     ]
     assert not rows(pg_dsn, "SELECT 1 FROM kdcdc.rejections")
+
+
+def test_text_postgresql_cannot_store_is_rejected_with_a_reason_and_the_pipeline_goes_on(
+        kafka_bootstrap: str, topic_factory: Callable[..., str], pg_dsn: str) -> None:
+    # MySQL text may hold NUL characters (Debezium's JSON writes them as \u0000); PostgreSQL text and jsonb
+    # cannot store them. A row carrying one in a text the voucher uses is rejected, saying where (the text shown
+    # with \u0000); a NUL that decides nothing booked is an ordinary rejection; the orders around them post.
+    # Before, the batch failed to journal and the pipeline stopped on it.
+    topic = topic_factory("nul")
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    src = Orders(kafka_bootstrap, topic)
+    src.send("c", 1, "string")
+    src.send("c", 2, "string", order_no="SO\x002")  # in the voucher's explanation
+    src.send("c", 3, "string", payment_method="CREDIT", customer_code="C\x00003")  # a dimension
+    src.send("c", 4, "string", payment_method="CA\x00SH")  # no account for it: the rejection quotes it
+    src.send("c", 5, "string")
+    src.flush()
+    make_pipeline(kafka_bootstrap, pg_dsn, [topic], group=group).run(max_idle_s=2)
+    log = rows(pg_dsn, "SELECT kafka_offset, outcome FROM kdcdc.event_records WHERE consumer_group = %s "
+                       "ORDER BY kafka_offset", group)
+    assert log == [(0, "VOUCHERED"), (1, "REJECTED"), (2, "REJECTED"), (3, "REJECTED"), (4, "VOUCHERED")]
+    found: dict[str, list[tuple[str, str, str, str]]] = {}
+    for pk, code, field, value, message in rows(pg_dsn, "SELECT source_pk, code, field, value, message "
+                                                        "FROM kdcdc.rejections ORDER BY id"):
+        found.setdefault(pk, []).append((code, field, value, message))
+    # every text that carries the order number says so (the header and each line's explanation)
+    assert {c for c, *_ in found['{"id":2}']} == {"INVALID_TEXT"}
+    code, field, value, message = found['{"id":2}'][0]
+    assert (field, value) == ("explanation", "POS SO\\u00002 销售收入") and "holds a NUL character" in message
+    assert [(c, f, v) for c, f, v, _ in found['{"id":3}']] == [
+        ("INVALID_TEXT", "entries[0].dimensions.customer", "C\\u0000003")]
+    [(code, _, _, message)] = found['{"id":4}']
+    assert code == "EXPRESSION_ERROR" and "no account case matched" in message
+    # what the source systems are told, and what the journal's readers see, are stored and readable
+    assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.outbox WHERE status = 'REJECTED'") == [(3,)]
+    assert rows(pg_dsn, "SELECT count(DISTINCT voucher_key) FROM kdcdc.entries") == [(2,)]

@@ -12,9 +12,11 @@ from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.ledger import REVERSAL_PREFIX, Book, ReasonCode, Side, Voucher, VoucherKind, check_voucher, render_entry
 from connector.mapping import InMemoryLedger, Mapper, MapResult, RuleError, load_rules
@@ -406,3 +408,48 @@ def test_books_know_their_first_open_period() -> None:
     assert book.first_open_on_or_after(date(2026, 11, 5)) == date(2026, 12, 1)
     assert book.first_open_on_or_after(date(2026, 12, 5)) == date(2026, 12, 5)
     assert book.first_open_on_or_after(date(2027, 2, 1)) is None
+
+
+# --------------------------------------------------------------------------- 9. text the ledger cannot store
+_TEXT_FIELDS = ("explanation", "group", "book", "data_centre", "entry.account", "entry.explanation", "entry.unit",
+                "entry.settle_no", "entry.dimension")
+
+
+@given(st.sampled_from(_TEXT_FIELDS), st.integers(0, 10), st.text(max_size=5), st.text(max_size=5))
+@settings(max_examples=150, deadline=None)
+def test_a_nul_in_any_voucher_text_is_rejected_naming_the_field(where: str, line: int, before: str,
+                                                                after: str) -> None:
+    # PostgreSQL text and jsonb refuse NUL characters (MySQL text may hold them): a voucher carrying one is
+    # rejected with the field and the text shown as \u0000, on the fast path as on the registry's loop.
+    r = Mapper(RULESET).map(event("pos", "sales_order", after=sale(payment_method="CREDIT", customer_code="C001")))
+    (good,) = r.vouchers
+    nul = f"{before}\x00{after}"
+    i = line % len(good.entries)
+    if where.startswith("entry."):
+        e = good.entries[i]
+        name = where.removeprefix("entry.")
+        changed = e._replace(dimensions={**e.dimensions, "FLEX6": nul}) if name == "dimension" else \
+            e._replace(**cast(Any, {name: nul}))
+        bad = good._replace(entries=good.entries[:i] + (changed,) + good.entries[i + 1:])
+        field = f"entries[{i}].dimensions.customer" if name == "dimension" else f"entries[{i}].{name}"
+    else:
+        bad = good._replace(**cast(Any, {where: nul}))
+        field = where
+    for result in (check_voucher(bad, RULESET.ledger), check_voucher(bad, RULESET.ledger, skip=["review_amount"])):
+        assert not isinstance(result, Voucher)
+        texts = [x for x in result if x.code is ReasonCode.INVALID_TEXT]
+        assert [(x.field, x.value) for x in texts] == [(field, nul.replace("\x00", "\\u0000"))]
+        assert all("\x00" not in f"{x.message}{x.value}{x.field}" for x in result)
+    assert not isinstance(check_voucher(bad._replace(key=good.key), RULESET.ledger), Voucher)
+    assert check_voucher(good, RULESET.ledger) == good
+
+
+def test_rejections_and_decode_failures_never_carry_a_nul_into_the_journal() -> None:
+    from connector.events import DecodeFailure
+    from connector.ledger import Rejection
+
+    r = Rejection(code=ReasonCode.EXPRESSION_ERROR, message="cannot compute 'A\x00' - 1", field="x\x00",
+                  value="A\x00")
+    assert (r.message, r.field, r.value) == ("cannot compute 'A\\u0000' - 1", "x\\u0000", "A\\u0000")
+    f = DecodeFailure(reason="bad value 'B\x00'", stage="value", kafka=None, raw_value=b"B\x00")
+    assert f.reason == "bad value 'B\\u0000'" and f.raw_value == b"B\x00"  # the record itself is kept as it was
