@@ -756,6 +756,7 @@ class _VoucherRow(NamedTuple):
     kingdee_messages: str | None
     journaled_at: datetime
     updated_at: datetime
+    batch_id: int | None = None  #: the audit row of the batch that journaled it (since 0009; decision 0010)
 
 
 class _EntryRow(NamedTuple):
@@ -846,7 +847,7 @@ class _CountRow(NamedTuple):
 _VOUCHER_COLS: Final = ("key, kind, reverses, reversed_by, status, book, voucher_date, original_date, voucher_group, "
                         "explanation, debit_total, rule_id, rule_version, source_system, source_table, source_pk, "
                         "topic, kafka_partition, kafka_offset, kingdee_id, kingdee_number, kingdee_group_no, "
-                        "kingdee_messages, journaled_at, updated_at")
+                        "kingdee_messages, journaled_at, updated_at, batch_id")
 _EVENT_COLS: Final = ("consumer_group, topic, kafka_partition, kafka_offset, outcome, source_system, source_table, "
                       "source_pk, source_position, op, voucher_keys, detail, kafka_ts_ms, journaled_at")
 #: audit actions that settle a voucher with Kingdee (the time a Kingdee hop shows)
@@ -1107,9 +1108,12 @@ class JournalViews:
                 seq=e.seq, account=e.account, side=e.side, amount=e.amount, currency=e.currency, rate=e.rate,
                 amount_for=e.amount_for, dimensions=dims, explanation=e.explanation))
         audit: dict[str, list[AuditHop]] = {}
+        # its own rows, and the row of the batch that journaled it (one per batch since 0009: decision 0010)
+        batches = [v.batch_id for v in vouchers]
         for a in self.rows(_AuditRow, self.q(
                 "SELECT id, at, actor, action, voucher_key, detail FROM {s}.audit WHERE voucher_key = ANY(%s) "
-                "ORDER BY id"), (keys,)):
+                "UNION ALL SELECT a.id, a.at, a.actor, a.action, b.key, a.detail FROM unnest(%s::text[], "
+                "%s::bigint[]) AS b(key, batch) JOIN {s}.audit a ON a.id = b.batch ORDER BY 1"), (keys, keys, batches)):
             audit.setdefault(a.voucher_key or "", []).append(AuditHop(id=a.id, at=a.at, actor=a.actor,
                                                                        action=a.action, detail=_json_object(a.detail)))
         feedback = self._feedback([f"{k}:{s}" for k in keys for s in FeedbackStatus])

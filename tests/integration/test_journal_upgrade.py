@@ -256,3 +256,21 @@ def test_text_arrays_survive_any_text(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         got = conn.execute("SELECT %s::text[]", (text_array(values),)).fetchone()
     assert got is not None and got[0] == values
+
+
+def test_the_trace_of_a_voucher_shows_the_batch_that_journaled_it(pg_dsn: str) -> None:
+    # One audit row per batch since 0009 (decision 0010): the console's trail of a voucher reads it through the
+    # voucher's batch_id, so the journaling is still on every voucher's trail.
+    from connector.journal.views import JournalViews, SourceRow
+    from tests.integration.helpers import journal_vouchers
+
+    journal = Journal(pg_dsn, group=f"g-{uuid.uuid4().hex[:6]}")
+    journal_vouchers(journal, 5, seed=4)
+    journal.close()
+    system, table, pk, batch = rows(pg_dsn, "SELECT source_system, source_table, source_pk, batch_id "
+                                            "FROM kdcdc.vouchers ORDER BY seq LIMIT 1")[0]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        trace = JournalViews(conn, group=journal.group).row_trace(SourceRow(system=system, table=table, pk=pk))
+    journaled = [a for v in trace.vouchers for a in v.audit if a.action == "BATCH_JOURNALED"]
+    assert journaled and {a.id for a in journaled} == {batch}
+    assert journaled[0].detail["vouchers"] >= 1
