@@ -726,6 +726,15 @@ class Pipeline:
                 return result
         raise ConnectorError("unreachable")  # pragma: no cover
 
+    def discard(self) -> None:
+        """Destroy the consumer and the dead-letter producer of a pipeline whose ``run`` never ran (stopped during
+        start-up) now, not at interpreter shutdown, where librdkafka's threads calling back into Python can crash
+        the process on its way out. Not ``close()``: that would serve their queued connection errors into the
+        log of a service that already said what it waits for. The pipeline is unusable afterwards."""
+        del self.consumer
+        del self.producer
+        self.journal.close()
+
     def _close(self) -> None:
         try:
             self.consumer.close()  # leaves the group (revokes) so partitions move on quickly

@@ -247,6 +247,12 @@ class KafkaProbe:
             self._last = None
             return None
 
+    def close(self) -> None:
+        """Destroy the admin client now (its librdkafka thread calls back into Python: left to interpreter
+        shutdown, that can crash the process on its way out)."""
+        with self._lock:
+            self._admin = None
+
 
 def kingdee_problem(settings: Settings, timeout_s: float = 2.0) -> str | None:
     """``None`` when Kingdee's host accepts a TCP connection (no call, no login: cheap enough for every probe)."""

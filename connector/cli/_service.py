@@ -141,6 +141,7 @@ def run(
                               detail=lambda: f"{len(pipeline.assigned)} partitions assigned")
     console = _console.start_if_enabled(settings)  # console.enabled: the operator console on console.port
     stats = None
+    ran = False
     error: BaseException | None = None
     try:
         if wait_for_dependencies(settings, stop=shutdown.event, kafka=kafka,
@@ -148,6 +149,7 @@ def run(
             starting[0] = ""
             for th in workers:
                 shutdown.watch(th).start()
+            ran = True
             stats = pipeline.run(max_idle_s=exit_when_idle)
     except StartupFailed as e:
         error = e
@@ -157,6 +159,9 @@ def run(
         if still:
             shutdown.expire_now(f"{', '.join(still)} did not stop")
         ops.stop()
+        kafka.close()
+        if not ran:
+            pipeline.discard()
         backlog.close()
         if console is not None:
             console.stop()
