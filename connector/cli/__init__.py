@@ -6,7 +6,8 @@ else is a bug and keeps its traceback.
 
 ``_app`` (the application, groups, shared options) · ``_service`` (run, post, scan-duplicates, sandbox) ·
 ``_journal`` (journal, replay, reconcile, offsets, dlq) · ``_feedback`` · ``_mapping`` · ``_events`` ·
-``_config`` · ``_console`` (the operator console) · ``_summaries`` (summary vouchers, trace).
+``_config`` · ``_console`` (the operator console) · ``_summaries`` (summary vouchers, trace) · ``_vouchers``
+(vouchers Kingdee refused: list, send again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typer
 
 from connector import __version__
 from connector.cli import (  # noqa: F401  (registers)
-    _config, _console, _events, _feedback, _journal, _mapping, _service, _summaries)
+    _config, _console, _events, _feedback, _journal, _mapping, _service, _summaries, _vouchers)
 from connector.cli._app import app
 from connector.errors import ConnectorError
 

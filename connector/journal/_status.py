@@ -117,3 +117,4 @@ class AuditAction(enum.StrEnum):
     # operators
     DLQ_REQUEUED = "DLQ_REQUEUED"
     OFFSETS_SET = "OFFSETS_SET"
+    VOUCHER_RESENT = "VOUCHER_RESENT"  #: a voucher Kingdee refused, sent again after a fix in Kingdee
