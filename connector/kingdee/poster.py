@@ -81,12 +81,16 @@ from connector.kingdee._client import (
 from connector.events import KafkaCoordinates
 from connector.ledger import Book, Voucher, VoucherKind, carried, to_kingdee, voucher_from_json
 from connector.ledger._serde import key_marker
-from connector.ops import OUTAGES
+from connector.ops import OUTAGES, ThrottleFilter
 
 if TYPE_CHECKING:
     from connector.config import Settings
 
 log = logging.getLogger("kingdee_cdc.poster")
+#: Kingdee's "busy, retry" answers (MsgCode 13/14): one line per ``OUTAGES.every_s``, saying how many it held back
+#: — a throttling Kingdee answers every call of every worker that way
+retry_log = logging.getLogger("kingdee_cdc.poster.retry")
+retry_log.addFilter(ThrottleFilter(lambda: OUTAGES.every_s, lambda record: "retry"))
 ACTOR: Final = "poster"
 FORM: Final = "GL_VOUCHER"
 REVERSAL_PREFIX: Final = "冲销 "
@@ -738,7 +742,7 @@ class Poster:
             work.settle_all(Unsettled.UNKNOWN, str(e))
         except KingdeeRetryable as e:
             work.stats.retried_calls += 1
-            log.warning("Kingdee asked to retry (%s); backing off", e)
+            retry_log.warning("Kingdee asked to retry (%s); backing off", e)
             time.sleep(0.2)
         except KingdeeBusinessError as e:
             work.stats.rejected += len(work.pending)

@@ -61,3 +61,23 @@ def test_outcomes_finished_while_the_recorder_is_busy_are_recorded_before_a_work
     with pytest.raises(ValueError, match="worker X failed"):
         poster.run_once()
     assert sorted(recorded) == ["A", "B"], "B was saved in Kingdee: its POSTED outcome must be recorded"
+
+
+def test_kingdee_busy_answers_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    # A throttling Kingdee answers every call of every worker with "retry": one line per interval, the next one
+    # saying how many were held back.
+    from connector.kingdee.poster import retry_log
+    from connector.ops import OUTAGES
+
+    every = OUTAGES.every_s
+    OUTAGES.every_s = 3600.0
+    try:
+        with caplog.at_level("WARNING", logger="kingdee_cdc.poster.retry"):
+            for _ in range(50):
+                retry_log.warning("Kingdee asked to retry (%s); backing off", "MsgCode 14")
+            OUTAGES.every_s = 0.0
+            retry_log.warning("Kingdee asked to retry (%s); backing off", "MsgCode 14")
+    finally:
+        OUTAGES.every_s = every
+    lines = [r.getMessage() for r in caplog.records if r.name == "kingdee_cdc.poster.retry"]
+    assert len(lines) == 2 and "(49 more like it since the last one)" in lines[1]
