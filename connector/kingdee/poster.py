@@ -229,6 +229,15 @@ class _Copy:
     status: str = ""  #: FDocumentStatus
 
 
+def _again(event: FeedbackEvent, attempts: int) -> FeedbackEvent:
+    """A refusal after an earlier attempt gets an event id of its own (``key:status:attempt``): a voucher sent
+    again (``vouchers resend``) and refused again must reach its source system again, with Kingdee's new
+    messages — the outbox keeps one event per id. Other statuses happen once per voucher."""
+    if attempts > 1 and event.status is FeedbackStatus.REJECTED_BY_KINGDEE:
+        return event._replace(event_id=f"{event.event_id}:{attempts}")
+    return event
+
+
 class Unsettled(enum.StrEnum):
     """A claimed voucher's outcome that leaves it unsettled (it is not a voucher status)."""
 
@@ -951,7 +960,7 @@ class Poster:
             audit.append(AuditRow.of(ACTOR, AuditAction(o.status), o.key, {
                 "kingdee_id": o.kingdee_id, "number": o.number, "group_no": o.group_no,
                 "messages": list(o.messages), "attempts": c.attempts, "found_by_key": o.found}))
-            event = c.feedback(o, FeedbackStatus(o.status))
+            event = _again(c.feedback(o, FeedbackStatus(o.status)), c.attempts)
             if v.kind is not VoucherKind.SUMMARY:  # a summary voucher's rows are told one by one (_summary_feedback)
                 outbox.append(event)
             if o.status is VoucherStatus.POSTED and v.kind is VoucherKind.REVERSAL and v.reverses:
@@ -981,9 +990,9 @@ class Poster:
             kingdee = KingdeeRef(o.kingdee_id, o.number, o.group_no)
             reasons = tuple(FeedbackReason("KINGDEE", m) for m in o.messages)
             for row in carried([voucher_from_json(bytes(r.payload)) for r in rows.values()]).live:
-                out.append(FeedbackEvent.for_voucher(
+                out.append(_again(FeedbackEvent.for_voucher(
                     FeedbackStatus(o.status), row, kingdee=kingdee, reasons=reasons,
-                    kafka=rows[row.key].coordinates(), note=f"SUMMARY {o.key}"))
+                    kafka=rows[row.key].coordinates(), note=f"SUMMARY {o.key}"), claimed[o.key].attempts))
         return out
 
     def _report_settled(self, settled: Sequence[_Outcome], claimed: Mapping[str, _Claimed], unknown: int) -> None:

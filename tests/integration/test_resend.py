@@ -42,6 +42,16 @@ def test_refused_vouchers_post_once_the_period_is_reopened_and_reversed_ones_nev
         assert any("nothing in Kingdee to reverse" in why for why in blocked.values())
         posted = {r.key for r in journal.rows(_Key, journal.q("SELECT key FROM {s}.vouchers WHERE status = 'POSTED'"))}
 
+        # Sent again too early (the period still closed): refused again, and its source system hears it again.
+        first = sendable[0]
+        assert resend(journal, [first], actor="test").resent == [first]
+        with client_for(sb) as client:
+            Poster(journal, client, books=books).run(exit_when_idle=True)
+        assert rows(pg_dsn, "SELECT status FROM kdcdc.vouchers WHERE key = %s", first) == [("REJECTED_BY_KINGDEE",)]
+        told = rows(pg_dsn, "SELECT event_id FROM kdcdc.outbox WHERE status = 'REJECTED_BY_KINGDEE' "
+                            "AND payload->>'voucher_key' = %s ORDER BY id", first)
+        assert len(told) == 2 and len({e for (e,) in told}) == 2, told
+
         # The accountant reopens the period in Kingdee, lists what was refused and sends it again.
         sb.server.state.config.books["002"] = book
         app_id = next(iter(cfg.apps))
@@ -83,9 +93,11 @@ def test_refused_vouchers_post_once_the_period_is_reopened_and_reversed_ones_nev
             "REJECTED_BY_KINGDEE"}
         assert rows(pg_dsn, "SELECT count(*) FROM kdcdc.outbox WHERE status = 'POSTED' AND payload->>'voucher_key' = "
                             "ANY(%s)", sendable) == [(len(sendable),)]
-        audit = rows(pg_dsn, "SELECT voucher_key, actor, detail FROM kdcdc.audit WHERE action = 'VOUCHER_RESENT'")
-        assert sorted(k for k, _, _ in audit) == sorted(sendable)
-        assert all(actor.startswith("cli:") and "已结账" in detail["kingdee_messages"] for _, actor, detail in audit)
+        audit = rows(pg_dsn, "SELECT voucher_key, actor, detail FROM kdcdc.audit WHERE action = 'VOUCHER_RESENT' "
+                            "ORDER BY id")
+        assert sorted(k for k, _, _ in audit) == sorted([first, *sendable])
+        assert audit[0][1] == "test" and all(a.startswith("cli:") for _, a, _ in audit[1:])
+        assert all("已结账" in detail["kingdee_messages"] for _, _, detail in audit)
         assert all(r.kind != "reversal" or r.original_status != "REJECTED_BY_KINGDEE" for r in refused
                    if r.key in sendable)
         # Sending again what is posted now changes nothing.
