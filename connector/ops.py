@@ -496,6 +496,11 @@ class ThrottleFilter(logging.Filter):
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[float, int]] = {}
 
+    def forget(self) -> None:
+        """Start afresh: the next line of every key goes through."""
+        with self._lock:
+            self._seen.clear()
+
     def filter(self, record: logging.LogRecord) -> bool:
         k = self.key(record)
         now = time.monotonic()
