@@ -29,6 +29,7 @@ class Refused:
 
     key: str
     kind: str
+    status: str
     book: str
     voucher_date: date
     rule_id: str
@@ -59,7 +60,7 @@ class ResendResult:
     refused: dict[str, str] = field(default_factory=dict)
 
 
-_SELECT = ("SELECT v.key, v.kind, v.book, v.voucher_date, v.rule_id, v.source_system, v.source_table, v.source_pk, "
+_SELECT = ("SELECT v.key, v.kind, v.status, v.book, v.voucher_date, v.rule_id, v.source_system, v.source_table, v.source_pk, "
            "v.debit_total, v.kingdee_messages, v.updated_at, v.reversed_by, o.status AS original_status "
            "FROM {s}.vouchers v LEFT JOIN {s}.vouchers o ON o.key = v.reverses ")
 
@@ -85,14 +86,12 @@ def resend(journal: Journal, keys: Sequence[str], *, actor: str, dry_run: bool =
     with journal.transaction() as conn:
         found = {r.key: r for r in journal.rows(Refused, journal.q(
             _SELECT + "WHERE v.key = ANY(%s) FOR UPDATE OF v"), (wanted,))}
-        status = dict(conn.execute(journal.q("SELECT key, status FROM {s}.vouchers WHERE key = ANY(%s)"),
-                                   (wanted,)).fetchall())
         ok: list[Refused] = []
         for key in wanted:
-            if key not in status:
+            if key not in found:
                 result.refused[key] = "no such voucher in the journal"
-            elif status[key] != VoucherStatus.REJECTED_BY_KINGDEE:
-                result.refused[key] = f"it is {status[key]}: only vouchers Kingdee refused are sent again"
+            elif found[key].status != VoucherStatus.REJECTED_BY_KINGDEE:
+                result.refused[key] = f"it is {found[key].status}: only vouchers Kingdee refused are sent again"
             elif (why := found[key].blocked) is not None:
                 result.refused[key] = why
             else:
